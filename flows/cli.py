@@ -1,0 +1,140 @@
+"""The `thresher` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import click
+
+# No network here or on many clusters: Prefect's telemetry only logs failures.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from thresher.flows import __version__  # noqa: E402
+from thresher.flows.errors import ThresherError  # noqa: E402
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("py4j", "httpx", "httpcore", "numba", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Cli(click.Group):
+    """Turns user-caused errors into one line and a non-zero exit (the traceback under --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ThresherError as exc:
+            if ctx.meta.get("thresher.debug"):
+                traceback.print_exc()
+            click.echo(f"thresher: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="thresher")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def main(ctx, debug: bool):
+    """thresher: turn document collections into a smaller, better training set.
+
+    Dedup, embeddings, hierarchical balanced clustering, sampling to a budget and
+    dataset-containment pruning, as Prefect flows over Spark jobs.
+    """
+    ctx.meta["thresher.debug"] = debug or os.environ.get("THRESHER_DEBUG") == "1"
+    _setup_logging(ctx.meta["thresher.debug"])
+
+
+def _run_options(f):
+    for opt in reversed([
+        click.option("--input", "-i", "inputs", multiple=True, help="Input file, folder or glob (repeatable); replaces the config's input."),
+        click.option("--output", "-o", help="Run folder; replaces the config's output."),
+        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value (repeatable)."),
+        click.option("--spark-master", help="Spark master URL, e.g. spark://HOST:7077 (default local[*])."),
+        click.option("--overwrite", is_flag=True, help="Replace a previous run in the output folder (only what thresher wrote)."),
+        click.option("--resume", is_flag=True, help="Reuse the finished stages of a previous run whose inputs and config match."),
+        click.option("--force", multiple=True, metavar="STAGE", help="Recompute STAGE even when resuming (repeatable)."),
+        click.option("--no-prefect", is_flag=True, help="Run the stages without a Prefect flow (no API server)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _run(config, inputs, output, sets, spark_master, overwrite, resume, force, no_prefect):
+    from thresher.flows.config import load_config, parse_overrides
+    from thresher.flows.curate import run_config
+
+    over = parse_overrides(list(sets))
+    if inputs:
+        over["input"] = list(inputs)
+    if output:
+        over["output"] = output
+    if spark_master:
+        over.setdefault("spark", {})["master"] = spark_master
+        if not spark_master.startswith("local"):
+            over["spark"].setdefault("driver_host", None)
+    cfg = load_config(config, over)
+    manifest = run_config(cfg, overwrite=overwrite, resume=resume, force=tuple(force), use_prefect=not no_prefect)
+    _summary(cfg, manifest)
+
+
+def _summary(cfg, manifest: dict) -> None:
+    out = click.echo
+    out("")
+    out(f"{'stage':<15}{'rows in':>10}{'kept':>10}  removed / rejected")
+    for name, st in manifest["stages"].items():
+        gone = {**st["removed"], **{f"rejected:{k}": v for k, v in st["rejected"].items()}}
+        detail = ", ".join(f"{k}={v}" for k, v in gone.items()) or "-"
+        tag = " (reused)" if st.get("reused") else ""
+        out(f"{name:<15}{st['rows_in']:>10}{st['kept']:>10}  {detail}{tag}")
+    acc = manifest["accounting"]
+    out(f"\nrows in {acc['rows_in']} = kept {acc['kept']} + removed {sum(acc['removed'].values())} "
+        f"+ rejected {sum(acc['rejected'].values())}: {'closes' if acc['closes'] else 'DOES NOT CLOSE'}")
+    out(f"run folder: {os.path.abspath(cfg.output)}")
+    if "export" in manifest["stages"]:
+        out(f"dataset:    {os.path.join(os.path.abspath(cfg.output), 'dataset')}")
+
+
+@main.command()
+@click.argument("config")
+@_run_options
+def run(config, **kw):
+    """Run the curate flow described by CONFIG (a YAML file, or the name of a shipped config)."""
+    _run(config, **kw)
+
+
+@main.command()
+@_run_options
+def demo(**kw):
+    """Run configs/demo.yaml on the shipped demo data (output: ./thresher-demo)."""
+    if not kw.get("output"):
+        kw["output"] = "thresher-demo"
+    if os.path.exists(os.path.join(kw["output"], "manifest.json")) and not kw.get("resume"):
+        kw["overwrite"] = True
+    _run("demo.yaml", **kw)
+
+
+@main.command()
+@click.argument("config", required=False)
+def show_config(config):
+    """Print the fully resolved config (defaults included) as YAML."""
+    import yaml
+
+    from thresher.flows.config import config_json, load_config
+
+    cfg = load_config(config, {"output": "-"} if config is None else None)
+    click.echo(yaml.safe_dump(config_json(cfg), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

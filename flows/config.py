@@ -1,0 +1,219 @@
+"""YAML config validated by pydantic.
+
+The top-level model is assembled from the stage registry, so a new stage brings its own config
+section without touching this file. Unknown keys and bad values are reported by their dotted path
+in one line (`fuzzy_dedup.treshold: unknown key; did you mean threshold?`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from thresher.flows.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageConfig(Strict):
+    """Base of every stage's config section."""
+
+    # Filled from the run's seed unless set per stage: all randomness comes from here.
+    seed: int | None = None
+
+
+class SparkConfig(Strict):
+    master: str = "local[*]"
+    # Loopback by default so nothing listens on an external interface; set it to an address the
+    # executors can reach when the master is a real cluster.
+    driver_host: str | None = "127.0.0.1"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, ge=1)
+    arrow_batch_rows: int = Field(2048, ge=1)
+    ui: bool = False
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class PrefectConfig(Strict):
+    retries: int = Field(0, ge=0)
+    retry_delay_s: float = Field(10.0, ge=0)
+
+
+class RunConfig(Strict):
+    """The sections every run has; stage sections are added by `config_model()`."""
+
+    input: list[str] = Field(default_factory=list)
+    output: str | None = None
+    seed: int = 0
+    stages: list[str] = Field(default_factory=lambda: ["ingest", "export"])
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    prefect: PrefectConfig = Field(default_factory=PrefectConfig)
+
+
+_MODEL: type[RunConfig] | None = None
+
+
+def config_model() -> type[RunConfig]:
+    global _MODEL
+    if _MODEL is None:
+        from thresher.stages import stage_modules
+
+        fields: dict[str, Any] = {
+            name: (mod.Config, Field(default_factory=mod.Config)) for name, mod in stage_modules().items()
+        }
+        _MODEL = create_model("Config", __base__=RunConfig, **fields)
+    return _MODEL
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model found at `loc` (the parent of a bad key)."""
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        f = getattr(cur, "model_fields", {}).get(part)
+        if f is None:
+            return []
+        ann = f.annotation
+        cur = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if cur is None:
+            return []
+    return list(getattr(cur, "model_fields", {}))
+
+
+def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    path = ".".join(str(p) for p in loc)
+    if e["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        near = difflib.get_close_matches(key, _known_keys(model, loc[:-1]), n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        return f"{path}: unknown key{hint}"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{path}: {e['msg']} (got {json.dumps(e.get('input'), default=str)[:80]}){more}"
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair}: expected stage.key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(out, key.strip(), value)
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = CONFIG_DIR / p
+    if shipped.exists():
+        return shipped
+    shipped = CONFIG_DIR / f"{p}.yaml"
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"{path}: config file not found")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None, raw: dict | None = None):
+    """Load, merge overrides and validate. Relative input paths resolve against the config's folder."""
+    data: dict = dict(raw or {})
+    base = Path.cwd()
+    if path is not None:
+        p = resolve_config_path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}:{where} not valid YAML") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a config is a mapping of sections, found {type(loaded).__name__}")
+        data = _merge(loaded, data)
+        base = p.resolve().parent
+        # Inputs named in a config are relative to it, so shipped configs work from any cwd.
+        if "input" in loaded:
+            ins = loaded["input"] if isinstance(loaded["input"], list) else [loaded["input"]]
+            data["input"] = [str((base / i)) if not _is_absolute(i) else i for i in ins]
+    if overrides:
+        data = _merge(data, overrides)
+    if isinstance(data.get("input"), str):
+        data["input"] = [data["input"]]
+    model = config_model()
+    try:
+        cfg = model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path or 'config'}: {_one_line(err, model)}") from None
+    check_stage_order(cfg)
+    return cfg
+
+
+def _is_absolute(p: str) -> bool:
+    return p.startswith("/") or "://" in p
+
+
+def check_stage_order(cfg: RunConfig) -> None:
+    from thresher.stages import stage_modules
+
+    mods = stage_modules()
+    available: set[str] = set()
+    seen: set[str] = set()
+    if not cfg.stages:
+        raise ConfigError("stages: empty; a run needs at least ingest")
+    for i, name in enumerate(cfg.stages):
+        if name not in mods:
+            near = difflib.get_close_matches(name, list(mods), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"stages[{i}]: unknown stage '{name}'{hint}")
+        if name in seen:
+            raise ConfigError(f"stages[{i}]: stage '{name}' listed twice")
+        seen.add(name)
+        mod = mods[name]
+        if i == 0 and name != "ingest":
+            raise ConfigError(f"stages: the first stage must be ingest, found '{name}'")
+        for t in mod.INPUTS:
+            if t not in available:
+                producers = [n for n, m in mods.items() if t in m.OUTPUTS]
+                raise ConfigError(
+                    f"stages: '{name}' needs table '{t}', which no earlier stage produces "
+                    f"(put one of {', '.join(producers)} before it)"
+                )
+        available.update(mod.OUTPUTS)
+
+
+def config_json(cfg: BaseModel) -> dict:
+    return json.loads(cfg.model_dump_json())
+

@@ -1,0 +1,99 @@
+"""The curate flow: the configured stages in order, each one a Prefect task run by the runner."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from thresher.flows.config import RunConfig, config_json, load_config
+from thresher.flows.errors import ConfigError
+from thresher.flows.spark import get_spark
+from thresher.stages.runner import RunFolder, Runner
+
+log = logging.getLogger("thresher.flow")
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def stage_task(runner: Runner, name: str) -> dict:
+    rec = runner.run_stage(name)
+    what = "reused" if rec.reused else f"{rec.wall_s:.1f}s"
+    log.info("stage %-14s in=%d kept=%d removed=%s rejected=%s (%s)", name, rec.rows_in, rec.kept,
+             rec.removed or 0, rec.rejected or 0, what)
+    return rec.to_json()
+
+
+def execute(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force: tuple[str, ...] = (),
+            spark=None) -> dict:
+    """Run the stages of `cfg` into its output folder; returns the manifest.
+
+    Usable without Prefect (tests, notebooks); `curate` wraps it as a flow with task retries.
+    """
+    return _execute(cfg, overwrite, resume, force, spark, as_tasks=False)
+
+
+def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) -> dict:
+    from thresher.stages.ingest import list_files, unified_schema
+
+    if not cfg.output:
+        raise ConfigError("output: no output folder (set `output:` in the config or pass --output)")
+    unknown = set(force) - set(cfg.stages)
+    if unknown:
+        raise ConfigError(f"--force {sorted(unknown)[0]}: not a stage of this run ({', '.join(cfg.stages)})")
+    # Check every input before the output folder is touched, so bad input leaves nothing behind.
+    files = list_files(cfg.input, cfg.ingest.format)
+    unified_schema(files, cfg.ingest)
+    folder = RunFolder(Path(cfg.output), overwrite=overwrite, resume=resume)
+    created = not folder.root.exists()
+    folder.prepare(cfg.stages, [Path(p).absolute() for p, _, _ in files] + [Path(i).absolute() for i in cfg.input if "*" not in i])
+    spark = spark or get_spark(cfg.spark)
+    runner = Runner(spark, cfg, folder, force=force)
+    try:
+        for name in cfg.stages:
+            if as_tasks:
+                stage_task.with_options(
+                    name=name, retries=cfg.prefect.retries, retry_delay_seconds=cfg.prefect.retry_delay_s
+                )(runner, name)
+            else:
+                stage_task.fn(runner, name)
+        manifest = runner.write_manifest("complete")
+        _write_card(folder, manifest)
+        return manifest
+    except BaseException as exc:
+        shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
+        if runner.records:
+            m = runner.write_manifest("failed")
+            m["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            folder.write_json(folder.root / "manifest.json", m)
+        elif created:
+            shutil.rmtree(folder.root, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
+
+
+def _write_card(folder: RunFolder, manifest: dict) -> None:
+    from thresher.stages.export import dataset_card
+
+    ds = folder.root / "dataset"
+    if ds.is_dir():
+        t = ds / ".README.md.tmp"
+        t.write_text(dataset_card(manifest))
+        t.replace(ds / "README.md")
+        folder.write_json(ds / "manifest.json", manifest)
+
+
+@flow(name="curate", log_prints=True, validate_parameters=False)
+def curate(config: dict, overwrite: bool = False, resume: bool = False, force: list[str] | None = None) -> dict:
+    """Prefect flow over a config mapping (the YAML as a dict, already merged with overrides)."""
+    cfg = load_config(raw=config)
+    return _execute(cfg, overwrite, resume, tuple(force or ()), None, as_tasks=True)
+
+
+def run_config(cfg: RunConfig, overwrite=False, resume=False, force=(), use_prefect=True) -> dict:
+    if use_prefect:
+        return curate(config_json(cfg), overwrite=overwrite, resume=resume, force=list(force))
+    return execute(cfg, overwrite=overwrite, resume=resume, force=tuple(force))

@@ -1,0 +1,148 @@
+"""export: the curated set as Parquet shards sized for training readers, and a dataset card.
+
+Shards are written by executors with pyarrow, one file per shard, rows sorted by id within a
+shard and shards assigned by a hash of the id: the bytes of every file depend only on the set of
+rows, never on Spark's partitioning or the number of cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from thresher.flows.config import StageConfig
+
+NAME = "export"
+INPUTS = ("documents",)
+OPTIONAL_INPUTS = ("selection",)
+OUTPUTS = ("dataset",)
+OUTPUT_PATHS = {"dataset": "dataset"}
+CUSTOM_WRITES = ("dataset",)
+
+
+class Config(StageConfig):
+    rows_per_file: int = Field(100_000, ge=1)
+    row_group_size: int = Field(10_000, ge=1)
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    # Columns to export besides id and text; None exports every pass-through column.
+    columns: list[str] | None = None
+    # Repeat a document `multiplicity` times when the sample stage chose it more than once.
+    expand_multiplicity: bool = True
+
+
+def run(spark, tables, cfg: Config):
+    from pyspark.sql import functions as F
+
+    docs = tables["documents"]
+    if cfg.columns is not None:
+        missing = [c for c in cfg.columns if c not in docs.columns]
+        if missing:
+            from thresher.flows.errors import ConfigError
+
+            raise ConfigError(f"export.columns: column '{missing[0]}' is not in documents (have: {', '.join(docs.columns)})")
+        docs = docs.select("id", "text", *[c for c in cfg.columns if c not in ("id", "text")])
+    sel = tables.get("selection")
+    if sel is not None and cfg.expand_multiplicity:
+        docs = docs.join(sel.select("id", "multiplicity"), "id", "left")
+        docs = docs.withColumn("_copy", F.explode(F.sequence(F.lit(1), F.coalesce(F.col("multiplicity"), F.lit(1)))))
+        docs = docs.drop("multiplicity")
+    else:
+        docs = docs.withColumn("_copy", F.lit(1))
+    return {"dataset": docs}
+
+
+def write_table(table: str, df, dest: Path, cfg: Config) -> None:
+    from pyspark.sql import functions as F
+
+    n = df.count()
+    n_files = max(1, math.ceil(n / cfg.rows_per_file))
+    data_cols = [c for c in df.columns if c != "_copy"]
+    keyed = df.withColumn("_shard", F.pmod(F.xxhash64("id"), F.lit(n_files)).cast("int"))
+    keyed = keyed.repartition(n_files, "_shard").sortWithinPartitions("_shard", "id", "_copy")
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = to_arrow_schema(df.select(*data_cols).schema)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out_dir = str(dest)
+    rg = cfg.row_group_size
+    compression = None if cfg.compression == "none" else cfg.compression
+
+    def write(batches):
+        writer = None
+        shard = None
+        written = 0
+
+        def close():
+            nonlocal writer
+            if writer is not None:
+                writer.close()
+                writer = None
+
+        results = []
+        for b in batches:
+            shards = b.column(b.schema.get_field_index("_shard")).to_pylist()
+            tbl = pa.Table.from_batches([b]).select(data_cols).cast(schema)
+            start = 0
+            while start < len(shards):
+                s = shards[start]
+                end = start
+                while end < len(shards) and shards[end] == s:
+                    end += 1
+                if s != shard:
+                    if writer is not None:
+                        results.append((shard, written))
+                    close()
+                    shard, written = s, 0
+                    path = os.path.join(out_dir, f"part-{s:05d}.parquet")
+                    writer = pq.ParquetWriter(path, schema, compression=compression)
+                piece = tbl.slice(start, end - start)
+                writer.write_table(piece, row_group_size=rg)
+                written += piece.num_rows
+                start = end
+        if writer is not None:
+            results.append((shard, written))
+        close()
+        yield pa.RecordBatch.from_pylist([{"shard": s, "rows": r} for s, r in results],
+                                         schema=pa.schema([("shard", pa.int32()), ("rows", pa.int64())]))
+
+    keyed.mapInArrow(write, "shard int, rows long").collect()
+    if n == 0:
+        # Readers still need the schema of an empty result.
+        pq.write_table(schema.empty_table(), str(dest / "part-00000.parquet"), compression=compression)
+
+
+def dataset_card(manifest: dict) -> str:
+    acc = manifest.get("accounting", {})
+    lines = [
+        "# thresher dataset",
+        "",
+        f"Made by thresher {manifest.get('thresher')} on {manifest.get('started')}.",
+        "",
+        "## Rows",
+        "",
+        f"- input rows: {acc.get('rows_in')}",
+        f"- rejected at ingest: {sum(acc.get('rejected', {}).values())}",
+        f"- removed by stages: {sum(acc.get('removed', {}).values())}",
+        f"- kept: {acc.get('kept')}",
+        f"- accounting closes: {acc.get('closes')}",
+        "",
+        "| stage | rows in | kept | removed | rejected | wall s |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    for name, st in manifest.get("stages", {}).items():
+        rem = ", ".join(f"{k}: {v}" for k, v in st.get("removed", {}).items()) or "0"
+        rej = ", ".join(f"{k}: {v}" for k, v in st.get("rejected", {}).items()) or "0"
+        lines.append(f"| {name} | {st['rows_in']} | {st['kept']} | {rem} | {rej} | {st['wall_s']} |")
+    lines += ["", "## Config", "", "```json"]
+    import json
+
+    lines += [json.dumps(manifest.get("config", {}), indent=2), "```", "", "## Versions", ""]
+    lines += [f"- {k}: {v}" for k, v in manifest.get("versions", {}).items()]
+    return "\n".join(lines) + "\n"

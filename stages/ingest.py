@@ -1,0 +1,372 @@
+"""ingest: Parquet and JSONL (plain or gzip) from files, folders and globs into `documents`.
+
+The driver only lists files and reads Parquet footers and a few JSONL lines to learn the schema;
+the rows themselves are read inside executors, one task per Parquet row group or JSONL file.
+Rows that cannot become documents go to `rejected` with the file, the row (or line) and a reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from thresher.flows.config import StageConfig
+from thresher.flows.errors import InputError
+
+NAME = "ingest"
+INPUTS: tuple[str, ...] = ()
+OUTPUTS = ("documents", "rejected")
+
+PARQUET_EXT = (".parquet", ".pq")
+JSONL_EXT = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+SCHEMA_SAMPLE_LINES = 1000
+
+
+class Config(StageConfig):
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    # None: use an `id` column when every file has one, else derive ids from path and row.
+    # A named column must exist.
+    id_column: str | None = None
+    text_column: str = "text"
+    on_duplicate_id: Literal["reject", "fail"] = "reject"
+    duplicate_examples: int = Field(5, ge=0)
+
+
+# ---------------------------------------------------------------------------------- listing
+def _kind(path: str, fmt: str) -> str | None:
+    if fmt != "auto":
+        return fmt
+    low = path.lower()
+    if low.endswith(PARQUET_EXT):
+        return "parquet"
+    if low.endswith(JSONL_EXT):
+        return "jsonl"
+    return None
+
+
+def list_files(inputs: list[str], fmt: str = "auto") -> list[tuple[str, str, str]]:
+    """(absolute path, id prefix relative to its input root, kind), sorted and de-duplicated."""
+    if not inputs:
+        raise InputError("input: no input given (set `input:` in the config or pass --input)")
+    out: dict[str, tuple[str, str, str]] = {}
+    for spec in inputs:
+        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise InputError(f"{spec}: no such file or folder")
+        found = 0
+        for m in matches:
+            if os.path.isdir(m):
+                root = m
+                cands = sorted(str(p) for p in Path(m).rglob("*") if p.is_file())
+            else:
+                root = os.path.dirname(m)
+                cands = [m]
+            for c in cands:
+                rel = os.path.relpath(c, root)
+                if any(part.startswith((".", "_")) for part in Path(rel).parts):
+                    continue  # Spark/Hadoop markers (_SUCCESS, .crc) and hidden files
+                k = _kind(c, fmt)
+                if k is None:
+                    if not os.path.isdir(m):
+                        raise InputError(f"{c}: unknown file type (expected .parquet or .jsonl[.gz]; or set ingest.format)")
+                    continue
+                out.setdefault(os.path.abspath(c), (os.path.abspath(c), rel, k))
+                found += 1
+        if found == 0:
+            raise InputError(f"{spec}: holds no .parquet or .jsonl[.gz] files")
+    return [out[k] for k in sorted(out)]
+
+
+def input_fingerprint(inputs: list[str], cfg: Config) -> dict:
+    files = list_files(inputs, cfg.format)
+    return {
+        "files": [
+            {"path": p, "bytes": os.stat(p).st_size, "mtime_ns": os.stat(p).st_mtime_ns} for p, _, _ in files
+        ]
+    }
+
+
+# ---------------------------------------------------------------------------------- schema
+def _open_text(path: str):
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+def _parquet_schema(path: str) -> tuple[pa.Schema, pq.FileMetaData]:
+    try:
+        pf = pq.ParquetFile(path)
+        return pf.schema_arrow, pf.metadata
+    except Exception as exc:  # pyarrow raises several types for a damaged footer
+        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def _jsonl_schema(path: str) -> pa.Schema:
+    rows = []
+    try:
+        with _open_text(path) as fh:
+            for i, raw in enumerate(fh):
+                if i >= SCHEMA_SAMPLE_LINES:
+                    break
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    continue  # bad lines are rejected row by row later
+                if isinstance(obj, dict):
+                    rows.append(obj)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+    if not rows:
+        return pa.schema([])
+    try:
+        return pa.Table.from_pylist(rows).schema
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Inconsistent types in the sample: keep columns as JSON strings rather than guess.
+        keys = sorted({k for r in rows for k in r})
+        return pa.schema([pa.field(k, pa.string()) for k in keys])
+
+
+def _normal(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_dictionary(t) and pa.types.is_string(t.value_type):
+        return pa.string()
+    if pa.types.is_null(t):
+        return pa.null()
+    return t
+
+
+def id_column(cfg: Config) -> str:
+    return cfg.id_column or "id"
+
+
+def unified_schema(files: list[tuple[str, str, str]], cfg: Config) -> tuple[pa.Schema, bool, list]:
+    """Pass-through columns across all files, whether ids come from a column, and read units."""
+    idc = id_column(cfg)
+    cols: dict[str, tuple[pa.DataType, str]] = {}
+    units: list[tuple[int, str, str, str, int, int]] = []  # file_idx, path, rel, kind, row_group, row_offset
+    has_id_any = False
+    missing_id: list[str] = []
+    for idx, (path, rel, kind) in enumerate(files):
+        if kind == "parquet":
+            schema, meta = _parquet_schema(path)
+            off = 0
+            for rg in range(meta.num_row_groups):
+                units.append((idx, path, rel, kind, rg, off))
+                off += meta.row_group(rg).num_rows
+            if meta.num_row_groups == 0:
+                units.append((idx, path, rel, kind, -1, 0))
+            if cfg.text_column not in schema.names:
+                raise InputError(f"{path}: text column '{cfg.text_column}' not found (columns: {', '.join(schema.names[:12])})")
+            tt = _normal(schema.field(cfg.text_column).type)
+            if tt != pa.string():
+                raise InputError(f"{path}: column '{cfg.text_column}' has type {schema.field(cfg.text_column).type}, expected string")
+        else:
+            schema = _jsonl_schema(path)
+            units.append((idx, path, rel, kind, -1, 0))
+            if len(schema) and cfg.text_column not in schema.names:
+                raise InputError(f"{path}: text column '{cfg.text_column}' not found in the first {SCHEMA_SAMPLE_LINES} lines (keys: {', '.join(schema.names[:12])})")
+        if idc in schema.names:
+            has_id_any = True
+        else:
+            missing_id.append(path)
+        for f in schema:
+            if f.name in (idc, cfg.text_column):
+                continue
+            t = _normal(f.type)
+            prev = cols.get(f.name)
+            if prev is None or pa.types.is_null(prev[0]):
+                cols[f.name] = (t, path)
+            elif not pa.types.is_null(t) and prev[0] != t:
+                raise InputError(f"{path}: column '{f.name}' has type {t}, but {prev[1]} has {prev[0]} (mixed schemas across input files)")
+    if has_id_any and missing_id:
+        raise InputError(f"{missing_id[0]}: id column '{idc}' missing, but other input files have it")
+    if not has_id_any and cfg.id_column is not None:
+        raise InputError(f"{files[0][0]}: id column '{idc}' not found")
+    passthrough = pa.schema([pa.field(n, t if not pa.types.is_null(t) else pa.string()) for n, (t, _) in sorted(cols.items())])
+    return passthrough, has_id_any, units
+
+
+# ---------------------------------------------------------------------------------- reading
+def _out_schema(passthrough: pa.Schema) -> pa.Schema:
+    return pa.schema(
+        [pa.field("id", pa.string()), pa.field("text", pa.string())]
+        + list(passthrough)
+        + [pa.field("_file", pa.int32()), pa.field("_row", pa.int64()), pa.field("_source", pa.string()),
+           pa.field("_reason", pa.string()), pa.field("_detail", pa.string())]
+    )
+
+
+def _finish(id_arr, text_arr, extra: dict, passthrough: pa.Schema, file_idx: int, rows, source: str,
+            reason: list, detail: list) -> pa.RecordBatch:
+    n = len(rows)
+    text_arr = text_arr.cast(pa.string()) if text_arr.type != pa.string() else text_arr
+    reason_arr = pa.array(reason, pa.string())
+    # Vectorised text checks: null, then empty or whitespace-only.
+    null_text = pc.is_null(text_arr)
+    empty_text = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(text_arr, ""))), 0)
+    reason_arr = pc.if_else(pc.and_(pc.is_null(reason_arr), null_text), "null_text", reason_arr)
+    reason_arr = pc.if_else(pc.and_(pc.is_null(reason_arr), empty_text), "empty_text", reason_arr)
+    reason_arr = pc.if_else(pc.and_(pc.is_null(reason_arr), pc.is_null(id_arr)), "null_id", reason_arr)
+    cols = [id_arr, text_arr]
+    for f in passthrough:
+        a = extra.get(f.name)
+        cols.append(pa.nulls(n, f.type) if a is None else a)
+    cols += [pa.array([file_idx] * n, pa.int32()), pa.array(rows, pa.int64()), pa.array([source] * n, pa.string()),
+             reason_arr, pa.array(detail, pa.string())]
+    return pa.RecordBatch.from_arrays(cols, schema=_out_schema(passthrough))
+
+
+def _read_parquet_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    file_idx, path, rel, _, rg, offset = unit
+    if rg < 0:
+        return
+    pf = pq.ParquetFile(path)
+    names = set(pf.schema_arrow.names)
+    want = [c for c in [id_column(cfg), cfg.text_column, *passthrough.names] if c in names]
+    table = pf.read_row_group(rg, columns=sorted(set(want), key=want.index))
+    for b in table.to_batches(max_chunksize=batch_rows):
+        n = b.num_rows
+        rows = list(range(offset, offset + n))
+        offset += n
+        if derive:
+            ids = pa.array([f"{rel}#{r}" for r in rows], pa.string())
+        else:
+            ids = b.column(b.schema.get_field_index(id_column(cfg)))
+            ids = ids if ids.type == pa.string() else ids.cast(pa.string())
+        text = b.column(b.schema.get_field_index(cfg.text_column))
+        extra = {}
+        for f in passthrough:
+            i = b.schema.get_field_index(f.name)
+            if i >= 0:
+                a = b.column(i)
+                extra[f.name] = a if a.type == f.type else a.cast(f.type)
+        yield _finish(ids, text, extra, passthrough, file_idx, rows, rel, [None] * n, [None] * n)
+
+
+def _read_jsonl_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    file_idx, path, rel, _, _, _ = unit
+    buf: list = []
+
+    def flush():
+        n = len(buf)
+        rows = [b[0] for b in buf]
+        reason = [b[1] for b in buf]
+        detail = [b[2] for b in buf]
+        objs = [b[3] for b in buf]
+        if derive:
+            ids = pa.array([f"{rel}:{r}" for r in rows], pa.string())
+        else:
+            ids = pa.array([_as_id(o.get(id_column(cfg))) if o else None for o in objs], pa.string())
+        text = pa.array([o.get(cfg.text_column) if o else None for o in objs], pa.string())
+        extra = {}
+        for f in passthrough:
+            vals = [o.get(f.name) if o else None for o in objs]
+            extra[f.name] = _column(vals, f, rows, reason, detail)
+        return _finish(ids, text, extra, passthrough, file_idx, rows, rel, reason, detail)
+
+    with _open_text(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue  # a blank line is no record
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                buf.append((lineno, "not_utf8", f"byte {exc.start}: {exc.reason}", None))
+            except ValueError as exc:
+                buf.append((lineno, "bad_json", str(exc)[:200], None))
+            else:
+                if not isinstance(obj, dict):
+                    buf.append((lineno, "not_an_object", type(obj).__name__, None))
+                elif obj.get(cfg.text_column) is not None and not isinstance(obj.get(cfg.text_column), str):
+                    buf.append((lineno, "text_not_string", type(obj[cfg.text_column]).__name__, None))
+                else:
+                    buf.append((lineno, None, None, obj))
+            if len(buf) >= batch_rows:
+                yield flush()
+                buf = []
+    if buf:
+        yield flush()
+
+
+def _as_id(v):
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _column(vals: list, f: pa.Field, rows, reason: list, detail: list) -> pa.Array:
+    try:
+        return pa.array(vals, f.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        # Value by value, so one bad value rejects its row rather than the file.
+        out = []
+        for i, v in enumerate(vals):
+            try:
+                pa.array([v], f.type)
+                out.append(v)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                if reason[i] is None:
+                    reason[i] = "bad_value"
+                    detail[i] = f"column '{f.name}': {type(v).__name__} is not {f.type}"
+                out.append(None)
+        return pa.array(out, f.type)
+
+
+# ---------------------------------------------------------------------------------- stage
+def run(spark, tables, cfg: Config):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    files = list_files(tables["_paths"], cfg.format)
+    passthrough, has_id, units = unified_schema(files, cfg)
+    derive = not has_id
+    batch_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "2048"))
+    out_schema = _out_schema(passthrough)
+
+    def read_units(batches):
+        for b in batches:
+            for u in b.to_pylist():
+                unit = (u["file_idx"], u["path"], u["rel"], u["kind"], u["rg"], u["offset"])
+                reader = _read_parquet_unit if u["kind"] == "parquet" else _read_jsonl_unit
+                yield from reader(unit, cfg, passthrough, derive, batch_rows)
+
+    unit_rows = [dict(zip(["file_idx", "path", "rel", "kind", "rg", "offset"], u)) for u in units]
+    units_df = spark.createDataFrame(unit_rows, "file_idx int, path string, rel string, kind string, rg int, offset long")
+    units_df = units_df.repartition(max(1, min(len(unit_rows), 4 * spark.sparkContext.defaultParallelism)))
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    raw = units_df.mapInArrow(read_units, from_arrow_schema(out_schema)).persist()
+
+    good = raw.where(F.col("_reason").isNull())
+    # The first occurrence (by file order, then row) keeps the id; later ones are rejected.
+    w = Window.partitionBy("id").orderBy("_file", "_row")
+    ranked = good.withColumn("_n", F.row_number().over(w)).withColumn(
+        "_first", F.first(F.concat_ws(":", "_source", F.col("_row").cast("string"))).over(w)
+    )
+    dup = ranked.where(F.col("_n") > 1)
+    stats = {"files": len(files), "read_units": len(units), "derived_ids": derive}
+    n_dup = dup.count()
+    if n_dup:
+        examples = [r["id"] for r in dup.select("id").distinct().orderBy("id").limit(cfg.duplicate_examples).collect()]
+        stats["duplicate_ids"] = {"count": n_dup, "examples": examples}
+        if cfg.on_duplicate_id == "fail":
+            raw.unpersist()
+            raise InputError(f"ingest: {n_dup} rows repeat an earlier id (e.g. {', '.join(examples)}); set ingest.on_duplicate_id: reject to set them aside")
+    keep_cols = ["id", "text", *passthrough.names]
+    documents = ranked.where(F.col("_n") == 1).select(*keep_cols)
+    rejected = raw.where(F.col("_reason").isNotNull()).select(
+        F.col("id"), F.col("_source").alias("source"), F.col("_row").alias("row"),
+        F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
+    ).unionByName(
+        dup.select(F.col("id"), F.col("_source").alias("source"), F.col("_row").alias("row"),
+                   F.lit("duplicate_id").alias("reason"), F.concat(F.lit("first seen at "), F.col("_first")).alias("detail"))
+    )
+    return {"documents": documents, "rejected": rejected, "stats": stats}

@@ -1,0 +1,370 @@
+"""The stage runner, written once: read, validate, run, write atomically, account, record.
+
+Layout of a run folder:
+    <output>/manifest.json             config, versions, input fingerprints, per-stage counts
+    <output>/<stage>/<table>/          Parquet written by that stage
+    <output>/<stage>/_stage.json       the stage's fingerprint and counts (written last)
+    <output>/dataset/                  the curated set (export)
+    <output>/.tmp/                     work in progress; never read by anyone
+
+A stage folder appears by one rename of a finished temporary folder, so a reader sees either
+nothing or a whole stage. A folder with a `_stage.json` whose fingerprint matches is reused when
+the run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from thresher import schemas
+from thresher.flows import __version__
+from thresher.flows.config import RunConfig, config_json
+from thresher.flows.errors import OutputError, StageError, ThresherError
+from thresher.stages import get_stage
+
+log = logging.getLogger("thresher.runner")
+
+MANIFEST = "manifest.json"
+STAGE_FILE = "_stage.json"
+OWNED = {MANIFEST, ".tmp", "dataset", "report.html"}
+
+
+def _sha(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def parquet_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*.parquet") if not any(s.startswith((".", "_")) for s in p.relative_to(path).parts))
+
+
+def count_rows(path: Path) -> int:
+    """Rows of a Parquet folder from the footers alone (no data read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
+def validate_table(name: str, path: Path) -> None:
+    files = parquet_files(path)
+    if not files:
+        raise StageError(f"{path}: table '{name}' has no Parquet files")
+    schemas.validate(name, pq.read_schema(files[0]), str(files[0]))
+
+
+def arrow_schema_of(df):
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for p in ["thresher", "pyspark", "pyarrow", "prefect", "numba", "numpy", "torch",
+              "sentence-transformers", "datasketch", "faiss-cpu", "pydantic"]:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    fingerprint: str
+    rows_in: int
+    kept: int
+    removed: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, dict] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    reused: bool = False
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+class RunFolder:
+    """Owns the output folder: checks it, and refuses to clobber what it does not own."""
+
+    def __init__(self, root: Path, overwrite: bool = False, resume: bool = False):
+        self.root = Path(root).absolute()
+        self.overwrite = overwrite
+        self.resume = resume
+
+    def prepare(self, stage_names: list[str], inputs: list[Path]) -> None:
+        root = self.root
+        for inp in inputs:
+            # Writing inside the input folder would make the next run read its own output.
+            if root == inp or inp in root.parents:
+                raise OutputError(f"{root}: output folder is inside the input {inp}; choose another --output")
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"{root}: output exists and is not a folder")
+        existing = [p.name for p in root.iterdir()] if root.exists() else []
+        if existing:
+            has_run = (root / MANIFEST).exists()
+            if not has_run:
+                raise OutputError(f"{root}: output folder is not empty and holds no thresher run; choose an empty folder")
+            if not (self.overwrite or self.resume):
+                raise OutputError(f"{root}: output folder holds a previous run; pass --overwrite to replace it or --resume to reuse its finished stages")
+            if self.overwrite:
+                owned = OWNED | set(stage_names) | set(self._stages_of_previous_run())
+                for name in existing:
+                    if name in owned:
+                        p = root / name
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-test-{uuid.uuid4().hex}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(f"{root}: output folder is not writable ({exc.strerror})") from None
+        shutil.rmtree(root / ".tmp", ignore_errors=True)
+
+    def _stages_of_previous_run(self) -> list[str]:
+        try:
+            return list(json.loads((self.root / MANIFEST).read_text()).get("stages", {}))
+        except (OSError, ValueError):
+            return []
+
+    def tmp(self, label: str) -> Path:
+        p = self.root / ".tmp" / f"{label}-{uuid.uuid4().hex[:8]}"
+        p.mkdir(parents=True)
+        return p
+
+    def commit(self, tmp: Path, dest: Path) -> None:
+        """Replace `dest` by `tmp` with renames only, so readers never see a partial folder."""
+        if dest.exists():
+            old = self.root / ".tmp" / f"old-{dest.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+
+    def write_json(self, path: Path, data: dict) -> None:
+        t = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        t.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+        os.replace(t, path)
+
+
+class Runner:
+    """Runs stages in order over one run folder and keeps the manifest."""
+
+    def __init__(self, spark, cfg: RunConfig, folder: RunFolder, force: tuple[str, ...] = ()):
+        self.spark = spark
+        self.cfg = cfg
+        self.folder = folder
+        self.force = set(force)
+        self.tables: dict[str, Path] = {}
+        self.fingerprints: dict[str, str] = {}
+        self.records: dict[str, StageRecord] = {}
+        self.started = time.time()
+        self.input_fingerprint: dict[str, Any] = {}
+        spark.sparkContext.setCheckpointDir(str(folder.root / ".tmp" / "checkpoints"))
+
+    # ----------------------------------------------------------------------------- tables
+    def read(self, name: str):
+        path = self.tables[name]
+        validate_table(name, path)
+        return self.spark.read.parquet(str(path))
+
+    def _write(self, mod, table: str, df, dest: Path, stage_cfg) -> None:
+        schema_name = "documents" if table == "dataset" else table
+        if schema_name in schemas.TABLES:
+            schemas.validate(schema_name, arrow_schema_of(df), f"{mod.NAME} output '{table}'")
+        writer = getattr(mod, "write_table", None)
+        if writer is not None and table in getattr(mod, "CUSTOM_WRITES", ()):
+            writer(table, df, dest, stage_cfg)
+        else:
+            df.write.mode("error").parquet(str(dest))
+
+    # ----------------------------------------------------------------------------- stages
+    def stage_config(self, name: str):
+        section = getattr(self.cfg, name)
+        if section.seed is None:
+            section = section.model_copy(update={"seed": self.cfg.seed})
+        return section
+
+    def fingerprint(self, name: str, mod, stage_cfg) -> str:
+        ups = {t: self.fingerprints.get(t) for t in (*mod.INPUTS, *getattr(mod, "OPTIONAL_INPUTS", ())) if t in self.tables}
+        extra = self.input_fingerprint if name == "ingest" else {}
+        return _sha(__version__, name, config_json(stage_cfg), ups, extra)
+
+    def run_stage(self, name: str) -> StageRecord:
+        mod = get_stage(name)
+        stage_cfg = self.stage_config(name)
+        if name == "ingest":
+            from thresher.stages.ingest import input_fingerprint
+
+            self.input_fingerprint = input_fingerprint(self.cfg.input, stage_cfg)
+        fp = self.fingerprint(name, mod, stage_cfg)
+        dest = self.folder.root / name
+        docs_in = count_rows(self.tables["documents"]) if "documents" in self.tables else None
+
+        reused = self._try_reuse(name, mod, fp, dest)
+        if reused is not None:
+            return reused
+
+        t0 = time.time()
+        inputs = {t: self.read(t) for t in mod.INPUTS}
+        for t in getattr(mod, "OPTIONAL_INPUTS", ()):
+            if t in self.tables:
+                inputs[t] = self.read(t)
+        if name == "ingest":
+            inputs["_paths"] = self.cfg.input  # type: ignore[assignment]
+        try:
+            result = mod.run(self.spark, inputs, stage_cfg)
+        except ThresherError:
+            raise
+        except Exception as exc:
+            raise _as_stage_error(name, exc) from exc
+        stats = dict(result.pop("stats", {}) or {})
+        unknown = set(result) - set(mod.OUTPUTS)
+        if unknown:
+            raise RuntimeError(f"stage {name} returned undeclared tables {sorted(unknown)}")
+
+        tmp = self.folder.tmp(name)
+        locations: dict[str, Path] = {}
+        try:
+            for table, df in result.items():
+                rel = getattr(mod, "OUTPUT_PATHS", {}).get(table)
+                if rel:  # a table that lives at the run's top level (the final dataset)
+                    ttmp = self.folder.tmp(table)
+                    target = ttmp / "data"
+                    self._write(mod, table, df, target, stage_cfg)
+                    locations[table] = self.folder.root / rel
+                    self.folder.commit(target, locations[table])
+                else:
+                    self._write(mod, table, df, tmp / table, stage_cfg)
+                    locations[table] = dest / table
+        except ThresherError:
+            raise
+        except Exception as exc:
+            raise _as_stage_error(name, exc) from exc
+
+        counts = {t: count_rows(tmp / t) for t in result if t not in getattr(mod, "OUTPUT_PATHS", {})}
+        for t, loc in locations.items():
+            if t not in counts:
+                counts[t] = count_rows(loc)
+        rec = StageRecord(stage=name, fingerprint=fp, rows_in=0, kept=0, stats=stats)
+        rec.removed = self._reason_counts(tmp / "removed") if "removed" in result else {}
+        rec.rejected = self._reason_counts(tmp / "rejected") if "rejected" in result else {}
+        kept = counts.get("documents", docs_in if docs_in is not None else 0)
+        rec.kept = kept
+        rec.rows_in = docs_in if docs_in is not None else kept + sum(rec.rejected.values())
+        rec.tables = {t: {"rows": counts[t], "path": str(loc.relative_to(self.folder.root))} for t, loc in locations.items()}
+        rec.wall_s = round(time.time() - t0, 3)
+        closed = rec.rows_in == rec.kept + sum(rec.removed.values()) + sum(rec.rejected.values())
+        if not closed:
+            raise RuntimeError(
+                f"row accounting does not close in stage {name}: in={rec.rows_in} kept={rec.kept} "
+                f"removed={sum(rec.removed.values())} rejected={sum(rec.rejected.values())}"
+            )
+        self.folder.write_json(tmp / STAGE_FILE, rec.to_json())
+        if tmp.exists() and any(tmp.iterdir()):
+            self.folder.commit(tmp, dest)
+        self._adopt(name, mod, rec, locations)
+        return rec
+
+    def _try_reuse(self, name: str, mod, fp: str, dest: Path) -> StageRecord | None:
+        if not self.folder.resume or name in self.force or not (dest / STAGE_FILE).exists():
+            return None
+        try:
+            stored = json.loads((dest / STAGE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if stored.get("fingerprint") != fp:
+            return None
+        locations = {t: self.folder.root / info["path"] for t, info in stored["tables"].items()}
+        for t, loc in locations.items():
+            if not loc.exists() or count_rows(loc) != stored["tables"][t]["rows"]:
+                return None
+        rec = StageRecord(**{**stored, "reused": True})
+        log.info("stage %s: reusing finished output (fingerprint %s)", name, fp[:12])
+        self._adopt(name, mod, rec, locations)
+        return rec
+
+    def _adopt(self, name: str, mod, rec: StageRecord, locations: dict[str, Path]) -> None:
+        for t, loc in locations.items():
+            if t in schemas.TABLES and t not in ("removed", "rejected"):
+                self.tables[t] = loc
+                self.fingerprints[t] = rec.fingerprint
+        self.records[name] = rec
+        self.write_manifest("running")
+
+    def _reason_counts(self, path: Path) -> dict[str, int]:
+        if not path.exists() or count_rows(path) == 0:
+            return {}
+        rows = self.spark.read.parquet(str(path)).groupBy("reason").count().collect()
+        return {r["reason"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["reason"])}
+
+    # ----------------------------------------------------------------------------- manifest
+    def accounting(self) -> dict[str, Any]:
+        ingest = self.records.get("ingest")
+        if ingest is None:
+            return {}
+        removed: dict[str, int] = {}
+        for rec in self.records.values():
+            for reason, n in rec.removed.items():
+                key = f"{rec.stage}:{reason}"
+                removed[key] = removed.get(key, 0) + n
+        kept = count_rows(self.tables["documents"]) if "documents" in self.tables else 0
+        rejected = sum(ingest.rejected.values())
+        rows_in = ingest.rows_in
+        return {
+            "rows_in": rows_in,
+            "kept": kept,
+            "removed": removed,
+            "rejected": dict(ingest.rejected),
+            "closes": rows_in == kept + sum(removed.values()) + rejected,
+        }
+
+    def write_manifest(self, status: str) -> dict:
+        manifest = {
+            "thresher": __version__,
+            "status": status,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "wall_s": round(time.time() - self.started, 3),
+            "config": config_json(self.cfg),
+            "versions": package_versions(),
+            "spark": {"master": self.spark.sparkContext.master, "version": self.spark.version,
+                      "default_parallelism": self.spark.sparkContext.defaultParallelism},
+            "inputs": self.input_fingerprint,
+            "stages": {n: r.to_json() for n, r in self.records.items()},
+            "accounting": self.accounting(),
+        }
+        self.folder.write_json(self.folder.root / MANIFEST, manifest)
+        return manifest
+
+
+def _as_stage_error(stage: str, exc: Exception) -> Exception:
+    """Spark wraps user-caused failures (bad files, bad rows) in long JVM traces: keep one line."""
+    msg = str(exc).strip()
+    for marker in ("ThresherError: ", "InputError: ", "StageError: ", "SchemaError: "):
+        if marker in msg:
+            line = msg.split(marker, 1)[1].splitlines()[0]
+            return StageError(f"stage {stage}: {line}")
+    name = type(exc).__name__
+    if name in ("AnalysisException", "Py4JJavaError", "PythonException", "SparkRuntimeException", "IllegalArgumentException"):
+        first = next((ln for ln in msg.splitlines() if ln.strip()), name)
+        return StageError(f"stage {stage}: {first[:300]}")
+    return exc

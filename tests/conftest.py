@@ -1,0 +1,49 @@
+"""One Spark session per test run; helpers to run configs into temporary folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "configs" / "data" / "debian_demo.parquet"
+CORPUS = Path(os.environ.get("THRESHER_CORPUS", REPO.parent / "shared" / "corpora" / "debian_bookworm_descriptions.parquet"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from thresher.flows.config import SparkConfig
+    from thresher.flows.spark import get_spark
+
+    s = get_spark(SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=4))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def run_curate(spark, tmp_path):
+    """Run a config (a dict, merged over defaults) without Prefect; returns (manifest, output dir)."""
+    from thresher.flows.config import load_config
+    from thresher.flows.curate import execute
+
+    def go(config: dict, output: Path | None = None, **kw):
+        out = output or tmp_path / "run"
+        raw = {"output": str(out), **config}
+        cfg = load_config(raw=raw)
+        return execute(cfg, spark=spark, **kw), out
+
+    return go
+
+
+@pytest.fixture(scope="session")
+def corpus_path():
+    if not CORPUS.exists():
+        pytest.skip(f"{CORPUS} not present")
+    return CORPUS
