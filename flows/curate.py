@@ -76,14 +76,13 @@ def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) ->
 
 
 def _write_card(folder: RunFolder, manifest: dict) -> None:
+    """The dataset card goes beside dataset/, not in it: readers that open the folder as a
+    dataset (pyarrow.dataset, duckdb globs) must find nothing but Parquet there."""
     from thresher.stages.export import dataset_card
 
-    ds = folder.root / "dataset"
-    if ds.is_dir():
-        t = ds / ".README.md.tmp"
-        t.write_text(dataset_card(manifest))
-        t.replace(ds / "README.md")
-        folder.write_json(ds / "manifest.json", manifest)
+    t = folder.root / ".README.md.tmp"
+    t.write_text(dataset_card(manifest))
+    t.replace(folder.root / "README.md")
 
 
 @flow(name="curate", log_prints=True, validate_parameters=False)

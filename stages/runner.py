@@ -38,7 +38,7 @@ log = logging.getLogger("thresher.runner")
 
 MANIFEST = "manifest.json"
 STAGE_FILE = "_stage.json"
-OWNED = {MANIFEST, ".tmp", "dataset", "report.html"}
+OWNED = {MANIFEST, ".tmp", "dataset", "report.html", "README.md"}
 
 
 def _sha(*parts: Any) -> str:
