@@ -1,0 +1,282 @@
+"""MinHash kernels over whole Arrow batches, each beside its plain numpy reference twin.
+
+Everything works on flat buffers: a batch of documents is `offsets` (int64, n+1) into a flat
+array of values (bytes of text, or 64-bit shingle hashes), so a kernel call handles thousands of
+documents with no Python per document or per shingle.
+
+Hash family. A shingle is a 64-bit hash `x`; permutation j maps it to the top 32 bits of
+`a_j * x + b_j (mod 2**64)` with `a_j` odd (multiply-add-shift, Dietzfelbinger 1996): one
+multiply and one add per (shingle, permutation), which LLVM vectorises across permutations.
+Signatures are uint32: half the memory of datasketch's uint64 values, and 32 bits keep
+accidental ties negligible for documents of any practical length.
+
+The `*_ref` functions are the twins: the same arithmetic written with numpy array operations.
+Tests hold each kernel to its twin bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+U64 = np.uint64
+# Multipliers of MurmurHash3's 64-bit finaliser and FNV-1a's constants: well-studied mixers.
+_M1 = U64(0xFF51AFD7ED558CCD)
+_M2 = U64(0xC4CEB9FE1A85EC53)
+_FNV_OFFSET = U64(0xCBF29CE484222325)
+_FNV_PRIME = U64(0x100000001B3)
+_K = U64(0x9E3779B97F4A7C15)  # golden-ratio increment: separates seeds and positions
+_S33 = U64(33)
+_S32 = U64(32)
+_S23 = U64(23)
+_S41 = U64(41)
+EMPTY = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
+
+
+# ------------------------------------------------------------------------------------ mixing
+@njit(inline="always")
+def _fmix(h):
+    h ^= h >> _S33
+    h *= _M1
+    h ^= h >> _S33
+    h *= _M2
+    h ^= h >> _S33
+    return h
+
+
+def _fmix_ref(h: np.ndarray) -> np.ndarray:
+    h = h.astype(U64, copy=True)
+    with np.errstate(over="ignore"):
+        h ^= h >> _S33
+        h *= _M1
+        h ^= h >> _S33
+        h *= _M2
+        h ^= h >> _S33
+    return h
+
+
+@njit(inline="always")
+def _rotl23(h):
+    return (h << _S23) | (h >> _S41)
+
+
+def _rotl23_ref(h):
+    return (h << _S23) | (h >> _S41)
+
+
+# ------------------------------------------------------------------------------------ byte spans
+@njit(cache=True, nogil=True)
+def hash_spans(data, starts, ends, seed):
+    """64-bit hash of each byte span data[starts[i]:ends[i]] (FNV-1a, then a full-avalanche mix)."""
+    n = starts.shape[0]
+    out = np.empty(n, np.uint64)
+    s = U64(seed) ^ _FNV_OFFSET
+    for i in range(n):
+        h = s
+        for k in range(starts[i], ends[i]):
+            h = (h ^ U64(data[k])) * _FNV_PRIME
+        out[i] = _fmix(h ^ U64(ends[i] - starts[i]))
+    return out
+
+
+def hash_spans_ref(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, seed: int) -> np.ndarray:
+    starts = np.asarray(starts, np.int64)
+    lengths = np.asarray(ends, np.int64) - starts
+    h = np.full(len(starts), U64(seed) ^ _FNV_OFFSET, U64)
+    with np.errstate(over="ignore"):
+        # One step per byte position, across all spans at once.
+        for pos in range(int(lengths.max()) if len(lengths) else 0):
+            live = lengths > pos
+            h[live] = (h[live] ^ data[starts[live] + pos].astype(U64)) * _FNV_PRIME
+    return _fmix_ref(h ^ lengths.astype(U64))
+
+
+# ------------------------------------------------------------------------------------ word n-grams
+@njit(cache=True, nogil=True)
+def ngram_hashes(tok_hash, doc_offsets, n, seed):
+    """Hashes of the word n-grams of each document, from its token hashes.
+
+    A document with 1..n-1 tokens gets one shingle of all its tokens, so short documents still
+    compare; a document without tokens gets none. Returns (offsets, hashes).
+    """
+    ndoc = doc_offsets.shape[0] - 1
+    out_off = np.empty(ndoc + 1, np.int64)
+    out_off[0] = 0
+    for d in range(ndoc):
+        m = doc_offsets[d + 1] - doc_offsets[d]
+        c = m - n + 1 if m >= n else (1 if m > 0 else 0)
+        out_off[d + 1] = out_off[d] + c
+    out = np.empty(out_off[ndoc], np.uint64)
+    s0 = U64(seed) * _K + _K
+    for d in range(ndoc):
+        lo = doc_offsets[d]
+        m = doc_offsets[d + 1] - lo
+        w = n if m >= n else m
+        for k in range(out_off[d + 1] - out_off[d]):
+            h = s0
+            for j in range(w):
+                h = _rotl23(h ^ tok_hash[lo + k + j]) * _M2
+            out[out_off[d] + k] = _fmix(h)
+    return out_off, out
+
+
+def ngram_hashes_ref(tok_hash: np.ndarray, doc_offsets: np.ndarray, n: int, seed: int):
+    doc_offsets = np.asarray(doc_offsets, np.int64)
+    m = np.diff(doc_offsets)
+    counts = np.where(m >= n, m - n + 1, np.where(m > 0, 1, 0))
+    out_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    doc = np.repeat(np.arange(len(m)), counts)
+    k = np.arange(out_off[-1]) - out_off[doc]
+    first = doc_offsets[doc] + k
+    width = np.minimum(m[doc], n)
+    with np.errstate(over="ignore"):
+        s0 = U64(seed) * _K + _K
+        h = np.full(len(first), s0, U64)
+        for j in range(n):
+            live = width > j
+            h[live] = _rotl23_ref(h[live] ^ tok_hash[first[live] + j]) * _M2
+    return out_off, _fmix_ref(h)
+
+
+# ------------------------------------------------------------------------------------ sets
+@njit(cache=True, nogil=True)
+def sort_unique(offsets, values):
+    """Each segment sorted with repeats removed: the shingle *set* of each document."""
+    n = offsets.shape[0] - 1
+    out = np.empty_like(values)
+    out_off = np.empty(n + 1, np.int64)
+    out_off[0] = 0
+    w = 0
+    for d in range(n):
+        seg = np.sort(values[offsets[d]:offsets[d + 1]])
+        for k in range(seg.shape[0]):
+            if k == 0 or seg[k] != seg[k - 1]:
+                out[w] = seg[k]
+                w += 1
+        out_off[d + 1] = w
+    return out_off, out[:w].copy()
+
+
+def sort_unique_ref(offsets: np.ndarray, values: np.ndarray):
+    offsets = np.asarray(offsets, np.int64)
+    seg = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    order = np.lexsort((values, seg))
+    v, s = values[order], seg[order]
+    keep = np.ones(len(v), bool)
+    keep[1:] = (v[1:] != v[:-1]) | (s[1:] != s[:-1])
+    counts = np.bincount(s[keep], minlength=len(offsets) - 1)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), v[keep]
+
+
+# ------------------------------------------------------------------------------------ signatures
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b) of each permutation, from the seed alone."""
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, 0x4D696E48])
+    a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False) | U64(1)
+    b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    return a, b
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def minhash_signatures(offsets, hashes, a, b):
+    """uint32 signature (n, num_perm) of each document's shingle hashes; EMPTY where it has none."""
+    n = offsets.shape[0] - 1
+    p = a.shape[0]
+    out = np.empty((n, p), np.uint32)
+    for d in prange(n):
+        acc = np.full(p, U64(0xFFFFFFFF), np.uint64)
+        for k in range(offsets[d], offsets[d + 1]):
+            x = hashes[k]
+            for j in range(p):
+                v = (a[j] * x + b[j]) >> _S32
+                if v < acc[j]:
+                    acc[j] = v
+        for j in range(p):
+            out[d, j] = np.uint32(acc[j])
+    return out
+
+
+def minhash_signatures_ref(offsets: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarray,
+                           chunk: int = 1 << 16) -> np.ndarray:
+    offsets = np.asarray(offsets, np.int64)
+    n = len(offsets) - 1
+    out = np.full((n, len(a)), EMPTY, np.uint32)
+    seg = np.repeat(np.arange(n), np.diff(offsets))
+    with np.errstate(over="ignore"):
+        for lo in range(0, len(hashes), chunk):
+            x = hashes[lo:lo + chunk]
+            v = ((a[None, :] * x[:, None] + b[None, :]) >> _S32).astype(np.uint32)
+            np.minimum.at(out, seg[lo:lo + chunk], v)
+    return out
+
+
+# ------------------------------------------------------------------------------------ banding
+@njit(cache=True, nogil=True)
+def band_hashes(sig, bands, rows, seed):
+    """One 64-bit hash per (document, band) of the band's `rows` signature values (as int64)."""
+    n = sig.shape[0]
+    out = np.empty((n, bands), np.int64)
+    s0 = U64(seed) * _K
+    for d in range(n):
+        for bnd in range(bands):
+            h = s0 + U64(bnd + 1) * _K
+            for r in range(rows):
+                h = _rotl23(h ^ U64(sig[d, bnd * rows + r])) * _M1
+            out[d, bnd] = np.int64(_fmix(h))
+    return out
+
+
+def band_hashes_ref(sig: np.ndarray, bands: int, rows: int, seed: int) -> np.ndarray:
+    n = sig.shape[0]
+    out = np.empty((n, bands), np.int64)
+    with np.errstate(over="ignore"):
+        s0 = U64(seed) * _K
+        for bnd in range(bands):
+            h = np.full(n, s0 + U64(bnd + 1) * _K, U64)
+            for r in range(rows):
+                h = _rotl23_ref(h ^ sig[:, bnd * rows + r].astype(U64)) * _M1
+            out[:, bnd] = _fmix_ref(h).view(np.int64)
+    return out
+
+
+# ------------------------------------------------------------------------------------ Jaccard
+@njit(cache=True, nogil=True)
+def jaccard_sorted(off_a, val_a, off_b, val_b):
+    """Exact Jaccard of document i of A with document i of B (sorted unique sets; merge walk).
+    Two empty sets score 0: with nothing to compare there is no evidence of duplication."""
+    n = off_a.shape[0] - 1
+    out = np.empty(n, np.float64)
+    for d in range(n):
+        i, ie = off_a[d], off_a[d + 1]
+        j, je = off_b[d], off_b[d + 1]
+        na, nb = ie - i, je - j
+        inter = 0
+        while i < ie and j < je:
+            x, y = val_a[i], val_b[j]
+            if x == y:
+                inter += 1
+                i += 1
+                j += 1
+            elif x < y:
+                i += 1
+            else:
+                j += 1
+        union = na + nb - inter
+        out[d] = inter / union if union > 0 else 0.0
+    return out
+
+
+def jaccard_sorted_ref(off_a, val_a, off_b, val_b) -> np.ndarray:
+    out = np.empty(len(off_a) - 1, np.float64)
+    for d in range(len(out)):
+        sa, sb = val_a[off_a[d]:off_a[d + 1]], val_b[off_b[d]:off_b[d + 1]]
+        union = len(np.union1d(sa, sb))
+        out[d] = len(np.intersect1d(sa, sb, assume_unique=True)) / union if union else 0.0
+    return out
+
+
+def signature_agreement(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """MinHash estimate of Jaccard: the share of permutations whose minima agree."""
+    est = (sig_a == sig_b).mean(axis=1)
+    empty = (sig_a == EMPTY).all(axis=1) | (sig_b == EMPTY).all(axis=1)
+    return np.where(empty, 0.0, est)
