@@ -1,0 +1,393 @@
+"""numba CPU k-means kernels (references in kmeans_ref.py).
+
+Assignment screens with a fast matrix product and decides with exact arithmetic: the product
+(fp32 BLAS here, bf16 in backend.py) gives every centroid a score `||c||^2 - 2 x.c` with a known
+error bound; only the centroids whose score is within twice that bound of the row's best can be
+the nearest one, and those few are compared by their float64 distance (lowest index on ties).
+So a label is a pure function of (x, C): it does not depend on block sizes, thread counts,
+BLAS builds, Spark partitions or the screening precision, and it equals the reference's.
+
+Centroid sums are int64 fixed point: each value is rounded once to a multiple of 1/scale, after
+which addition is exact and associative, so per-thread and per-partition partial sums reduce
+to the same bits in any order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+# Candidates kept per row while streaming over centroid chunks; a row that overflows is
+# decided by an exact pass over all centroids (rare: it needs > MAXC near-ties).
+MAXC = 32
+UNIT_FP32 = 2.0 ** -24
+
+
+def screen_coef(d: int, unit: float, out_unit: float = 0.0) -> float:
+    """Bound on |score error| / (||x|| * max||c||) for a product with inputs rounded to `unit`,
+    fp32 accumulation over d terms, and the output rounded to `out_unit`; doubled for safety."""
+    gamma = d * UNIT_FP32 / (1 - d * UNIT_FP32)
+    per_dot = (2 * unit + unit * unit) + gamma * (1 + unit) ** 2 + out_unit * (1 + unit) ** 2 * (1 + gamma)
+    # A score is cn - 2 s, so its error is twice the dot's; 2x safety on top.
+    return 2.0 * 2.0 * per_dot
+
+
+def fixed_scale(n_total: int, maxabs: float) -> float:
+    """Largest power of two such that n_total values of magnitude <= maxabs sum below 2^62."""
+    m = max(float(maxabs), 1e-30) * max(int(n_total), 1)
+    return float(2.0 ** math.floor(61 - math.log2(m)))
+
+
+@njit(cache=True, fastmath=True)
+def _d2(x, c):
+    s = 0.0
+    for t in range(x.shape[0]):
+        v = np.float64(x[t]) - np.float64(c[t])
+        s += v * v
+    return s
+
+
+@njit(cache=True, inline="always")
+def _push(i, j, v, vmin, W, cand, candv, ncand, over):
+    """Record centroid j with screened score v for row i, if it can still be the nearest."""
+    if v > vmin[i] + W[i]:
+        return
+    if v < vmin[i]:
+        vmin[i] = v
+    if ncand[i] == cand.shape[1]:
+        # Full: drop those the new minimum has ruled out.
+        m = 0
+        for q in range(ncand[i]):
+            if candv[i, q] <= vmin[i] + W[i]:
+                cand[i, m] = cand[i, q]
+                candv[i, m] = candv[i, q]
+                m += 1
+        ncand[i] = m
+        if m == cand.shape[1]:
+            over[i] = True
+            return
+    cand[i, ncand[i]] = j
+    candv[i, ncand[i]] = v
+    ncand[i] += 1
+
+
+@njit(cache=True)
+def _decide(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
+    """Exact decision for row i of the block (global row gi) among its surviving candidates."""
+    best = -1
+    bd = np.inf
+    if over[i]:
+        for j in range(C.shape[0]):
+            dd = _d2(X[gi], C[j])
+            if dd < bd:
+                bd = dd
+                best = j
+    else:
+        for q in range(ncand[i]):
+            if candv[i, q] <= vmin[i] + W[i]:
+                j = cand[i, q]
+                dd = _d2(X[gi], C[j])
+                if dd < bd or (dd == bd and j < best):
+                    bd = dd
+                    best = j
+    labels[gi] = best
+    d2[gi] = bd
+
+
+@njit(parallel=True, cache=True)
+def _scan_tile(T, j0, kk, cn, vmin, W, cand, candv, ncand, over):
+    """Fold one (rows, centroid-chunk) tile of dot products into each row's candidates."""
+    for i in prange(T.shape[0]):
+        lo = np.inf
+        for jj in range(kk):
+            v = cn[j0 + jj] - 2.0 * np.float64(T[i, jj])
+            if v < lo:
+                lo = v
+        if lo > vmin[i] + W[i]:
+            continue
+        # Tighten the bound first so only this tile's near-best centroids are pushed.
+        if lo < vmin[i]:
+            vmin[i] = lo
+        for jj in range(kk):
+            v = cn[j0 + jj] - 2.0 * np.float64(T[i, jj])
+            # Test here, not in _push: a call per element would cost array refcounting.
+            if v <= vmin[i] + W[i]:
+                _push(i, j0 + jj, v, vmin, W, cand, candv, ncand, over)
+
+
+@njit(parallel=True, cache=True)
+def _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
+    for i in prange(vmin.shape[0]):
+        _decide(i, s + i, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
+
+
+@njit(cache=True)
+def _assign_fp32(X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
+    # Row blocks run one after the other so that each product gets all of BLAS's threads
+    # (BLAS called from inside numba's parallel loop oversubscribes the cores); the scan of a
+    # tile is the parallel part. Only one (block, chunk) tile of scores exists at a time.
+    n = X.shape[0]
+    k = C.shape[0]
+    nch, _, kc = Cchunks.shape
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        m = e - s
+        vmin = np.full(m, np.inf)
+        W = np.empty(m)
+        for i in range(m):
+            W[i] = 2.0 * coef * xnorm[s + i] * cmax + 1e-300
+        cand = np.empty((m, MAXC), np.int32)
+        candv = np.empty((m, MAXC), np.float64)
+        ncand = np.zeros(m, np.int32)
+        over = np.zeros(m, np.bool_)
+        Xb = np.ascontiguousarray(X[s:e])
+        for ch in range(nch):
+            T = np.dot(Xb, Cchunks[ch])
+            _scan_tile(T, ch * kc, min(kc, k - ch * kc), cn, vmin, W, cand, candv, ncand, over)
+        _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
+
+
+@njit(parallel=True, cache=True)
+def select_from_scores(S, s0, X, C, cn, xnorm, cmax, coef, labels, d2):
+    """Rows s0.. of X given their screened dot products S (m, k) from any product whose error
+    bound is `coef`: exact decision as in `assign`. Used by the bf16 path."""
+    m, k = S.shape
+    rows_per = 64
+    nb = (m + rows_per - 1) // rows_per
+    for b in prange(nb):
+        a = b * rows_per
+        z = min(m, a + rows_per)
+        mm = z - a
+        vmin = np.full(mm, np.inf)
+        W = np.empty(mm)
+        for i in range(mm):
+            W[i] = 2.0 * coef * xnorm[s0 + a + i] * cmax + 1e-300
+        cand = np.empty((mm, MAXC), np.int32)
+        candv = np.empty((mm, MAXC), np.float64)
+        ncand = np.zeros(mm, np.int32)
+        over = np.zeros(mm, np.bool_)
+        for i in range(mm):
+            lo = np.inf
+            for j in range(k):
+                v = cn[j] - 2.0 * np.float64(S[a + i, j])
+                if v < lo:
+                    lo = v
+            vmin[i] = lo
+            for j in range(k):
+                v = cn[j] - 2.0 * np.float64(S[a + i, j])
+                if v <= vmin[i] + W[i]:
+                    _push(i, j, v, vmin, W, cand, candv, ncand, over)
+        for i in range(mm):
+            _decide_offset(i, s0 + a + i, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
+
+
+@njit(cache=True)
+def _decide_offset(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
+    _decide(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
+
+
+def norms(X: np.ndarray) -> np.ndarray:
+    """Euclidean norms in float64 (the screening windows scale with them)."""
+    return np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+
+
+def chunk_centroids(C: np.ndarray, kc: int = 512) -> np.ndarray:
+    """C transposed into (n_chunks, d, kc) contiguous slabs, zero-padded."""
+    k, d = C.shape
+    nch = max(1, -(-k // kc))
+    out = np.zeros((nch, d, kc), dtype=np.float32)
+    for c in range(nch):
+        part = C[c * kc:(c + 1) * kc]
+        out[c, :, : len(part)] = part.T
+    return out
+
+
+def assign(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, block: int = 2048,
+           kc: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (int32, lowest index on ties) and squared distance (float32) per row."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    C = np.ascontiguousarray(C, dtype=np.float32)
+    n, d = X.shape
+    if xnorm is None:
+        xnorm = norms(X)
+    cn64 = np.einsum("ij,ij->i", C, C, dtype=np.float64)
+    cmax = float(np.sqrt(cn64.max())) if len(C) else 0.0
+    labels = np.empty(n, np.int32)
+    d2 = np.empty(n, np.float64)
+    if n:
+        _assign_fp32(X, C, chunk_centroids(C, min(kc, max(16, len(C)))), cn64, xnorm, cmax,
+                     screen_coef(d, UNIT_FP32), block, labels, d2)
+    return labels, d2.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ update
+@njit(parallel=True, cache=True)
+def _update_partials(X, labels, k, scale, P):
+    n, d = X.shape
+    part = np.zeros((P, k, d), np.int64)
+    pc = np.zeros((P, k), np.int64)
+    chunk = (n + P - 1) // P
+    for p in prange(P):
+        for i in range(p * chunk, min(n, (p + 1) * chunk)):
+            j = labels[i]
+            if j < 0:
+                continue
+            pc[p, j] += 1
+            for t in range(d):
+                part[p, j, t] += np.int64(np.rint(np.float64(X[i, t]) * scale))
+    sums = np.zeros((k, d), np.int64)
+    counts = np.zeros(k, np.int64)
+    for j in prange(k):
+        for p in range(P):
+            counts[j] += pc[p, j]
+            for t in range(d):
+                sums[j, t] += part[p, j, t]
+    return sums, counts
+
+
+@njit(parallel=True, cache=True)
+def _update_sorted(X, labels, k, scale):
+    """Same sums without per-thread buffers: points grouped by cluster, one cluster per task.
+    For large k*d where P copies of the sums would not fit."""
+    n, d = X.shape
+    counts = np.zeros(k, np.int64)
+    for i in range(n):
+        if labels[i] >= 0:
+            counts[labels[i]] += 1
+    off = np.zeros(k + 1, np.int64)
+    for j in range(k):
+        off[j + 1] = off[j] + counts[j]
+    pos = off[:-1].copy()
+    order = np.empty(off[k], np.int64)
+    for i in range(n):
+        j = labels[i]
+        if j >= 0:
+            order[pos[j]] = i
+            pos[j] += 1
+    sums = np.zeros((k, d), np.int64)
+    for j in prange(k):
+        for q in range(off[j], off[j + 1]):
+            i = order[q]
+            for t in range(d):
+                sums[j, t] += np.int64(np.rint(np.float64(X[i, t]) * scale))
+    return sums, counts
+
+
+def update(X: np.ndarray, labels: np.ndarray, k: int, scale: float,
+           max_partial_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster fixed-point sums (int64, value * scale) and counts. Labels < 0 are skipped."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    P = numba.get_num_threads()
+    if P > 1 and P * k * X.shape[1] * 8 <= max_partial_bytes:
+        return _update_partials(X, labels, k, float(scale), P)
+    return _update_sorted(X, labels, k, float(scale))
+
+
+def centroids_from(sums: np.ndarray, counts: np.ndarray, scale: float, old: np.ndarray) -> np.ndarray:
+    """Means from fixed-point sums; an empty cluster keeps `old` (callers may re-seed it)."""
+    out = np.asarray(old, dtype=np.float32).copy()
+    nz = counts > 0
+    out[nz] = (sums[nz].astype(np.float64) / scale / counts[nz, None]).astype(np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------ k-means++
+@njit(parallel=True, cache=True)
+def _candidate_pots(X, closest, cand_rows, chunk):
+    """min(closest, d(x, candidate)) for every point and candidate, and each candidate's
+    potential summed in fixed chunks (so the sum does not depend on the thread count)."""
+    n = X.shape[0]
+    L = cand_rows.shape[0]
+    newd = np.empty((n, L))
+    nch = (n + chunk - 1) // chunk
+    part = np.zeros((nch, L))
+    for c in prange(nch):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            for l in range(L):
+                v = _d2(X[i], cand_rows[l])
+                if closest[i] < v:
+                    v = closest[i]
+                newd[i, l] = v
+                part[c, l] += v
+    pots = np.zeros(L)
+    for c in range(nch):
+        for l in range(L):
+            pots[l] += part[c, l]
+    return newd, pots
+
+
+@njit(parallel=True, cache=True)
+def _dist_to_row(X, row):
+    out = np.empty(X.shape[0])
+    for i in prange(X.shape[0]):
+        out[i] = _d2(X[i], row)
+    return out
+
+
+def kmeanspp(X: np.ndarray, k: int, seed: int, n_local_trials: int | None = None) -> np.ndarray:
+    """Greedy k-means++ (kmeanspp_ref's algorithm and random stream): chosen row indices."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n = len(X)
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means++: need 1 <= k <= n points, got k={k}, n={n}")
+    L = n_local_trials or (2 + int(np.log(k)))
+    rng = np.random.default_rng(seed)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    closest = _dist_to_row(X, X[chosen[0]])
+    for c in range(1, k):
+        cum = np.cumsum(closest)
+        r = rng.random(L) * cum[-1]
+        cand = np.minimum(np.searchsorted(cum, r), n - 1)
+        newd, pots = _candidate_pots(X, closest, X[cand], 4096)
+        best = int(np.argmin(pots))
+        chosen[c] = cand[best]
+        closest = np.ascontiguousarray(newd[:, best])
+    return chosen
+
+
+# ------------------------------------------------------------------------------ selections
+@njit(parallel=True, cache=True)
+def topr(key, labels, k, r):
+    """(k, r) indices of each cluster's r smallest keys (index breaks ties), -1 padded."""
+    n = key.shape[0]
+    counts = np.zeros(k, np.int64)
+    for i in range(n):
+        if labels[i] >= 0:
+            counts[labels[i]] += 1
+    off = np.zeros(k + 1, np.int64)
+    for j in range(k):
+        off[j + 1] = off[j] + counts[j]
+    pos = off[:-1].copy()
+    order = np.empty(off[k], np.int64)
+    for i in range(n):
+        j = labels[i]
+        if j >= 0:
+            order[pos[j]] = i
+            pos[j] += 1
+    out = np.full((k, r), -1, np.int64)
+    for j in prange(k):
+        mem = order[off[j]:off[j + 1]]  # ascending index, so a stable sort breaks ties by index
+        o = np.argsort(key[mem], kind="mergesort")
+        for q in range(min(r, mem.shape[0])):
+            out[j, q] = mem[o[q]]
+    return out
+
+
+def farthest(d2: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the m largest distances, lower index first on ties."""
+    d2 = np.asarray(d2, dtype=np.float64)
+    m = min(m, len(d2))
+    if m == 0:
+        return np.empty(0, np.int64)
+    if m < len(d2):
+        thr = np.partition(d2, len(d2) - m)[len(d2) - m]
+        pool = np.flatnonzero(d2 >= thr)
+    else:
+        pool = np.arange(len(d2))
+    order = np.lexsort((pool, -d2[pool]))
+    return pool[order[:m]]
