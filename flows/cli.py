@@ -26,6 +26,21 @@ def _setup_logging(debug: bool) -> None:
     )
     for noisy in ("py4j", "httpx", "httpcore", "numba", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not debug:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_NoUserTracebacks())
+
+
+class _NoUserTracebacks(logging.Filter):
+    """Prefect logs every failed run with its traceback; for errors the user caused, the CLI's
+    one line says it all (--debug brings the traceback back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ThresherError):
+            record.exc_info = None
+            record.exc_text = None
+            return False
+        return True
 
 
 class Cli(click.Group):
@@ -125,6 +140,37 @@ def demo(**kw):
 
 
 @main.command()
+@click.argument("catalog")
+@click.option("--output", "-o", required=True, help="Folder for the containment table, the plan and the manifest.")
+@click.option("--config", "config", help="Config file (default: the shipped configs/containment.yaml).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value, e.g. containment.tau=0.95 (repeatable).")
+@click.option("--spark-master", help="Spark master URL, e.g. spark://HOST:7077 (default local[*]).")
+@click.option("--overwrite", is_flag=True, help="Replace a previous containment result in the output folder.")
+@click.option("--no-prefect", is_flag=True, help="Run the steps without a Prefect flow (no API server).")
+def containment(catalog, output, config, sets, spark_master, overwrite, no_prefect):
+    """Find datasets of CATALOG contained in others and plan what to drop (R2D2). Deletes nothing.
+
+    CATALOG is a YAML list of {name, path} entries or a folder whose sub-folders are datasets."""
+    from thresher.flows.config import parse_overrides
+    from thresher.flows.containment import load_config as load_containment, run_config as run_containment
+
+    over = parse_overrides(list(sets))
+    over["catalog"], over["output"] = catalog, output
+    if spark_master:
+        over.setdefault("spark", {})["master"] = spark_master
+        if not spark_master.startswith("local"):
+            over["spark"].setdefault("driver_host", None)
+    cfg = load_containment(config, over)
+    m = run_containment(cfg, overwrite=overwrite, use_prefect=not no_prefect)
+    c = m["counts"]
+    click.echo(f"\ndatasets {c['datasets']} (compared {c['compared']}, empty {c['empty']}, skipped {c['skipped']})")
+    click.echo(f"pairs: ordered {c['ordered_pairs']} -> schema {c['after_schema']} -> min-max {c['after_minmax']} "
+               f"-> sketch {c['after_sketch']} -> content {c['after_content']} contained")
+    click.echo(f"plan: drop {c['dropped']} datasets, {c['bytes_saved'] / 1e6:.1f} MB saved (nothing deleted)")
+    click.echo(f"output: {os.path.abspath(output)}  (containment/, plan.parquet, plan.json, manifest.json)")
+
+
+@main.command()
 @click.argument("config", required=False)
 def show_config(config):
     """Print the fully resolved config (defaults included) as YAML."""
@@ -134,6 +180,50 @@ def show_config(config):
 
     cfg = load_config(config, {"output": "-"} if config is None else None)
     click.echo(yaml.safe_dump(config_json(cfg), sort_keys=False))
+
+
+@main.command()
+@click.argument("config")
+@click.option("--name", default="thresher", show_default=True, help="Deployment name (runs: `prefect deployment run curate/NAME`).")
+@click.option("--input", "-i", "inputs", multiple=True, help="Input file, folder or glob (repeatable); replaces the config's input.")
+@click.option("--output", "-o", help="Run folder; replaces the config's output.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value (repeatable).")
+@click.option("--spark-master", help="Spark master URL for the served runs.")
+@click.option("--overwrite", is_flag=True, help="Default for runs: replace a previous run in the output folder.")
+@click.option("--resume", is_flag=True, help="Default for runs: reuse finished stages.")
+@click.option("--cron", help="Schedule runs with a cron expression (UTC).")
+@click.option("--interval", "interval_s", type=float, help="Schedule a run every N seconds.")
+@click.option("--limit", type=int, help="At most this many flow runs at once.")
+def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, cron, interval_s, limit):
+    """Serve the curate flow over CONFIG as a Prefect deployment (needs PREFECT_API_URL)."""
+    from thresher.flows.config import config_json, load_config, parse_overrides
+    from thresher.flows.serve import serve as serve_flow
+
+    over = parse_overrides(list(sets))
+    if inputs:
+        over["input"] = list(inputs)
+    if output:
+        over["output"] = os.path.abspath(output)
+    if spark_master:
+        over.setdefault("spark", {})["master"] = spark_master
+        if not spark_master.startswith("local"):
+            over["spark"].setdefault("driver_host", None)
+    cfg = load_config(config, over)
+    if not cfg.output:
+        raise click.UsageError("no output folder: set `output:` in the config or pass --output")
+    cfg_json = config_json(cfg)
+    # Served runs execute in another working directory: pin the run folder to an absolute path.
+    cfg_json["output"] = os.path.abspath(cfg_json["output"])
+    serve_flow(cfg_json, name, overwrite=overwrite, resume=resume, cron=cron, interval_s=interval_s, limit=limit)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir):
+    """Write RUN_DIR/report.html: plots of rows per stage, duplicates, clusters, quality, containment, time and memory."""
+    from thresher.flows.report import write_report
+
+    click.echo(write_report(run_dir))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import shutil
 from pathlib import Path
@@ -35,7 +36,9 @@ def execute(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force
     return _execute(cfg, overwrite, resume, force, spark, as_tasks=False)
 
 
-def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) -> dict:
+def preflight(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force=()) -> tuple[RunFolder, list[Path]]:
+    """Every check that needs no Spark: inputs, schemas, the output folder. Nothing is written,
+    so bad input fails fast and leaves nothing behind."""
     from thresher.stages.ingest import list_files, unified_schema
 
     if not cfg.output:
@@ -43,12 +46,18 @@ def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) ->
     unknown = set(force) - set(cfg.stages)
     if unknown:
         raise ConfigError(f"--force {sorted(unknown)[0]}: not a stage of this run ({', '.join(cfg.stages)})")
-    # Check every input before the output folder is touched, so bad input leaves nothing behind.
     files = list_files(cfg.input, cfg.ingest.format)
     unified_schema(files, cfg.ingest)
+    inputs = [Path(p).absolute() for p, _, _ in files] + [Path(i).absolute() for i in cfg.input if not glob.has_magic(i)]
     folder = RunFolder(Path(cfg.output), overwrite=overwrite, resume=resume)
+    folder.check(inputs)
+    return folder, inputs
+
+
+def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) -> dict:
+    folder, inputs = preflight(cfg, overwrite, resume, force)
     created = not folder.root.exists()
-    folder.prepare(cfg.stages, [Path(p).absolute() for p, _, _ in files] + [Path(i).absolute() for i in cfg.input if "*" not in i])
+    folder.prepare(cfg.stages, inputs)
     spark = spark or get_spark(cfg.spark)
     runner = Runner(spark, cfg, folder, force=force)
     try:
@@ -61,15 +70,19 @@ def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) ->
                 stage_task.fn(runner, name)
         manifest = runner.write_manifest("complete")
         _write_card(folder, manifest)
+        from thresher.flows.report import report_after_run
+
+        report_after_run(folder.root)  # logs a warning on failure; never fails the run
         return manifest
     except BaseException as exc:
         shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
-        if runner.records:
+        if created and not runner.records:
+            shutil.rmtree(folder.root, ignore_errors=True)  # nothing finished: leave no trace
+        else:
+            # Finished stages stay (complete tables only) so a rerun resumes from them.
             m = runner.write_manifest("failed")
             m["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             folder.write_json(folder.root / "manifest.json", m)
-        elif created:
-            shutil.rmtree(folder.root, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
@@ -93,6 +106,7 @@ def curate(config: dict, overwrite: bool = False, resume: bool = False, force: l
 
 
 def run_config(cfg: RunConfig, overwrite=False, resume=False, force=(), use_prefect=True) -> dict:
+    preflight(cfg, overwrite, resume, force)
     if use_prefect:
         return curate(config_json(cfg), overwrite=overwrite, resume=resume, force=list(force))
     return execute(cfg, overwrite=overwrite, resume=resume, force=tuple(force))

@@ -96,6 +96,7 @@ class StageRecord:
     stats: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     reused: bool = False
+    peak_rss_mb: float | None = None  # driver process tree (JVM, Python workers) while the stage ran
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -109,7 +110,8 @@ class RunFolder:
         self.overwrite = overwrite
         self.resume = resume
 
-    def prepare(self, stage_names: list[str], inputs: list[Path]) -> None:
+    def check(self, inputs: list[Path]) -> None:
+        """Refuse an output folder we must not write to, without changing anything."""
         root = self.root
         for inp in inputs:
             # Writing inside the input folder would make the next run read its own output.
@@ -119,11 +121,24 @@ class RunFolder:
             raise OutputError(f"{root}: output exists and is not a folder")
         existing = [p.name for p in root.iterdir()] if root.exists() else []
         if existing:
-            has_run = (root / MANIFEST).exists()
-            if not has_run:
+            status = self.previous_status()
+            if status is None:
                 raise OutputError(f"{root}: output folder is not empty and holds no thresher run; choose an empty folder")
-            if not (self.overwrite or self.resume):
+            if status == "complete" and not (self.overwrite or self.resume):
                 raise OutputError(f"{root}: output folder holds a previous run; pass --overwrite to replace it or --resume to reuse its finished stages")
+            if status != "complete" and not self.overwrite:
+                # An interrupted run (killed, or failed) continues where it stopped: finished
+                # stages whose fingerprints still match are reused, the rest recomputed.
+                self.resume = True
+        probe_dir = next((p for p in [root, *root.parents] if p.exists()), None)
+        if probe_dir is None or not probe_dir.is_dir() or not os.access(probe_dir, os.W_OK):
+            raise OutputError(f"{root}: output folder is not writable")
+
+    def prepare(self, stage_names: list[str], inputs: list[Path]) -> None:
+        self.check(inputs)
+        root = self.root
+        existing = [p.name for p in root.iterdir()] if root.exists() else []
+        if existing:
             if self.overwrite:
                 owned = OWNED | set(stage_names) | set(self._stages_of_previous_run())
                 for name in existing:
@@ -138,6 +153,14 @@ class RunFolder:
         except OSError as exc:
             raise OutputError(f"{root}: output folder is not writable ({exc.strerror})") from None
         shutil.rmtree(root / ".tmp", ignore_errors=True)
+
+    def previous_status(self) -> str | None:
+        try:
+            return json.loads((self.root / MANIFEST).read_text()).get("status", "unknown")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return "unknown"
 
     def _stages_of_previous_run(self) -> list[str]:
         try:
@@ -180,6 +203,9 @@ class Runner:
         self.started = time.time()
         self.input_fingerprint: dict[str, Any] = {}
         spark.sparkContext.setCheckpointDir(str(folder.root / ".tmp" / "checkpoints"))
+        # Written before any work, so a run killed in its first stage is still recognised (and
+        # resumed) as ours rather than refused as a foreign folder.
+        self.write_manifest("running")
 
     # ----------------------------------------------------------------------------- tables
     def read(self, name: str):
@@ -210,6 +236,16 @@ class Runner:
         return _sha(__version__, name, config_json(stage_cfg), ups, extra)
 
     def run_stage(self, name: str) -> StageRecord:
+        from thresher.flows.progress import StageMonitor
+
+        # Progress on a terminal (one summary line in a log) and the stage's peak memory.
+        docs_in = count_rows(self.tables["documents"]) if "documents" in self.tables else None
+        with StageMonitor(self.spark, name, docs_in) as self._monitor:
+            rec = self._run_stage(name)
+            self._monitor.finish(rec.rows_in, rec.reused)
+        return rec
+
+    def _run_stage(self, name: str) -> StageRecord:
         mod = get_stage(name)
         stage_cfg = self.stage_config(name)
         if name == "ingest":
@@ -273,6 +309,7 @@ class Runner:
         rec.rows_in = docs_in if docs_in is not None else kept + sum(rec.rejected.values())
         rec.tables = {t: {"rows": counts[t], "path": str(loc.relative_to(self.folder.root))} for t, loc in locations.items()}
         rec.wall_s = round(time.time() - t0, 3)
+        rec.peak_rss_mb = self._monitor.peak_rss_mb
         closed = rec.rows_in == rec.kept + sum(rec.removed.values()) + sum(rec.rejected.values())
         if not closed:
             raise RuntimeError(
