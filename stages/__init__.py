@@ -21,6 +21,8 @@ from types import ModuleType
 # Order is the pipeline order; a stage added by a later change is one line here.
 STAGES: dict[str, str] = {
     "ingest": "thresher.stages.ingest",
+    "exact_dedup": "thresher.stages.exact_dedup",
+    "fuzzy_dedup": "thresher.stages.fuzzy_dedup",
     "export": "thresher.stages.export",
 }
 

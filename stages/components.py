@@ -1,0 +1,131 @@
+"""Connected components and survivor choice on Spark DataFrames (no driver-side graph).
+
+Connected components use the large-star / small-star rounds of Kiveris et al., "Connected
+Components in MapReduce and Beyond" (SoCC 2014): O(log^2 n) rounds whatever the diameter, each
+round two group-bys and two joins. The edge list is checkpointed every round, so lineage stays
+short and each round reads the previous one from storage; only one number per round (are we a
+forest of stars yet?) reaches the driver.
+
+Node keys can be any orderable type (string ids here): every choice is a minimum, so the result
+does not depend on partitioning or arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from thresher.flows.errors import StageError
+
+log = logging.getLogger("thresher.components")
+
+
+def materialise(df, reliable: bool = False):
+    """Compute `df` once and cut its lineage.
+
+    Local checkpoints keep the blocks on the executors (memory, spilling to disk): fast, and
+    freed when the DataFrame is dropped. Reliable ones write to the session's checkpoint
+    folder (the runner sets one under the run's .tmp) and survive a lost executor; the data is
+    persisted while it is written, or Spark would compute it twice.
+    """
+    sc = df.sparkSession.sparkContext
+    if not reliable or not sc.getCheckpointDir():
+        return df.localCheckpoint(eager=True)
+    held = df.persist()
+    out = held.checkpoint(eager=True)
+    held.unpersist()
+    return out
+
+
+def _is_star_forest(e) -> bool:
+    """Converged when no edge points at a node that itself points further (every b is a root):
+    one semi-join, cheaper than running a round to see that nothing changes."""
+    from pyspark.sql import functions as F
+
+    inner = e.select(F.col("a").alias("b")).distinct()
+    return e.join(inner, "b", "left_semi").limit(1).count() == 0
+
+
+def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: int = 64, reliable: bool = False):
+    """Label every node that has an edge with the smallest node of its component.
+
+    Returns (DataFrame(node, label), rounds). Nodes without edges are not listed (they are
+    their own component).
+    """
+    from pyspark.sql import functions as F
+
+    # Canonical orientation a > b; self loops carry no information.
+    e = (edges.where(F.col(src) != F.col(dst))
+         .select(F.greatest(src, dst).alias("a"), F.least(src, dst).alias("b"))
+         .distinct())
+    e = materialise(e, reliable)
+    rounds = 0
+    # Most duplicate groups are pairs or stars already (LSH buckets link to their smallest id),
+    # so the check comes before the first round.
+    while not _is_star_forest(e):
+        rounds += 1
+        if rounds > max_rounds:
+            raise StageError(f"connected components did not converge in {max_rounds} rounds (fuzzy_dedup.max_cc_rounds)")
+        # Large star: m(u) = min(N(u) u {u}); each larger neighbour v of u links to m(u).
+        # With a > b on every edge, u's smaller neighbours are the b's of its edges as `a`, so
+        # m(u) is one group-by away, and each edge (a, b) is seen from its smaller end b.
+        mins = e.groupBy("a").agg(F.min("b").alias("m"))
+        ls = (e.join(mins.withColumnRenamed("a", "b"), "b", "left")
+              .select("a", F.coalesce("m", "b").alias("b"))
+              .distinct())
+        # Small star: each node u and its smaller neighbours all link to the smallest of them.
+        mins2 = ls.groupBy("a").agg(F.min("b").alias("m"))
+        j = ls.join(mins2, "a")
+        ss = (j.where(F.col("b") != F.col("m")).select(F.col("b").alias("a"), F.col("m").alias("b"))
+              .unionByName(mins2.select("a", F.col("m").alias("b")))
+              .distinct())
+        e = materialise(ss, reliable)
+        log.debug("components round %d done", rounds)
+    # A forest of stars: every node points at its component's smallest node.
+    roots = e.select(F.col("b").alias("node")).distinct().withColumn("label", F.col("node"))
+    labels = e.select(F.col("a").alias("node"), F.col("b").alias("label")).unionByName(roots)
+    return labels, rounds
+
+
+def rank_key(survivor: str, has_quality: bool):
+    """Sort key (ascending; first wins) of the survivor rule, ties broken by id."""
+    from pyspark.sql import functions as F
+
+    if survivor == "quality":
+        if not has_quality:
+            raise StageError("survivor 'quality' needs a quality table (or a `quality` column in documents)")
+        # Highest score first; a document without a score ranks after every scored one.
+        return F.struct(F.coalesce(-F.col("_quality"), F.lit(float("inf"))).alias("k"), F.col("id").alias("id"))
+    if survivor == "longest":
+        return F.struct((-F.col("_length")).alias("k"), F.col("id").alias("id"))
+    if survivor == "smallest_id":
+        return F.struct(F.lit(0).alias("k"), F.col("id").alias("id"))
+    raise StageError(f"unknown survivor rule '{survivor}'")
+
+
+def survivor_attributes(docs, tables: dict, survivor: str):
+    """docs (id, text, ...) -> (id, _length, _quality?) for ranking; joins the quality table
+    when the rule asks for it."""
+    from pyspark.sql import functions as F
+
+    out = docs.select("id", F.length("text").alias("_length"))
+    has_quality = False
+    if survivor == "quality":
+        q = tables.get("quality")
+        if q is not None:
+            out = out.join(q.select("id", F.col("score").cast("double").alias("_quality")), "id", "left")
+            has_quality = True
+        elif "quality" in docs.columns:
+            out = out.join(docs.select("id", F.col("quality").cast("double").alias("_quality")), "id", "left")
+            has_quality = True
+    return out, has_quality
+
+
+def pick_representatives(members, attrs, survivor: str, has_quality: bool, group: str = "group"):
+    """members (id, <group>) -> members with `representative_id`: the first of each group by the
+    survivor rule. A min over structs is a partial aggregate, so one giant group costs no more
+    memory than a small one."""
+    from pyspark.sql import functions as F
+
+    keyed = members.join(attrs, "id").withColumn("_rk", rank_key(survivor, has_quality))
+    reps = keyed.groupBy(group).agg(F.min("_rk").alias("_best")).select(group, F.col("_best.id").alias("representative_id"))
+    return members.join(reps, group)

@@ -1,0 +1,75 @@
+"""exact_dedup: documents whose normalised text is identical, one kept per group.
+
+Executors normalise each Arrow batch (stages/text.py) and hash it twice with independent seeds
+(128 bits: a chance match between two different texts is negligible even among billions);
+Spark groups on the two hashes. The survivor of each group follows `survivor` (ties by id); the
+others go to `removed` with reason `exact_duplicate`, by_id the survivor, score 1.0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from thresher.flows.config import StageConfig
+from thresher.stages.text import NormaliseConfig
+
+NAME = "exact_dedup"
+INPUTS = ("documents",)
+OPTIONAL_INPUTS = ("quality",)
+OUTPUTS = ("documents", "removed")
+
+
+class Config(StageConfig):
+    normalise: NormaliseConfig = Field(default_factory=NormaliseConfig)
+    # Which copy survives: longest text, highest quality score (needs a quality table), or the
+    # smallest id. Ties always go to the smallest id.
+    survivor: Literal["longest", "quality", "smallest_id"] = "longest"
+
+
+_OUT = pa.schema([("id", pa.string()), ("_h1", pa.int64()), ("_h2", pa.int64())])
+
+
+def hash_batches(cfg: Config):
+    norm = cfg.normalise
+    seed = int(cfg.seed or 0)
+
+    def fn(batches):
+        from thresher.flows.spark import limit_task_threads
+        from thresher.stages.text import text_hash128
+
+        limit_task_threads()
+        for b in batches:
+            h1, h2 = text_hash128(b.column(1), norm, seed)
+            yield pa.RecordBatch.from_arrays([b.column(0), pa.array(h1), pa.array(h2)], schema=_OUT)
+
+    return fn
+
+
+def run(spark, tables, cfg: Config):
+    from pyspark.sql import functions as F
+
+    from thresher.stages.components import pick_representatives, survivor_attributes
+
+    docs = tables["documents"]
+    hashed = docs.select("id", "text").mapInArrow(hash_batches(cfg), "id string, _h1 bigint, _h2 bigint")
+    attrs, has_quality = survivor_attributes(docs, tables, cfg.survivor)
+    groups = hashed.withColumn("group", F.struct("_h1", "_h2"))
+    # Only groups with a second member need a survivor: a semi-join on the repeated hashes keeps
+    # the ranking join small when duplicates are rare.
+    repeated = groups.groupBy("group").count().where(F.col("count") > 1).select("group")
+    members = groups.join(repeated, "group").select("id", "group")
+    ranked = pick_representatives(members, attrs, cfg.survivor, has_quality)
+    removed = ranked.where(F.col("id") != F.col("representative_id")).select(
+        "id", F.lit(NAME).alias("stage"), F.lit("exact_duplicate").alias("reason"),
+        F.col("representative_id").alias("by_id"), F.lit(1.0).alias("score"),
+    )
+    from thresher.stages.components import materialise
+
+    removed = materialise(removed)
+    kept = docs.join(removed.select("id"), "id", "left_anti")
+    agg = removed.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("g")).collect()[0]
+    stats = {"groups": int(agg["g"]), "docs_removed": int(agg["n"])}
+    return {"documents": kept, "removed": removed, "stats": stats}
