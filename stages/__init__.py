@@ -23,6 +23,9 @@ STAGES: dict[str, str] = {
     "ingest": "thresher.stages.ingest",
     "exact_dedup": "thresher.stages.exact_dedup",
     "fuzzy_dedup": "thresher.stages.fuzzy_dedup",
+    "quality": "thresher.stages.quality",
+    "semantic_dedup": "thresher.stages.semantic_dedup",
+    "sample": "thresher.stages.sample",
     "export": "thresher.stages.export",
 }
 

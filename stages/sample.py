@@ -242,11 +242,11 @@ def run(spark, tables, cfg: Config):
     if cfg.budget is None and cfg.fraction is None:
         raise ConfigError("sample: set sample.budget (in sample.unit) or sample.fraction")
 
+    if cfg.unit == "tokens" and cfg.tokens_column and cfg.tokens_column not in docs.columns:
+        raise ConfigError(f"sample.tokens_column: column '{cfg.tokens_column}' is not in documents")
     # The pool: documents still present, with their cluster path (UNCLUSTERED where missing).
     pool = docs.select("id", *([cfg.tokens_column] if cfg.unit == "tokens" and cfg.tokens_column else []),
                        *(["text"] if cfg.unit == "tokens" and not cfg.tokens_column else []))
-    if cfg.unit == "tokens" and cfg.tokens_column and cfg.tokens_column not in docs.columns:
-        raise ConfigError(f"sample.tokens_column: column '{cfg.tokens_column}' is not in documents")
     pool = pool.join(clusters.select("id", *levels, "distance"), "id", "left")
     pool = pool.withColumn("_clustered", F.col(levels[0]).isNotNull())
     for c in levels:
@@ -322,15 +322,14 @@ def run(spark, tables, cfg: Config):
     w = Window.partitionBy(*top_down).orderBy(*order)
     ranked = elig.withColumn("_rank", F.row_number().over(w))
     if cfg.unit == "tokens":
-        # Whole passes over the leaf, then the top of the order while the tokens still fit.
         cum = F.sum("_tok").over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow))
         ranked = ranked.withColumn("_cum", cum)
-        passes = F.floor(F.col("_alloc") / F.col("_size"))
-        rest = F.col("_alloc") - passes * F.col("_size")
+    # Whole passes over the leaf (max_repeats > 1), then the top of the order for the rest.
+    passes = F.coalesce(F.expr("_alloc div nullif(_size, 0)"), F.lit(0))
+    rest = F.col("_alloc") - passes * F.col("_size")
+    if cfg.unit == "tokens":
         mult = passes + F.when(F.col("_cum") <= rest, 1).otherwise(0)
     else:
-        passes = F.floor(F.col("_alloc") / F.col("_size"))
-        rest = F.col("_alloc") - passes * F.col("_size")
         mult = passes + F.when(F.col("_rank") <= rest, 1).otherwise(0)
     ranked = ranked.withColumn("_m", F.when(F.col("_size") > 0, mult).otherwise(0).cast("int"))
     ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
@@ -354,21 +353,27 @@ def run(spark, tables, cfg: Config):
         F.lit(None).cast("string").alias("by_id"), F.col("_q").alias("score"))
     removed = not_sampled.unionByName(below)
 
-    stats = _report(spark, pool, chosen, levels, top_down, paths, n_all, tables.get("centroids"), cfg)
+    stats = _report(spark, pool, ranked, levels, top_down, paths, n_all, tables.get("centroids"), cfg)
     stats.update({"budget": int(budget), "unit": cfg.unit, "pool": pool_size, "leaves": len(keys),
                   "unclustered": unclustered, "temperature": cfg.temperature, "strategy": cfg.strategy,
                   "max_repeats": cfg.max_repeats})
     if cfg.unit == "tokens":
-        got = chosen.agg(F.sum(F.col("_tok") * F.col("_m")).alias("t")).collect()[0]["t"] or 0
-        stats["tokens_selected"] = int(got)
+        stats["tokens_selected"] = stats.pop("selected_tokens")
+    else:
+        stats.pop("selected_tokens")
     return {"documents": kept, "removed": removed, "selection": selection, "stats": stats}
 
 
-def _report(spark, pool, chosen, levels, top_down, paths, n_all, centroids, cfg: Config) -> dict:
-    """Cluster-size distribution, entropy, Gini, coverage and quality, before and after."""
+def _report(spark, pool, ranked, levels, top_down, paths, n_all, centroids, cfg: Config) -> dict:
+    """Cluster-size distribution, entropy, Gini, coverage and quality, before and after.
+
+    Three small jobs: selected counts per leaf, quality percentiles, centroid counts per level.
+    """
     from pyspark.sql import functions as F
 
-    after_rows = chosen.groupBy(*top_down).agg(F.sum("_m").alias("m")).collect()
+    after_rows = (ranked.where(F.col("_m") > 0).groupBy(*top_down)
+                  .agg(F.sum("_m").alias("m"), F.count(F.lit(1)).alias("docs"),
+                       F.sum(F.col("_tok") * F.col("_m")).alias("tok")).collect())
     after = {tuple(int(r[c]) for c in top_down): int(r["m"]) for r in after_rows}
     n_after = np.array([after.get(tuple(int(v) for v in p), 0) for p in paths], dtype=np.int64)
     # Cluster counts per level from the centroids, so empty clusters count against coverage.
@@ -379,7 +384,6 @@ def _report(spark, pool, chosen, levels, top_down, paths, n_all, centroids, cfg:
     report: dict = {"levels": {}}
     for li, col in enumerate(top_down):
         lvl = len(levels) - li
-        # Aggregate leaf counts up to this level.
         keys = paths[:, : li + 1]
         if len(keys):
             uniq, inv = np.unique(keys, axis=0, return_inverse=True)
@@ -391,21 +395,24 @@ def _report(spark, pool, chosen, levels, top_down, paths, n_all, centroids, cfg:
         k = max(known.get(lvl, 0), len(before))
         report["levels"][f"level_{lvl}"] = {"before": balance_report(before, k), "after": balance_report(aft, k)}
 
-    def qdist(df, weight=None):
-        d = df.where(F.col("_q").isNotNull())
-        agg = [F.count(F.lit(1)).alias("n"), F.avg("_q").alias("mean")]
-        if weight is not None:
-            agg = [F.sum(weight).alias("n"), (F.sum(F.col("_q") * F.col(weight)) / F.sum(weight)).alias("mean")]
-            pct = F.percentile("_q", [0.1, 0.5, 0.9], F.col(weight))
-        else:
-            pct = F.percentile("_q", [0.1, 0.5, 0.9])
-        r = d.agg(*agg, pct.alias("p")).collect()[0]
-        if not r["n"]:
-            return {"scored": 0}
-        return {"scored": int(r["n"]), "mean": round(float(r["mean"]), 6),
-                **{f"p{int(x * 100)}": round(float(v), 6) for x, v in zip((0.1, 0.5, 0.9), r["p"])}}
+    # Before: every document of the pool; after: the selection, each row counted `multiplicity` times.
+    every = ranked.select("_q", "_m").unionByName(pool.where(~F.col("_eligible")).select("_q", F.lit(0).alias("_m")))
+    pcts = [0.1, 0.5, 0.9]
+    m_scored = F.when(F.col("_q").isNotNull() & (F.col("_m") > 0), F.col("_m")).otherwise(0)
+    r = every.agg(
+        F.count("_q").alias("n0"), F.avg("_q").alias("mean0"), F.percentile("_q", pcts).alias("p0"),
+        F.sum(m_scored).alias("n1"), F.try_divide(F.sum(F.coalesce(F.col("_q"), F.lit(0.0)) * m_scored), F.sum(m_scored)).alias("mean1"),
+        F.percentile(F.when(F.col("_m") > 0, F.col("_q")), pcts, F.greatest(F.col("_m"), F.lit(1))).alias("p1"),
+    ).collect()[0]
 
-    report["quality"] = {"before": qdist(pool), "after": qdist(chosen, "_m")}
-    report["selected_documents"] = int(chosen.count())
+    def qd(n, mean, p):
+        if not n:
+            return {"scored": 0}
+        return {"scored": int(n), "mean": round(float(mean), 6),
+                **{f"p{int(x * 100)}": round(float(v), 6) for x, v in zip(pcts, p)}}
+
+    report["quality"] = {"before": qd(r["n0"], r["mean0"], r["p0"]), "after": qd(r["n1"], r["mean1"], r["p1"])}
+    report["selected_documents"] = int(sum(int(x["docs"]) for x in after_rows))
     report["selected_rows"] = int(n_after.sum())
+    report["selected_tokens"] = int(sum(int(x["tok"] or 0) for x in after_rows))
     return report

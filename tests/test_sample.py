@@ -189,8 +189,8 @@ def tree_tables(tmp_path_factory):
                         centroid_levels={1: 14, 2: 3})
 
 
-def test_stage_selects_exactly_and_accounts(spark, tree_tables):
-    sel, rem, kept, stats = run_sample(spark, tree_tables, budget=120)
+def test_stage_selects_exactly_accounts_and_ignores_partitioning(spark, tree_tables):
+    sel, rem, kept, stats = run_sample(spark, tree_tables, partitions=1, budget=120, seed=42)
     assert len(sel) == 120 and sel["multiplicity"].eq(1).all()
     assert sel["id"].is_unique
     assert kept == sorted(sel["id"])
@@ -199,20 +199,17 @@ def test_stage_selects_exactly_and_accounts(spark, tree_tables):
     # Balanced: the big leaf is capped, all small leaves are taken whole.
     leaf_counts = sel["cluster_path"].str.split("/").str[1].astype(int).value_counts()
     assert leaf_counts.get(11) == 2 and leaf_counts.get(10) == 3
+    assert leaf_counts.get(0) < 60
     lv1 = stats["levels"]["level_1"]
     assert lv1["after"]["entropy_of_max"] > lv1["before"]["entropy_of_max"]
     assert lv1["after"]["gini"] < lv1["before"]["gini"]
     # Two of the 14 level-1 centroids have no documents: coverage counts them.
     assert lv1["before"]["coverage"] == pytest.approx(12 / 14)
     assert stats["quality"]["before"]["scored"] == 588
-
-
-def test_same_seed_same_selection_on_1_and_8_partitions(spark, tree_tables):
-    a = run_sample(spark, tree_tables, partitions=1, budget=150, seed=42)[0]
-    b = run_sample(spark, tree_tables, partitions=8, budget=150, seed=42)[0]
-    c = run_sample(spark, tree_tables, partitions=8, budget=150, seed=43)[0]
-    assert a.equals(b)
-    assert set(a["id"]) != set(c["id"])
+    assert stats["selected_documents"] == stats["selected_rows"] == 120
+    # The same seed on 8 partitions: the same selection, row for row.
+    sel8 = run_sample(spark, tree_tables, partitions=8, budget=120, seed=42)[0]
+    assert sel.equals(sel8)
 
 
 def test_quality_order_within_leaves(spark, tree_tables):
@@ -220,6 +217,7 @@ def test_quality_order_within_leaves(spark, tree_tables):
     q = pq.read_table(tree_tables["quality"]).to_pandas().set_index("id")["score"]
     cl = pq.read_table(tree_tables["clusters"]).to_pandas().set_index("id")["level_1"]
     chosen = set(sel["id"])
+    checked = 0
     for leaf in cl.unique():
         ids = cl.index[cl == leaf]
         inside = q[ids[ids.isin(chosen)]]
@@ -227,13 +225,15 @@ def test_quality_order_within_leaves(spark, tree_tables):
         if len(inside) and len(outside):
             # NaN counts as the lowest quality.
             assert inside.min() >= outside.fillna(-np.inf).max()
+            checked += 1
+    assert checked >= 5
     assert stats["quality"]["after"]["mean"] > stats["quality"]["before"]["mean"]
 
 
 def test_quality_floor_and_nan_scores(spark, tree_tables):
     sel, rem, kept, _ = run_sample(spark, tree_tables, budget=50, strategy="random", quality_floor=0.5)
     q = pq.read_table(tree_tables["quality"]).to_pandas().set_index("id")["score"]
-    assert (q[sel["id"]] >= 0.5).all()
+    assert len(sel) == 50 and (q[sel["id"]] >= 0.5).all()
     below = rem[rem["reason"] == "below_quality_floor"]
     assert set(below["id"]) == set(q.index[~(q >= 0.5)])  # NaN is below any floor
     assert len(sel) + len(rem) == 600
@@ -249,14 +249,12 @@ def test_closest_takes_nearest_to_centroid(spark, tree_tables):
             assert got["distance"].max() <= grp.drop(got.index)["distance"].min()
 
 
-def test_budget_above_pool_repeats_within_cap(spark, tree_tables):
+def test_budget_above_pool(spark, tree_tables):
     with pytest.raises(ConfigError, match="exceed the pool of 600"):
         run_sample(spark, tree_tables, budget=601)
     sel, rem, kept, stats = run_sample(spark, tree_tables, budget=1500, max_repeats=3)
     assert sel["multiplicity"].sum() == 1500 and sel["multiplicity"].max() <= 3
-    assert stats["selected_rows"] == 1500
-    sel, *_ = run_sample(spark, tree_tables, budget=600)
-    assert len(sel) == 600 and sel["multiplicity"].eq(1).all()
+    assert stats["selected_rows"] == 1500 and len(kept) == len(sel)
 
 
 def test_bad_config():
@@ -266,12 +264,14 @@ def test_bad_config():
         sample.Config(fraction=1.5)
 
 
-def test_missing_budget_and_missing_quality(spark, tmp_path):
+def test_missing_budget_quality_or_tokens_column(spark, tmp_path):
     files = write_tables(tmp_path, ["a", "b"], [[0], [1]])
     with pytest.raises(ConfigError, match="sample.budget"):
         run_sample(spark, files)
     with pytest.raises(ConfigError, match="quality stage"):
         run_sample(spark, files, budget=1, strategy="quality")
+    with pytest.raises(ConfigError, match="tokens_column"):
+        run_sample(spark, files, budget=1, unit="tokens", tokens_column="ntok")
 
 
 def test_removed_ids_and_unclustered_docs(spark, tmp_path):
@@ -287,31 +287,27 @@ def test_removed_ids_and_unclustered_docs(spark, tmp_path):
     assert stats["unclustered"] == 2 and len(sel) + len(rem) == 32
 
 
-def test_all_scores_equal_breaks_ties_by_id(spark, tmp_path):
+def test_all_scores_equal_and_single_cluster(spark, tmp_path):
     ids = [f"d{i:02d}" for i in range(20)]
     files = write_tables(tmp_path, ids, [[0]] * 20, scores=[0.5] * 20)
     sel = run_sample(spark, files, budget=5, strategy="quality")[0]
-    assert sorted(sel["id"]) == ids[:5]
-    # A single cluster with a random strategy: any 5, the same every time.
-    a = run_sample(spark, files, budget=5)[0]
-    assert a.equals(run_sample(spark, files, partitions=3, budget=5)[0])
+    assert sorted(sel["id"]) == ids[:5]  # ties broken by id
+    # A single cluster with the random strategy: the seed decides which 5.
+    picks = [frozenset(run_sample(spark, files, budget=5, seed=s)[0]["id"]) for s in (1, 2)]
+    assert picks[0] != picks[1] and all(len(p) == 5 for p in picks)
 
 
 def test_token_budget(spark, tmp_path):
     rng = np.random.default_rng(0)
     ids = [f"d{i:03d}" for i in range(200)]
     toks = rng.integers(1, 60, size=200)
-    files = write_tables(tmp_path, ids, [[i % 5, i % 10] for i in range(200)],
-                         extra_docs={"ntok": pa.array(toks, pa.int64())})
-    sel, rem, kept, stats = run_sample(spark, files, budget=2000, unit="tokens", tokens_column="ntok")
+    texts = [" word" * int(t) for t in toks]
+    files = write_tables(tmp_path, ids, [[i % 5, i % 10] for i in range(200)], texts=texts)
+    sel, rem, kept, stats = run_sample(spark, files, budget=2000, unit="tokens", tokens_per_word=1.0)
     got = int(toks[[ids.index(i) for i in sel["id"]]].sum())
     assert got == stats["tokens_selected"]
-    # Each leaf stops before overshooting its share, so the total is a little under the budget.
+    # Each of the 10 leaves stops before overshooting its share: a little under the budget.
     assert 2000 - 10 * 60 < got <= 2000
-    texts = ["word " * int(t) for t in toks]
-    files = write_tables(tmp_path, ids, [[i % 5, i % 10] for i in range(200)], texts=texts)
-    sel2, *_ , stats2 = run_sample(spark, files, budget=2000, unit="tokens", tokens_per_word=1.0)
-    assert stats2["tokens_selected"] <= 2000 and stats2["tokens_selected"] > 2000 - 600
 
 
 # ---------------------------------------------------------------------------------- faithfulness
