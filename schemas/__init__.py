@@ -115,9 +115,12 @@ TABLES: dict[str, TableSchema] = {
             "containment", 1,
             _s(("contained", pa.string(), False), ("container", pa.string(), False),
                ("step", pa.string(), False), ("fraction", pa.float64(), True),
-               ("shared_columns", pa.list_(pa.string()), False)),
+               ("shared_columns", pa.list_(pa.string()), False),
+               ("is_contained", pa.bool_(), False)),
             key=("contained", "container"),
-            doc="Dataset containment edges and the step that decided each.",
+            allow_extra=True,
+            doc="Every schema-compatible pair of datasets, the step that decided it (minmax, sketch, "
+                "content), the containment fraction, and whether the containment holds.",
         ),
     ]
 }

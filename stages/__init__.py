@@ -21,6 +21,7 @@ from types import ModuleType
 # Order is the pipeline order; a stage added by a later change is one line here.
 STAGES: dict[str, str] = {
     "ingest": "thresher.stages.ingest",
+    "decontaminate": "thresher.stages.decontaminate",
     "exact_dedup": "thresher.stages.exact_dedup",
     "fuzzy_dedup": "thresher.stages.fuzzy_dedup",
     "quality": "thresher.stages.quality",

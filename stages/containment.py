@@ -1,0 +1,712 @@
+"""Dataset containment over a catalog (R2D2: Reducing Redundancy and Duplication in Data Lakes).
+
+Four steps, each shrinking the set of ordered pairs (A, B) that the next one has to look at:
+
+1. schema graph   A -> B when every column of A is in B with a compatible type (footers only)
+2. min-max        drop A -> B when some shared column's [min, max] in A is not inside B's, or A
+                  has nulls where B has none (Parquet footer statistics; no data read)
+3. content        Spark: 128-bit fingerprints of A's rows over A's columns, |A n B| / |A| by an
+                  anti-join; tables of `sketch_min_rows` rows or more first go through bottom-k
+                  sketches of the fingerprints, which can only disprove containment
+4. plan           drop a dataset when a kept dataset contains it and the cost model says the
+                  storage saved outweighs rebuilding it from that container
+
+This module holds the steps as plain functions over `Dataset` records; flows/containment.py
+strings them together, writes the outputs and owns the output folder. Nothing here deletes or
+writes user data.
+
+Containment is over sets of rows: A is contained in B when every row of A, restricted to A's
+columns, is a row of B restricted to the same columns (nulls equal nulls). The fraction counts
+A's rows with multiplicity: fraction = rows of A found in B / rows of A.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from thresher.flows.config import StageConfig, Strict
+from thresher.flows.errors import InputError
+
+STEP_MINMAX = "minmax"
+STEP_SKETCH = "sketch"
+STEP_CONTENT = "content"
+
+GB = 1 << 30
+
+
+class CostModel(Strict):
+    """Drop a contained dataset D rebuilt from container C when
+    storage_weight * bytes(D) - (rebuild_weight * bytes of C's columns that D needs + rebuild_fixed_bytes)
+    is at least min_saving_bytes. Weights are per byte, so only their ratio matters."""
+
+    storage_weight: float = Field(1.0, ge=0)
+    # Rebuilding reads the container's columns that D has (a projection and/or filter of C).
+    rebuild_weight: float = Field(0.01, ge=0)
+    rebuild_fixed_bytes: int = Field(0, ge=0)
+    min_saving_bytes: int = Field(0, ge=0)
+
+
+class Config(StageConfig):
+    # Containment threshold: 1.0 is exact containment; below 1 a pair counts when at least this
+    # share of A's rows is in B (near-containment; transitivity no longer holds).
+    tau: float = Field(1.0, gt=0, le=1)
+    minmax: bool = True
+    # Bottom-k sketches as a first cut for contained-side tables of at least sketch_min_rows rows.
+    sketch: bool = True
+    sketch_min_rows: int = Field(20_000, ge=1)
+    sketch_size: int = Field(256, ge=8)
+    # A dataset that cannot be read (no Parquet, damaged footer, files that disagree on a column's
+    # type): stop with one line, or leave it out of the comparison and say so in the plan.
+    on_bad_dataset: Literal["fail", "skip"] = "fail"
+    cost: CostModel = Field(default_factory=CostModel)
+
+
+# ------------------------------------------------------------------------------- catalog
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str
+    path: str  # absolute file or folder
+
+
+@dataclass
+class ColumnStats:
+    known: bool  # every row group carries statistics for this column
+    min: Any = None  # None: no non-null value (or unknown)
+    max: Any = None
+    null_count: int | None = None
+
+
+@dataclass
+class Dataset:
+    name: str
+    path: str
+    files: list[str]
+    schema: pa.Schema
+    num_rows: int
+    bytes: int
+    column_bytes: dict[str, int]
+    stats: dict[str, ColumnStats]
+    classes: dict[str, str] = field(default_factory=dict)
+    problem: str | None = None  # set when the dataset was skipped
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(sorted(self.schema.names))
+
+    @property
+    def comparable(self) -> bool:
+        return self.problem is None and self.num_rows > 0 and len(self.schema) > 0
+
+
+def parquet_files(path: str) -> list[str]:
+    """Parquet files of a dataset: the file itself, or every *.parquet below the folder, skipping
+    Spark/Hadoop markers and hidden files."""
+    p = Path(path)
+    if p.is_file():
+        return [str(p)]
+    out = []
+    for f in sorted(p.rglob("*.parquet")):
+        rel = f.relative_to(p)
+        if any(s.startswith((".", "_")) for s in rel.parts):
+            continue
+        out.append(str(f))
+    return out
+
+
+def load_catalog(catalog: str | os.PathLike) -> list[DatasetRef]:
+    """A YAML list of {name, path} (or {datasets: [...]}), or a folder whose sub-folders (and
+    top-level .parquet files) are datasets. Paths in a YAML catalog are relative to its folder."""
+    import yaml
+
+    src = Path(catalog)
+    if not src.exists():
+        raise InputError(f"{catalog}: catalog not found (a YAML list of datasets, or a folder of dataset folders)")
+    refs: list[DatasetRef] = []
+    if src.is_dir():
+        for child in sorted(src.iterdir()):
+            if child.name.startswith((".", "_")):
+                continue
+            if child.is_dir():
+                refs.append(DatasetRef(child.name, str(child.absolute())))
+            elif child.suffix == ".parquet":
+                refs.append(DatasetRef(child.stem, str(child.absolute())))
+        if not refs:
+            raise InputError(f"{catalog}: catalog folder holds no dataset folders or .parquet files")
+        where = {r.name: i for i, r in enumerate(refs)}
+        if len(where) != len(refs):
+            seen: set[str] = set()
+            dup = next(r.name for r in refs if r.name in seen or seen.add(r.name))
+            raise InputError(f"{catalog}: two datasets named '{dup}' (a folder and a .parquet file)")
+        return refs
+    try:
+        data = yaml.safe_load(src.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(f"{catalog}:{f' line {mark.line + 1}' if mark else ''} not valid YAML") from None
+    if isinstance(data, dict) and set(data) == {"datasets"}:
+        data = data["datasets"]
+    if not isinstance(data, list) or not data:
+        raise InputError(f"{catalog}: a catalog is a non-empty list of {{name, path}} entries")
+    base = src.absolute().parent
+    first: dict[str, int] = {}
+    for i, e in enumerate(data):
+        if not isinstance(e, dict) or not {"name", "path"} <= set(e):
+            raise InputError(f"{catalog}: entry {i} needs 'name' and 'path' (found {e!r:.80})")
+        extra = set(e) - {"name", "path"}
+        if extra:
+            raise InputError(f"{catalog}: entry {i} ('{e['name']}'): unknown key '{sorted(extra)[0]}' (expected name, path)")
+        name, path = str(e["name"]), str(e["path"])
+        if not name or "/" in name:
+            raise InputError(f"{catalog}: entry {i}: dataset name {name!r} must be non-empty and without '/'")
+        if name in first:
+            raise InputError(f"{catalog}: two datasets named '{name}' (entries {first[name]} and {i})")
+        first[name] = i
+        p = Path(os.path.expanduser(path))
+        p = p if p.is_absolute() else base / p
+        if not p.exists():
+            raise InputError(f"{catalog}: dataset '{name}': path {p} does not exist")
+        refs.append(DatasetRef(name, str(p.resolve())))
+    by_path = sorted(refs, key=lambda r: r.path)
+    for a, b in zip(by_path, by_path[1:]):
+        if a.path == b.path:
+            raise InputError(f"{catalog}: datasets '{a.name}' and '{b.name}' name the same path {a.path}")
+        if b.path.startswith(a.path.rstrip("/") + "/"):
+            raise InputError(f"{catalog}: dataset '{b.name}' lies inside dataset '{a.name}' ({b.path})")
+    return refs
+
+
+# ------------------------------------------------------------------------------- types
+def normal_type(t: pa.DataType) -> pa.DataType:
+    """The type as Spark will see it: encodings and offset widths do not change a value."""
+    if pa.types.is_dictionary(t):
+        return normal_type(t.value_type)
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_list_view(t):
+        return pa.list_(normal_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(t.field(i).name, normal_type(t.field(i).type)) for i in range(t.num_fields)])
+    if pa.types.is_map(t):
+        return pa.map_(normal_type(t.key_type), normal_type(t.item_type))
+    return t
+
+
+def type_class(t: pa.DataType) -> str:
+    """Columns compare when their classes are equal. Integers up to 64 bits compare as int64 (a
+    widening cast never changes a value); every other type must match after `normal_type`
+    (float32 1.1 is not float64 1.1, a string is not a number)."""
+    t = normal_type(t)
+    if pa.types.is_integer(t) and not (t == pa.uint64()):
+        return "int64"
+    return str(t)
+
+
+def is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(normal_type(t))
+
+
+# ------------------------------------------------------------------------------- footers
+def _merge_stats(acc: dict[str, ColumnStats], name: str, st, rg_rows: int) -> None:
+    cur = acc[name]
+    if not cur.known:
+        return
+    if st is None or not st.has_null_count and not st.has_min_max:
+        acc[name] = ColumnStats(known=False)
+        return
+    nulls = st.null_count if st.has_null_count else None
+    if st.has_min_max:
+        lo, hi = st.min, st.max
+        try:
+            cur.min = lo if cur.min is None or lo < cur.min else cur.min
+            cur.max = hi if cur.max is None or hi > cur.max else cur.max
+        except TypeError:
+            acc[name] = ColumnStats(known=False)
+            return
+    elif nulls is None or nulls < rg_rows:
+        # Values present but no bounds for them: this column cannot prune anything.
+        acc[name] = ColumnStats(known=False)
+        return
+    cur.null_count = None if nulls is None or cur.null_count is None else cur.null_count + nulls
+
+
+def inspect(ref: DatasetRef) -> Dataset:
+    """Schema, row count, sizes and per-column statistics from the Parquet footers alone."""
+    files = parquet_files(ref.path)
+    if not files:
+        raise InputError(f"dataset '{ref.name}': {ref.path} holds no .parquet files")
+    schema: pa.Schema | None = None
+    first = files[0]
+    rows = 0
+    size = 0
+    col_bytes: dict[str, int] = {}
+    stats: dict[str, ColumnStats] = {}
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+            md = pf.metadata
+            fs = pf.schema_arrow
+        except Exception as exc:  # pyarrow raises several types for a damaged footer
+            raise InputError(f"dataset '{ref.name}': {f}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
+        if schema is None:
+            schema = fs
+            stats = {n: ColumnStats(known=True, null_count=0) for n in fs.names}
+            col_bytes = {n: 0 for n in fs.names}
+        else:
+            if sorted(fs.names) != sorted(schema.names):
+                diff = sorted(set(fs.names) ^ set(schema.names))
+                raise InputError(f"dataset '{ref.name}': {f} and {first} have different columns ('{diff[0]}')")
+            for n in fs.names:
+                ta, tb = fs.field(n).type, schema.field(n).type
+                if normal_type(ta) != normal_type(tb):
+                    raise InputError(f"dataset '{ref.name}': column '{n}' is {ta} in {f} but {tb} in {first}")
+        if len(set(fs.names)) != len(fs.names):
+            raise InputError(f"dataset '{ref.name}': {f} has a repeated column name")
+        rows += md.num_rows
+        size += os.stat(f).st_size
+        top = {n: fs.field(n).type for n in fs.names}
+        for rg_i in range(md.num_row_groups):
+            rg = md.row_group(rg_i)
+            for ci in range(rg.num_columns):
+                cc = rg.column(ci)
+                path = cc.path_in_schema
+                head = path.split(".", 1)[0]
+                if head in col_bytes:
+                    col_bytes[head] += cc.total_compressed_size
+                if path != head or head not in top or is_nested(top[head]):
+                    continue  # nested leaves: their bounds are not the column's values
+                _merge_stats(stats, head, cc.statistics, rg.num_rows)
+    assert schema is not None
+    for n in schema.names:
+        if is_nested(schema.field(n).type):
+            stats[n] = ColumnStats(known=False)
+    ds = Dataset(ref.name, ref.path, files, schema, rows, size, col_bytes, stats)
+    ds.classes = {n: type_class(schema.field(n).type) for n in schema.names}
+    return ds
+
+
+def inspect_all(refs: list[DatasetRef], on_bad: str = "fail") -> list[Dataset]:
+    out = []
+    for r in refs:
+        try:
+            out.append(inspect(r))
+        except InputError as exc:
+            if on_bad == "fail":
+                raise
+            out.append(Dataset(r.name, r.path, [], pa.schema([]), 0, 0, {}, {}, problem=str(exc)))
+    return out
+
+
+# ------------------------------------------------------------------------------- step 1
+def schema_graph(datasets: list[Dataset]) -> tuple[list[tuple[int, int]], int]:
+    """Ordered pairs (a, b) with every column of a in b under the same type class, and the number
+    of pairs whose column names fit but some type does not (reported, never compared).
+
+    An inverted index from (column, class) to datasets keeps this near-linear in the output."""
+    by_key: dict[tuple[str, str], set[int]] = {}
+    by_name: dict[str, set[int]] = {}
+    live = [i for i, d in enumerate(datasets) if d.comparable]
+    for i in live:
+        for n, c in datasets[i].classes.items():
+            by_key.setdefault((n, c), set()).add(i)
+            by_name.setdefault(n, set()).add(i)
+    edges: list[tuple[int, int]] = []
+    conflicts = 0
+    for a in live:
+        keys = sorted(datasets[a].classes.items(), key=lambda kv: len(by_key[kv]))
+        cand = set(by_key[keys[0]])
+        for k in keys[1:]:
+            cand &= by_key[k]
+            if not cand:
+                break
+        cand.discard(a)
+        names = set.intersection(*(by_name[n] for n in datasets[a].classes))
+        names.discard(a)
+        conflicts += len(names) - len(cand)
+        edges.extend((a, b) for b in sorted(cand))
+    return edges, conflicts
+
+
+# ------------------------------------------------------------------------------- step 2
+def minmax_excludes(a: Dataset, b: Dataset) -> str | None:
+    """The first shared column whose footer statistics prove a is not inside b, or None."""
+    for n in a.columns:
+        sa, sb = a.stats.get(n), b.stats.get(n)
+        if sa is None or sb is None or not sa.known or not sb.known:
+            continue
+        if sa.null_count and sb.null_count == 0:
+            return n
+        if sa.min is None:
+            continue  # a has no non-null value here: nothing to bound
+        if sb.min is None:
+            return n
+        try:
+            if sa.min < sb.min or sa.max > sb.max:
+                return n
+        except TypeError:
+            continue
+    return None
+
+
+def minmax_prune(datasets: list[Dataset], edges: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
+    kept, pruned = [], {}
+    for a, b in edges:
+        col = minmax_excludes(datasets[a], datasets[b])
+        if col is None:
+            kept.append((a, b))
+        else:
+            pruned[(a, b)] = col
+    return kept, pruned
+
+
+# ------------------------------------------------------------------------------- step 3
+SEEDS = (0x243F6A88, 0x85A308D3)  # two independent row hashes: a 128-bit fingerprint
+
+
+def hash_schema(d: Dataset) -> pa.Schema:
+    """The types a row is hashed in: equal values of the same type class get equal hashes
+    (integers widened to int64, encodings and offset widths dropped)."""
+    out = []
+    for f in d.schema:
+        t = pa.int64() if d.classes[f.name] == "int64" else normal_type(f.type)
+        out.append(pa.field(f.name, t))
+    return pa.schema(out)
+
+
+def row_hashes(t: pa.Table, cols: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit hashes of every row of `t` over `cols` (in that order). polars' row hash keeps
+    nulls apart from every value and (null, 'x') apart from ('x', null); -0.0 is folded into 0.0
+    first because the values are equal."""
+    import polars as pl
+    import pyarrow.compute as pc
+
+    sub = t.select(list(cols))
+    for i, f in enumerate(sub.schema):
+        if pa.types.is_floating(f.type):
+            col = sub.column(i)
+            sub = sub.set_column(i, f, pc.if_else(pc.equal(col, 0), pa.scalar(0, f.type), col))
+    df = pl.from_arrow(sub, rechunk=False)
+    if isinstance(df, pl.Series):
+        df = df.to_frame()
+    h1 = df.hash_rows(SEEDS[0]).to_numpy().view(np.int64)
+    h2 = df.hash_rows(SEEDS[1]).to_numpy().view(np.int64)
+    return h1, h2
+
+
+def read_fingerprints(spark, datasets: list[Dataset], needs: dict[int, list[int]], colsets: list[tuple[str, ...]]):
+    """One DataFrame (ds int, s int, h1 long, h2 long): every row of dataset ds fingerprinted over
+    column set s, for each (ds, s) in `needs`.
+
+    One Spark job for the whole catalog: the units are (dataset, file, row group); executors read
+    each row group's columns once with pyarrow and hash it for every column set it is needed for.
+    Only the small spec (files, schemas, column sets) travels from the driver."""
+    specs: dict[int, tuple[pa.Schema, list[tuple[int, tuple[str, ...]]]]] = {}
+    units = []
+    for ds_i in sorted(needs):
+        d = datasets[ds_i]
+        sets = [(s, colsets[s]) for s in sorted(needs[ds_i])]
+        hs = hash_schema(d)
+        want = sorted({c for _, cols in sets for c in cols})
+        specs[ds_i] = (pa.schema([hs.field(c) for c in want]), sets)
+        for f in d.files:
+            for rg in range(pq.ParquetFile(f).metadata.num_row_groups):
+                units.append((ds_i, f, rg))
+    out_schema = pa.schema([("ds", pa.int32()), ("s", pa.int32()), ("h1", pa.int64()), ("h2", pa.int64())])
+
+    def fingerprint_units(batches):
+        from thresher.flows.spark import limit_task_threads
+
+        # polars sizes its pool at import: one worker per task slot, like numba and torch.
+        os.environ.setdefault("POLARS_MAX_THREADS", str(limit_task_threads()))
+        for b in batches:
+            for ds_i, f, rg in zip(*(b.column(i).to_pylist() for i in range(3))):
+                schema, sets = specs[ds_i]
+                t = pq.ParquetFile(f).read_row_group(rg, columns=schema.names).cast(schema)
+                if t.num_rows == 0:
+                    continue
+                for s, cols in sets:
+                    h1, h2 = row_hashes(t, cols)
+                    n = len(h1)
+                    yield pa.RecordBatch.from_arrays(
+                        [pa.array(np.full(n, ds_i, np.int32)), pa.array(np.full(n, s, np.int32)),
+                         pa.array(h1), pa.array(h2)], schema=out_schema)
+
+    udf = spark.createDataFrame(units, "ds int, f string, rg int")
+    parallel = spark.sparkContext.defaultParallelism
+    udf = udf.repartition(max(1, min(len(units), 4 * parallel)))
+    return udf.mapInArrow(fingerprint_units, "ds int, s int, h1 long, h2 long")
+
+
+@dataclass
+class PairResult:
+    step: str
+    fraction: float | None
+    contained: bool
+    detail: str = ""
+
+
+def sketch_verdict(sa: np.ndarray, sb: np.ndarray, k: int, tau: float) -> tuple[bool, float]:
+    """(may be contained, estimated fraction) from bottom-k sketches of distinct fingerprints.
+
+    Every hash of B up to B's k-th smallest is in B's sketch, so a hash of A at or below that
+    bound but missing from B's sketch is a row of A that B lacks: for tau = 1 a rejection is a
+    proof, never a guess. Below 1 the estimate gets a 3-sigma margin before it rejects."""
+    bound = sb[-1] if len(sb) >= k else np.iinfo(np.int64).max
+    cand = sa[sa <= bound]
+    if len(cand) == 0:
+        return True, float("nan")
+    hit = np.isin(cand, sb, assume_unique=True)
+    est = float(hit.mean())
+    if tau >= 1.0:
+        return bool(hit.all()), est
+    margin = 3.0 * np.sqrt(max(tau * (1 - tau), 1e-9) / len(cand)) + 1.0 / len(cand)
+    return est >= tau - margin, est
+
+
+def content_check(spark, datasets: list[Dataset], edges: list[tuple[int, int]], cfg: Config,
+                  use_sketch: bool | None = None) -> tuple[dict[tuple[int, int], PairResult], dict]:
+    """Decide every edge on content. Returns per-pair results and step counts."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if not edges:
+        return {}, {"sketched_pairs": 0, "after_sketch": 0, "exact_pairs": 0}
+    use_sketch = cfg.sketch if use_sketch is None else use_sketch
+    colsets: list[tuple[str, ...]] = []
+    s_of: dict[tuple[str, ...], int] = {}
+    needs: dict[int, set[int]] = {}
+    edge_s: dict[tuple[int, int], int] = {}
+    for a, b in edges:
+        cols = datasets[a].columns
+        s = s_of.setdefault(cols, len(colsets))
+        if s == len(colsets):
+            colsets.append(cols)
+        edge_s[(a, b)] = s
+        needs.setdefault(a, set()).add(s)
+        needs.setdefault(b, set()).add(s)
+    fp = read_fingerprints(spark, datasets, {k: sorted(v) for k, v in needs.items()}, colsets)
+    fp = fp.persist(StorageLevel.MEMORY_AND_DISK)
+    fp.count()  # materialise once: the sketch and both sides of the anti-join read it
+    results: dict[tuple[int, int], PairResult] = {}
+    counts = {"sketched_pairs": 0, "after_sketch": 0, "exact_pairs": 0}
+    try:
+        exact = list(edges)
+        if use_sketch:
+            big = [e for e in edges if datasets[e[0]].num_rows >= cfg.sketch_min_rows]
+            if big:
+                exact = [e for e in edges if datasets[e[0]].num_rows < cfg.sketch_min_rows]
+                want = sorted({(a, edge_s[(a, b)]) for a, b in big} | {(b, edge_s[(a, b)]) for a, b in big})
+                want_df = spark.createDataFrame(want, "ds int, s int")
+                k = cfg.sketch_size
+                d = fp.join(F.broadcast(want_df), ["ds", "s"]).select("ds", "s", "h1").distinct()
+                w = Window.partitionBy("ds", "s").orderBy("h1")
+                sk = (d.withColumn("r", F.row_number().over(w)).where(F.col("r") <= k)
+                      .groupBy("ds", "s").agg(F.sort_array(F.collect_list("h1")).alias("h")).collect())
+                sketches = {(r["ds"], r["s"]): np.asarray(r["h"], dtype=np.int64) for r in sk}
+                counts["sketched_pairs"] = len(big)
+                for a, b in big:
+                    s = edge_s[(a, b)]
+                    ok, est = sketch_verdict(sketches[(a, s)], sketches[(b, s)], k, cfg.tau)
+                    if ok:
+                        exact.append((a, b))
+                    else:
+                        results[(a, b)] = PairResult(STEP_SKETCH, None if est != est else est, False,
+                                                     "bottom-k sketch")
+                counts["after_sketch"] = len(exact)
+        else:
+            counts["after_sketch"] = len(exact)
+        counts["exact_pairs"] = len(exact)
+        if exact:
+            ed = spark.createDataFrame([(a, b, edge_s[(a, b)]) for a, b in sorted(exact)], "a int, b int, s int")
+            left = fp.join(F.broadcast(ed), (fp.ds == ed.a) & (fp.s == ed.s)).select("a", "b", ed.s, "h1", "h2")
+            right = (fp.join(F.broadcast(ed.select("b", "s").distinct()), (fp.ds == F.col("b")) & (fp.s == ed.s))
+                     .select(F.col("b"), ed.s, "h1", "h2").distinct())
+            missing = {(r["a"], r["b"]): r["n"] for r in
+                       left.join(right, ["b", "s", "h1", "h2"], "left_anti").groupBy("a", "b").agg(F.count("*").alias("n")).collect()}
+            for a, b in exact:
+                n = datasets[a].num_rows
+                frac = 1.0 - missing.get((a, b), 0) / n
+                results[(a, b)] = PairResult(STEP_CONTENT, frac, frac >= cfg.tau - 1e-12)
+    finally:
+        fp.unpersist()
+    return results, counts
+
+
+# ------------------------------------------------------------------------------- step 4
+@dataclass
+class PlanRow:
+    dataset: str
+    action: str  # keep | drop | skipped
+    contained_in: str | None
+    bytes_saved: int
+    rows: int
+    bytes: int
+    rebuild: str | None  # copy | projection | filter | projection+filter
+    reason: str
+    path: str
+
+
+def _rank_key(d: Dataset) -> tuple:
+    # The largest first (rows, then bytes); the name breaks ties, so the choice never depends on
+    # the catalog's order.
+    return (-d.num_rows, -d.bytes, d.name)
+
+
+def rebuild_kind(a: Dataset, b: Dataset, fraction_back: float | None) -> str:
+    proj = set(a.columns) != set(b.columns)
+    filt = not (fraction_back is not None and fraction_back >= 1.0)
+    if proj and filt:
+        return "projection+filter"
+    if proj:
+        return "projection"
+    return "filter" if filt else "copy"
+
+
+def plan(datasets: list[Dataset], contained: dict[tuple[int, int], float], cfg: Config) -> list[PlanRow]:
+    """Choose what to drop. `contained` maps (a, b) -> fraction for pairs with a in b.
+
+    Equal datasets (exact containment both ways) form one class that keeps exactly one member,
+    the largest, then by name. Classes are visited containers first (a topological order of the
+    condensed graph, ties by rank), so a dataset can only point at a container already kept: a
+    chain A < B < C resolves to C, and every dropped dataset is contained in a kept one."""
+    n = len(datasets)
+    # Equivalence classes by mutual exact containment (union-find).
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (a, b), f in contained.items():
+        if f >= 1.0 and contained.get((b, a), 0.0) >= 1.0:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(find(i), []).append(i)
+    rep = {r: min(ms, key=lambda i: _rank_key(datasets[i])) for r, ms in members.items()}
+    # Condensed graph: class -> classes containing it.
+    ups: dict[int, set[int]] = {r: set() for r in members}
+    downs: dict[int, set[int]] = {r: set() for r in members}
+    for (a, b) in contained:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            ups[ra].add(rb)
+            downs[rb].add(ra)
+    # Near-containment can make cycles between classes; break them by rank so the order exists.
+    order: list[int] = []
+    indeg = {r: len(ups[r]) for r in members}
+    import heapq
+
+    heap = [(_rank_key(datasets[rep[r]]), r) for r, d in indeg.items() if d == 0]
+    heapq.heapify(heap)
+    done: set[int] = set()
+    while len(order) < len(members):
+        if not heap:  # a cycle: release its highest-ranked class
+            r = min((r for r in members if r not in done), key=lambda r: _rank_key(datasets[rep[r]]))
+            indeg[r] = 0
+            heap = [(_rank_key(datasets[rep[r]]), r)]
+        _, r = heapq.heappop(heap)
+        if r in done:
+            continue
+        done.add(r)
+        order.append(r)
+        for c in sorted(downs[r]):
+            indeg[c] -= 1
+            if indeg[c] == 0 and c not in done:
+                heapq.heappush(heap, (_rank_key(datasets[rep[c]]), c))
+
+    up_of: dict[int, list[int]] = {}
+    for (a, b) in contained:
+        up_of.setdefault(a, []).append(b)
+    rows: dict[int, PlanRow] = {}
+    kept: set[int] = set()
+    cm = cfg.cost
+
+    def rebuild_cost(a: Dataset, b: Dataset) -> float:
+        need = sum(b.column_bytes.get(c, 0) for c in a.columns)
+        return cm.rebuild_weight * need + cm.rebuild_fixed_bytes
+
+    def row(i: int, action: str, by: int | None, reason: str) -> PlanRow:
+        d = datasets[i]
+        kind = None
+        if by is not None:
+            kind = rebuild_kind(d, datasets[by], contained.get((by, i)))
+        return PlanRow(d.name, action, datasets[by].name if by is not None else None,
+                       d.bytes if action == "drop" else 0, d.num_rows, d.bytes, kind, reason, d.path)
+
+    for r in order:
+        ms = sorted(members[r], key=lambda i: _rank_key(datasets[i]))
+        head = rep[r]
+        # Containers of the class already kept, best first: cheapest rebuild, then largest.
+        cands = sorted({k for m in ms for k in up_of.get(m, ()) if k in kept},
+                       key=lambda k: (rebuild_cost(datasets[head], datasets[k]), _rank_key(datasets[k])))
+        container = None
+        if cands:
+            k = cands[0]
+            d = datasets[head]
+            net = cm.storage_weight * d.bytes - rebuild_cost(d, datasets[k])
+            if net >= cm.min_saving_bytes and net > 0:
+                container = k
+            else:
+                rows[head] = row(head, "keep", None,
+                                 f"contained in {datasets[k].name}, but rebuilding it costs more than the storage it saves")
+        if container is not None:
+            for m in ms:
+                f = contained.get((m, container), 1.0)
+                rows[m] = row(m, "drop", container, "contained" if f >= 1.0 else f"near-contained ({f:.4f})")
+        else:
+            kept.add(head)
+            if head not in rows:
+                rows[head] = row(head, "keep", None, "not contained in another dataset" if not ups[r] else
+                                 "its containers are dropped")
+            for m in ms:
+                if m != head:
+                    rows[m] = row(m, "drop", head, f"equal to {datasets[head].name}")
+    for i, d in enumerate(datasets):
+        if d.problem is not None:
+            rows[i] = PlanRow(d.name, "skipped", None, 0, 0, 0, None, d.problem, d.path)
+        elif not d.comparable:
+            rows[i].reason = "empty: not compared" if d.num_rows == 0 else "no columns: not compared"
+    return [rows[i] for i in sorted(rows, key=lambda i: datasets[i].name)]
+
+
+def plan_table(rows: list[PlanRow]) -> pa.Table:
+    schema = pa.schema([("dataset", pa.string()), ("action", pa.string()), ("contained_in", pa.string()),
+                        ("bytes_saved", pa.int64()), ("rows", pa.int64()), ("bytes", pa.int64()),
+                        ("rebuild", pa.string()), ("reason", pa.string()), ("path", pa.string())])
+    return pa.Table.from_pylist([r.__dict__ for r in rows], schema=schema)
+
+
+def containment_table(datasets: list[Dataset], edges: list[tuple[int, int]], pruned: dict[tuple[int, int], str],
+                      results: dict[tuple[int, int], PairResult], tau: float) -> pa.Table:
+    """Every pair that passed step 1, with the step that decided it (schema `containment`)."""
+    from thresher import schemas
+
+    rows = []
+    for a, b in sorted(edges, key=lambda e: (datasets[e[0]].name, datasets[e[1]].name)):
+        if (a, b) in pruned:
+            step, frac, ok, why = STEP_MINMAX, None, False, f"column '{pruned[(a, b)]}' out of range"
+        else:
+            r = results[(a, b)]
+            step, frac, ok, why = r.step, r.fraction, r.contained, r.detail
+        rows.append({"contained": datasets[a].name, "container": datasets[b].name, "step": step,
+                     "fraction": frac, "shared_columns": list(datasets[a].columns), "is_contained": ok,
+                     "detail": why or None})
+    schema = schemas.get("containment").schema
+    extra = [pa.field("detail", pa.string())]
+    full = pa.schema(list(schema) + [f for f in extra if f.name not in schema.names])
+    return pa.Table.from_pylist(rows, schema=full)
