@@ -33,6 +33,11 @@ _S41 = U64(41)
 EMPTY = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
 
 
+def seed64(seed) -> np.uint64:
+    """Any integer seed as the uint64 the kernels take (numba cannot take ints >= 2**63)."""
+    return U64(int(seed or 0) & 0xFFFFFFFFFFFFFFFF)
+
+
 # ------------------------------------------------------------------------------------ mixing
 @njit(inline="always")
 def _fmix(h):

@@ -86,7 +86,7 @@ def band_batches(cfg: Config, bands: int, rows: int):
 
     def fn(batches):
         from thresher.flows.spark import limit_task_threads
-        from thresher.kernels.minhash import band_hashes, minhash_signatures, permutations
+        from thresher.kernels.minhash import band_hashes, minhash_signatures, permutations, seed64
         from thresher.stages.text import shingle_hashes
 
         limit_task_threads()
@@ -94,7 +94,7 @@ def band_batches(cfg: Config, bands: int, rows: int):
         for batch in batches:
             off, h = shingle_hashes(batch.column(1), shingle, norm)
             sig = minhash_signatures(off, h, a, b)
-            bh = band_hashes(sig, bands, rows, seed)
+            bh = band_hashes(sig, bands, rows, seed64(seed))
             has = np.flatnonzero(np.diff(off) > 0)
             if len(has) == 0:
                 continue

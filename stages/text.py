@@ -79,11 +79,11 @@ def string_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
 
 def text_hash128(arr, cfg: NormaliseConfig | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit hashes (as int64, for Spark) of each normalised text."""
-    from thresher.kernels.minhash import hash_spans
+    from thresher.kernels.minhash import hash_spans, seed64
 
     off, data = string_buffers(normalise(arr, cfg))
-    h1 = hash_spans(data, off[:-1], off[1:], seed)
-    h2 = hash_spans(data, off[:-1], off[1:], seed ^ 0x5DEECE66D)
+    h1 = hash_spans(data, off[:-1], off[1:], seed64(seed))
+    h2 = hash_spans(data, off[:-1], off[1:], seed64(seed) ^ np.uint64(0x5DEECE66D))
     return h1.view(np.int64), h2.view(np.int64)
 
 
@@ -129,8 +129,9 @@ def shingle_hashes(arr, shingle: ShingleConfig | None = None, norm: NormaliseCon
                    seed: int = 0, normalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """64-bit hashes of each document's shingles, in document order (repeats kept).
     Returns (offsets int64[n+1], hashes uint64)."""
-    from thresher.kernels.minhash import hash_spans, ngram_hashes
+    from thresher.kernels.minhash import hash_spans, ngram_hashes, seed64
 
+    seed = seed64(seed)
     shingle = shingle or ShingleConfig()
     text = _as_array(arr) if normalised else normalise(arr, norm)
     if shingle.kind == "word":
