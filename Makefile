@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean chromium
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,17 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/thresher demo
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -q tests
+
+# The report test renders HTML in headless Chromium. On Debian as root (CI) it is installed
+# here; elsewhere the test skips when /usr/bin/chromium is absent.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (apt-get) for the report test"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+			|| echo "chromium could not be installed; the report screenshot test will skip"; \
+	fi
 
 bench: setup
 	$(BIN)/python -m benchmarks
