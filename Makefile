@@ -27,7 +27,7 @@ test: setup chromium
 chromium:
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		echo "installing chromium (apt-get) for the report test"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 			|| echo "chromium could not be installed; the report screenshot test will skip"; \
 	fi
 
