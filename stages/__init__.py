@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "decontaminate": "thresher.stages.decontaminate",
     "exact_dedup": "thresher.stages.exact_dedup",
     "fuzzy_dedup": "thresher.stages.fuzzy_dedup",
+    "embed": "thresher.stages.embed",
     "quality": "thresher.stages.quality",
     "semantic_dedup": "thresher.stages.semantic_dedup",
     "sample": "thresher.stages.sample",
