@@ -200,4 +200,4 @@ class StageMonitor:
         rate = f" ({docs / took:,.0f} docs/s)" if docs and took > 0 else ""
         what = f"{docs:,} documents" if docs is not None else "done"
         return (f"stage {self.stage}: {what} in {took:.1f} s{rate}, {len(self.jobs)} Spark jobs, "
-                f"{self.tasks_done}/{self.tasks_total} tasks, peak RSS {self.peak_rss_mb:,.0f} MiB")
+                f"{self.tasks_done} tasks, peak RSS {self.peak_rss_mb:,.0f} MiB")

@@ -16,11 +16,12 @@ def get_spark(cfg: SparkConfig | None = None):
     from pyspark.sql import SparkSession
 
     cfg = cfg or SparkConfig()
+    host = cfg.driver_host or loopback_host(cfg.master)
     # Executors must run the same interpreter (and so the same installed thresher) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if cfg.driver_host:
-        os.environ.setdefault("SPARK_LOCAL_IP", cfg.driver_host)
+    if host:
+        os.environ.setdefault("SPARK_LOCAL_IP", host)
     # Each Python worker is one task slot: one thread each for numba/torch/BLAS inside tasks.
     os.environ.setdefault("THRESHER_TASK_THREADS", "1")
     b = (
@@ -37,14 +38,29 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.executorEnv.THRESHER_TASK_THREADS", "1")
         .config("spark.executorEnv.PYSPARK_PYTHON", os.environ["PYSPARK_PYTHON"])
     )
-    if cfg.driver_host:
-        b = b.config("spark.driver.host", cfg.driver_host).config("spark.driver.bindAddress", cfg.driver_host)
+    if host:
+        b = b.config("spark.driver.host", host).config("spark.driver.bindAddress", host)
     for k, v in cfg.conf.items():
         b = b.config(k, v)
     spark = b.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def loopback_host(master: str) -> str | None:
+    """127.0.0.1 when every master of a spark:// URL is on loopback, else None.
+
+    A cluster on this machine (tests, a one-box standalone install) reaches the driver only on
+    loopback, and binding there keeps everything off external interfaces; a remote master
+    needs the driver on an address its executors can reach, which Spark picks by default.
+    """
+    if not master.startswith("spark://"):
+        return None
+    hosts = [h.strip().rsplit(":", 1)[0].strip("[]") for h in master[len("spark://"):].split(",")]
+    if hosts and all(h == "localhost" or h.startswith("127.") or h == "::1" for h in hosts):
+        return "127.0.0.1"
+    return None
 
 
 def task_threads() -> int:
