@@ -346,26 +346,31 @@ def run(spark, tables, cfg: Config):
     raw = units_df.mapInArrow(read_units, from_arrow_schema(out_schema)).persist()
 
     good = raw.where(F.col("_reason").isNull())
+    stats = {"files": len(files), "read_units": len(units), "derived_ids": derive}
+    keep_cols = ["id", "text", *passthrough.names]
+    rejected = raw.where(F.col("_reason").isNotNull()).select(
+        F.col("id"), F.col("_source").alias("source"), F.col("_row").alias("row"),
+        F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
+    )
+    # Count repeated ids on the id column alone (a small shuffle); only when there are some does
+    # the full table go through the window that decides which occurrence keeps the id.
+    n_dup = good.groupBy("id").count().where(F.col("count") > 1).select(F.sum(F.col("count") - 1)).first()[0] or 0
+    if not n_dup:
+        return {"documents": good.select(*keep_cols), "rejected": rejected, "stats": stats}
+
     # The first occurrence (by file order, then row) keeps the id; later ones are rejected.
     w = Window.partitionBy("id").orderBy("_file", "_row")
     ranked = good.withColumn("_n", F.row_number().over(w)).withColumn(
         "_first", F.first(F.concat_ws(":", "_source", F.col("_row").cast("string"))).over(w)
     )
     dup = ranked.where(F.col("_n") > 1)
-    stats = {"files": len(files), "read_units": len(units), "derived_ids": derive}
-    n_dup = dup.count()
-    if n_dup:
-        examples = [r["id"] for r in dup.select("id").distinct().orderBy("id").limit(cfg.duplicate_examples).collect()]
-        stats["duplicate_ids"] = {"count": n_dup, "examples": examples}
-        if cfg.on_duplicate_id == "fail":
-            raw.unpersist()
-            raise InputError(f"ingest: {n_dup} rows repeat an earlier id (e.g. {', '.join(examples)}); set ingest.on_duplicate_id: reject to set them aside")
-    keep_cols = ["id", "text", *passthrough.names]
+    examples = [r["id"] for r in dup.select("id").distinct().orderBy("id").limit(cfg.duplicate_examples).collect()]
+    stats["duplicate_ids"] = {"count": int(n_dup), "examples": examples}
+    if cfg.on_duplicate_id == "fail":
+        raw.unpersist()
+        raise InputError(f"ingest: {n_dup} rows repeat an earlier id (e.g. {', '.join(examples)}); set ingest.on_duplicate_id: reject to set them aside")
     documents = ranked.where(F.col("_n") == 1).select(*keep_cols)
-    rejected = raw.where(F.col("_reason").isNotNull()).select(
-        F.col("id"), F.col("_source").alias("source"), F.col("_row").alias("row"),
-        F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
-    ).unionByName(
+    rejected = rejected.unionByName(
         dup.select(F.col("id"), F.col("_source").alias("source"), F.col("_row").alias("row"),
                    F.lit("duplicate_id").alias("reason"), F.concat(F.lit("first seen at "), F.col("_first")).alias("detail"))
     )

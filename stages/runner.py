@@ -297,6 +297,8 @@ class Runner:
         except Exception as exc:
             raise _as_stage_error(name, exc) from exc
 
+        # Later stages read these tables back from Parquet: nothing cached for this one is needed.
+        self.spark.catalog.clearCache()
         counts = {t: count_rows(tmp / t) for t in result if t not in getattr(mod, "OUTPUT_PATHS", {})}
         for t, loc in locations.items():
             if t not in counts:
