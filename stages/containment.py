@@ -597,7 +597,9 @@ def plan(datasets: list[Dataset], contained: dict[tuple[int, int], float], cfg: 
     members: dict[int, list[int]] = {}
     for i in range(n):
         members.setdefault(find(i), []).append(i)
-    rep = {r: min(ms, key=lambda i: _rank_key(datasets[i])) for r, ms in members.items()}
+    # An equal class keeps the member with the most rows, then the smallest files, then by name.
+    rep = {r: min(ms, key=lambda i: (-datasets[i].num_rows, datasets[i].bytes, datasets[i].name))
+           for r, ms in members.items()}
     # Condensed graph: class -> classes containing it.
     ups: dict[int, set[int]] = {r: set() for r in members}
     downs: dict[int, set[int]] = {r: set() for r in members}

@@ -1,0 +1,97 @@
+"""Dataset containment (R2D2) against a brute-force content check, on the generated lake.
+
+thresher: catalog footers -> schema graph -> min-max pruning -> bottom-k sketches (large tables)
+-> exact anti-join on what is left -> plan.
+peer: the same footers and schema graph, then the exact anti-join on every ordered pair with
+compatible schemas (the same Spark engine and fingerprints, no pruning): what checking every
+candidate pair's content costs.
+
+Both run in the same process on the same Spark session, alternating, after one warm-up; the
+figures are medians. Quality: precision and recall of the containment edges against the exact
+truth from benchmarks/lake.py (Python set membership over the values), for exact containment
+and for near-containment (tau = 0.99), and the pairs each step removes.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.common import peak_rss_mb, record
+from benchmarks.lake import load_or_build
+
+
+def _pr(found: set, true: set) -> dict:
+    tp = len(found & true)
+    return {"precision": round(tp / len(found), 4) if found else 1.0,
+            "recall": round(tp / len(true), 4) if true else 1.0, "tp": tp,
+            "fp": len(found - true), "fn": len(true - found)}
+
+
+def run(quick: bool = False):
+    from thresher.flows.config import SparkConfig
+    from thresher.flows.containment import analyse
+    from thresher.flows.spark import get_spark
+    from thresher.stages import containment as C
+
+    base = Path(os.environ.get("THRESHER_BENCH_DIR", "/tmp"))
+    lake = base / ("thresher-lake-quick" if quick else "thresher-lake")
+    t0 = time.perf_counter()
+    truth = load_or_build(lake, rows=3000 if quick else None, small=quick)
+    build_s = time.perf_counter() - t0
+    spark = get_spark(SparkConfig(master="local[2]", shuffle_partitions=8, driver_memory="4g"))
+    cfg = C.Config()
+    names = lambda ds, pairs: {(ds[a].name, ds[b].name) for a, b in pairs}  # noqa: E731
+
+    def thresher():
+        ds = C.inspect_all(C.load_catalog(lake))
+        r = analyse(spark, ds, cfg)
+        return names(ds, r["contained"]), r
+
+    def peer():
+        ds = C.inspect_all(C.load_catalog(lake))
+        edges, _ = C.schema_graph(ds)
+        res, _ = C.content_check(spark, ds, edges, cfg, use_sketch=False)
+        return names(ds, [e for e, x in res.items() if x.contained]), len(edges)
+
+    # Warm-up: JVM, Python workers and their imports, for both sides alike.
+    ds = C.inspect_all(C.load_catalog(lake))
+    e, _ = C.schema_graph(ds)
+    C.content_check(spark, ds, e[:20], cfg, use_sketch=False)
+
+    repeats = 1 if quick else 3
+    t_times, p_times = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        found, res = thresher()
+        t_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pfound, ppairs = peer()
+        p_times.append(time.perf_counter() - t0)
+    true = {k for k, f in truth.items() if f >= 1.0}
+    c = res["counts"]
+    steps = {"ordered_pairs": c["ordered_pairs"], "after_schema": c["after_schema"], "after_minmax": c["after_minmax"],
+             "after_sketch": c["after_sketch"], "after_content": c["after_content"],
+             "removed_by_schema": c["ordered_pairs"] - c["after_schema"],
+             "removed_by_minmax": c["after_schema"] - c["after_minmax"],
+             "removed_by_sketch": c["after_minmax"] - c["after_sketch"],
+             "removed_by_content": c["after_sketch"] - c["after_content"]}
+    # Near-containment at tau = 0.99 (one run; the sketch keeps a 3-sigma margin).
+    near_cfg = C.Config(tau=0.99)
+    ds = C.inspect_all(C.load_catalog(lake))
+    t0 = time.perf_counter()
+    near = analyse(spark, ds, near_cfg)
+    near_s = time.perf_counter() - t0
+    near_found = names(ds, near["contained"])
+    near_true = {k for k, f in truth.items() if f >= 0.99}
+    yield record(
+        "containment", statistics.median(t_times), "spark anti-join on every compatible pair", statistics.median(p_times),
+        tables=c["datasets"], compatible_pairs=ppairs, true_containments=len(true),
+        exact=_pr(found, true), peer_exact=_pr(pfound, true), steps=steps, timings=res["timings"],
+        plan_dropped=c["dropped"], plan_bytes_saved=c["bytes_saved"],
+        near_tau_0_99={**_pr(near_found, near_true), "wall_s": round(near_s, 2)},
+        thresher_runs_s=[round(x, 2) for x in t_times], peer_runs_s=[round(x, 2) for x in p_times],
+        lake_build_s=round(build_s, 1), rss_mb=round(peak_rss_mb(), 0),
+    )
