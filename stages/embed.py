@@ -53,6 +53,10 @@ _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-a
 SIDECAR = "_embedding.json"
 # Bump when a change here alters the vectors, so cached tables from older code are not reused.
 _CODE_VERSION = 1
+# Length bucketing: padding allowed per batch (fraction of its real tokens), and the batch size
+# below which a batch is never cut for padding (tiny batches cost more than their padding).
+PAD_SLACK = 0.15
+MIN_BATCH = 8
 
 
 class Config(StageConfig):
@@ -298,11 +302,21 @@ class Encoder:
 
     def _batches(self, order: np.ndarray, lens: np.ndarray):
         budget, cap = self.cfg.batch_tokens, self.cfg.max_batch_size
+        slack = 1.0 + PAD_SLACK
         i, m = 0, len(order)
         while i < m:
             j = i + 1
-            # Sorted ascending, so the batch's padded width is the length of its last member.
-            while j < m and j - i < cap and (j - i + 1) * lens[order[j]] <= budget:
+            real = int(lens[order[i]])
+            # Sorted ascending, so the batch's padded width is the length of its last member. A
+            # batch also ends where the next sequence would make padding exceed PAD_SLACK of the
+            # real tokens (small windows have sparse lengths), unless the batch is still tiny.
+            while j < m and j - i < cap:
+                L = int(lens[order[j]])
+                if (j - i + 1) * L > budget:
+                    break
+                if j - i >= MIN_BATCH and (j - i + 1) * L > slack * (real + L):
+                    break
+                real += L
                 j += 1
             yield order[i:j]
             i = j
