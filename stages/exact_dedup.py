@@ -14,6 +14,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from thresher.flows.config import StageConfig
+from thresher.flows.errors import ConfigError
 from thresher.stages.text import NormaliseConfig
 
 NAME = "exact_dedup"
@@ -56,6 +57,8 @@ def run(spark, tables, cfg: Config):
     docs = tables["documents"]
     hashed = docs.select("id", "text").mapInArrow(hash_batches(cfg), "id string, _h1 bigint, _h2 bigint")
     attrs, has_quality = survivor_attributes(docs, tables, cfg.survivor)
+    if cfg.survivor == "quality" and not has_quality:
+        raise ConfigError("exact_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
     groups = hashed.withColumn("group", F.struct("_h1", "_h2"))
     # Only groups with a second member need a survivor: a semi-join on the repeated hashes keeps
     # the ranking join small when duplicates are rare.

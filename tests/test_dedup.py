@@ -1,0 +1,192 @@
+"""exact_dedup and fuzzy_dedup on local Spark: survivors, bad input, partitioning, accuracy."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from thresher.flows.errors import ConfigError
+from thresher.stages import exact_dedup as ED
+from thresher.stages import fuzzy_dedup as FD
+from thresher.stages.text import shingle_strings
+
+SCHEMA = "id string, text string"
+
+
+def _df(spark, rows, partitions=None):
+    df = spark.createDataFrame(rows, SCHEMA)
+    return df.repartition(partitions) if partitions else df
+
+
+def _removed(out) -> dict[str, tuple]:
+    return {r["id"]: (r["reason"], r["by_id"], r["score"]) for r in out["removed"].collect()}
+
+
+def _words(rng: random.Random, n: int) -> str:
+    vocab = [f"w{i}" for i in range(5000)]
+    return " ".join(rng.choice(vocab) for _ in range(n))
+
+
+def _edit(rng: random.Random, text: str, k: int) -> str:
+    w = text.split()
+    for _ in range(k):
+        w[rng.randrange(len(w))] = f"edit{rng.randrange(10**6)}"
+    return " ".join(w)
+
+
+# ------------------------------------------------------------------------------------ exact
+def test_exact_dedup_survivor_rules(spark):
+    rows = [("a", "hello world"), ("b", "Hello   World"), ("c", "HELLO\u00a0WORLD "), ("d", "hello world!"),
+            ("e", "ｈｅｌｌｏ world"), ("f", "something else")]
+    docs = _df(spark, rows, 3)
+    quality = spark.createDataFrame([("a", 0.1), ("b", 0.2), ("c", 0.9), ("e", None)], "id string, score double")
+    # longest would keep "b" (13 characters): the pipeline test covers that rule.
+    expect = {"smallest_id": "a", "quality": "c"}
+    for rule, survivor in expect.items():
+        out = ED.run(spark, {"documents": docs, "quality": quality}, ED.Config(survivor=rule, seed=0))
+        rem = _removed(out)
+        group = {"a", "b", "c", "e"}
+        assert set(rem) == group - {survivor}, rule
+        assert {v[0] for v in rem.values()} == {"exact_duplicate"} and {v[1] for v in rem.values()} == {survivor}
+        assert {r["id"] for r in out["documents"].collect()} == {survivor, "d", "f"}
+        assert out["stats"] == {"groups": 1, "docs_removed": 3}
+    # Without whitespace collapsing, "Hello   World" is its own text and the trailing space of
+    # "c" counts; stripping punctuation turns "d"'s "!" into that same trailing space.
+    cfg = ED.Config(normalise={"collapse_whitespace": False, "strip_punctuation": True}, survivor="smallest_id")
+    rem = _removed(ED.run(spark, {"documents": docs}, cfg))
+    assert set(rem) == {"d", "e"} and rem["d"][1] == "c" and rem["e"][1] == "a"
+
+
+def test_survivor_quality_needs_a_quality_table(spark):
+    docs = _df(spark, [("a", "x y"), ("b", "x y")])
+    with pytest.raises(ConfigError, match="quality"):
+        FD.run(spark, {"documents": docs}, FD.Config(survivor="quality"))
+    with pytest.raises(ConfigError, match="quality"):
+        ED.run(spark, {"documents": docs}, ED.Config(survivor="quality"))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="set both"):
+        FD.Config(bands=10)
+    with pytest.raises(ValueError, match="exceeds num_perm"):
+        FD.Config(bands=20, rows=10, num_perm=128)
+    assert FD.lsh_params(FD.Config()) == (20, 6)
+    assert FD.lsh_params(FD.Config(false_positive_weight=0.5, false_negative_weight=0.5)) == (14, 9)
+    assert FD.lsh_params(FD.Config(bands=16, rows=8)) == (16, 8)
+
+
+# ------------------------------------------------------------------------------------ fuzzy: bad input
+def test_no_duplicates_and_texts_without_shingles(spark):
+    rng = random.Random(1)
+    rows = [(f"d{i:02d}", _words(rng, 40)) for i in range(12)] + [("e1", ""), ("e2", "   "), ("p", "!!!")]
+    out = FD.run(spark, {"documents": _df(spark, rows)}, FD.Config(seed=0, normalise={"strip_punctuation": True}))
+    assert out["removed"].count() == 0 and out["duplicates"].count() == 0
+    assert out["documents"].count() == len(rows)
+    assert out["stats"]["components"] == 0 and out["stats"]["candidate_pairs"] == 0
+
+
+def test_identical_corpus_is_one_component_linked_as_a_star(spark):
+    n = 300
+    rows = [(f"doc{i:04d}", "the same boilerplate text in every single document here") for i in range(n)]
+    out = FD.run(spark, {"documents": _df(spark, rows, 4)}, FD.Config(seed=0))
+    st = out["stats"]
+    # One bucket per band holding every document: n - 1 star edges, not n(n-1)/2 pairs.
+    assert st["largest_bucket"] == n and st["candidate_pairs"] == n - 1 and st["verified_pairs"] == n - 1
+    assert st["components"] == 1 and st["docs_removed"] == n - 1 and st["component_sizes"] == {"257-512": 1}
+    rem = _removed(out)
+    assert len(rem) == n - 1 and {v[1] for v in rem.values()} == {"doc0000"} and {v[2] for v in rem.values()} == {1.0}
+    assert [r["id"] for r in out["documents"].collect()] == ["doc0000"]
+
+
+def test_cjk_near_duplicates_with_character_shingles(spark):
+    a = "日本語のテキストには単語の間に空白がありませんので文字の組で比べます"
+    rows = [("ja1", a), ("ja2", a.replace("比べます", "比較します")), ("ja3", "まったく別の内容の文章がここにあります"),
+            ("ru1", "Это текст на русском языке о пакетах и библиотеках для разработки"),
+            ("ru2", "Это текст на русском языке о пакетах и библиотеках для разработчиков")]
+    cfg = FD.Config(seed=0, threshold=0.6, shingle={"kind": "char", "n": 3}, survivor="smallest_id")
+    rem = _removed(FD.run(spark, {"documents": _df(spark, rows)}, cfg))
+    assert set(rem) == {"ja2", "ru2"}
+    assert rem["ja2"][0] == "near_duplicate" and rem["ja2"][1] == "ja1" and 0.6 <= rem["ja2"][2] < 1
+
+
+def test_pipeline_on_bad_input(run_curate, tmp_path):
+    """ingest -> exact_dedup -> fuzzy_dedup -> export: a 10 MB document and its edited copy,
+    single-word documents, Greek near-duplicates, exact copies, unrelated texts."""
+    rng = random.Random(7)
+    big = _words(rng, 1_800_000)
+    assert len(big.encode()) > 10_000_000
+    greek = "Αυτό το πακέτο περιέχει τη βιβλιοθήκη για την ανάλυση αρχείων ρυθμίσεων και την επικύρωση τους σε πραγματικό χρόνο"
+    rows = [
+        ("big1", big), ("big2", _edit(rng, big, 2000)),
+        ("one1", "hello"), ("one2", "Hello"), ("one3", "world"),
+        ("gr1", greek), ("gr2", greek + " σήμερα"),
+        ("x1", "An exact copy of a line of text."), ("x2", "an EXACT copy of a line of text."),
+    ] + [(f"u{i}", _words(rng, 60)) for i in range(6)]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), path)
+    manifest, out = run_curate({"input": [str(path)], "stages": ["ingest", "exact_dedup", "fuzzy_dedup", "export"],
+                                "ingest": {"id_column": "id"}})
+    acc = manifest["accounting"]
+    assert acc["closes"] and acc["rows_in"] == len(rows)
+    assert acc["removed"] == {"exact_dedup:exact_duplicate": 2, "fuzzy_dedup:near_duplicate": 2}
+    ex = {r["id"]: r for r in pq.read_table(out / "exact_dedup" / "removed").to_pylist()}
+    assert ex["one2"]["by_id"] == "one1" and ex["x2"]["by_id"] == "x1"  # equal lengths: smallest id
+    fz = {r["id"]: r for r in pq.read_table(out / "fuzzy_dedup" / "removed").to_pylist()}
+    assert set(fz) == {"big1", "gr1"}  # the longer copy survives
+    assert fz["big1"]["by_id"] == "big2" and 0.95 < fz["big1"]["score"] < 1
+    assert fz["gr1"]["by_id"] == "gr2" and 0.7 <= fz["gr1"]["score"] < 1
+    st = manifest["stages"]["fuzzy_dedup"]["stats"]
+    assert st["components"] == 2 and st["docs_removed"] == 2 and st["verified_pairs"] + st["dropped_pairs"] == st["candidate_pairs"]
+    dup = pq.read_table(out / "fuzzy_dedup" / "duplicates").to_pylist()
+    assert {(r["id"], r["component_id"], r["representative_id"], r["is_representative"]) for r in dup} == {
+        ("big1", "big1", "big2", False), ("big2", "big1", "big2", True),
+        ("gr1", "gr1", "gr2", False), ("gr2", "gr1", "gr2", True)}
+    kept = pq.read_table(out / "dataset").column("id").to_pylist()
+    assert sorted(kept) == sorted(r[0] for r in rows if r[0] not in {"one2", "x2", "big1", "gr1"})
+
+
+# ------------------------------------------------------------------------------------ accuracy
+def _family_sample(corpus_path, one_in: int) -> pa.Table:
+    t = pq.read_table(corpus_path, columns=["id", "text", "source_package"])
+    keep = [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") % one_in == 3
+            for s in t.column("source_package").to_pylist()]
+    return t.filter(pa.array(keep)).select(["id", "text"])
+
+
+def exact_pairs(ids: list[str], texts: list[str], threshold: float) -> set[tuple[str, str]]:
+    """Ground truth: every pair whose exact Jaccard of word 5-gram sets is >= threshold."""
+    from SetSimilaritySearch import all_pairs
+
+    sets = [shingle_strings(t) for t in texts]
+    idx = [i for i, s in enumerate(sets) if s]
+    pairs = all_pairs([sets[i] for i in idx], similarity_func_name="jaccard", similarity_threshold=threshold)
+    return {tuple(sorted((ids[idx[x]], ids[idx[y]]))) for x, y, _ in pairs}
+
+
+def test_accuracy_and_partition_independence(spark, corpus_path):
+    sample = _family_sample(corpus_path, 24)
+    ids, texts = sample.column("id").to_pylist(), sample.column("text").to_pylist()
+    truth = exact_pairs(ids, texts, 0.7)
+    assert len(truth) > 300
+    rows = list(zip(ids, texts))
+    results = []
+    for parts in (1, 5):
+        out, scored = FD.run_with_pairs(spark, {"documents": _df(spark, rows, parts)}, FD.Config(seed=0))
+        edges = {tuple(sorted((r["a"], r["b"]))) for r in scored.where("j >= 0.7").collect()}
+        dups = sorted(tuple(r) for r in out["duplicates"].collect())
+        results.append((edges, dups, sorted(tuple(r) for r in out["removed"].collect()), out["stats"]))
+    assert results[0][:3] == results[1][:3]
+    edges, dups, _, stats = results[0]
+    precision = len(edges & truth) / len(edges)
+    comp = {r[0]: r[1] for r in dups}
+    recall_components = sum(1 for a, b in truth if a in comp and comp.get(a) == comp.get(b)) / len(truth)
+    print(f"\nfuzzy accuracy on {len(ids)} docs: {len(truth)} true pairs, {len(edges)} verified edges, "
+          f"precision {precision:.4f}, edge recall {len(edges & truth) / len(truth):.4f}, "
+          f"component recall {recall_components:.4f}; stats {stats}")
+    assert precision >= 0.99
+    assert recall_components >= 0.97
+    assert stats["verified_pairs"] == len(edges)
