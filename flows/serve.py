@@ -24,6 +24,17 @@ from thresher.flows.errors import ConfigError
 
 log = logging.getLogger("thresher.serve")
 
+# Runs started by Prefect (served, or by a worker from prefect.yaml) import the flow from this
+# module. Prefect hands the `thresher` logger its API handler (PREFECT_LOGGING_EXTRA_LOGGERS) but
+# leaves its level to the root's WARNING: without this, the stage summaries never reach the run's
+# logs.
+if logging.getLogger("thresher").getEffectiveLevel() > logging.INFO:
+    logging.getLogger("thresher").setLevel(logging.INFO)
+
+from thresher.flows.curate import curate  # noqa: E402  (the deployments' entrypoint)
+
+ENTRYPOINT = "thresher.flows.serve.curate"
+
 
 def _api_url() -> str | None:
     from prefect.settings import PREFECT_API_URL
@@ -38,13 +49,12 @@ def deployment(cfg_json: dict, name: str, overwrite: bool = False, resume: bool 
     from prefect.deployments.runner import EntrypointType
 
     from thresher.flows import __version__
-    from thresher.flows.curate import curate
 
     if cron and interval_s:
         raise ConfigError("serve: give --cron or --interval, not both")
     if resume and overwrite:
         raise ConfigError("serve: --resume and --overwrite exclude each other")
-    return curate.to_deployment(
+    dep = curate.to_deployment(
         name=name,
         parameters={"config": cfg_json, "overwrite": overwrite, "resume": resume, "force": list(force)},
         cron=cron,
@@ -56,6 +66,8 @@ def deployment(cfg_json: dict, name: str, overwrite: bool = False, resume: bool 
         # A module path, not a file path: the flow loads wherever thresher is installed.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    dep.entrypoint = ENTRYPOINT
+    return dep
 
 
 def serve(cfg_json: dict, name: str, limit: int | None = None, **kw) -> None:
@@ -68,6 +80,9 @@ def serve(cfg_json: dict, name: str, limit: int | None = None, **kw) -> None:
         # create a run for the deployment, so serving there is a mistake worth one line.
         raise ConfigError("serve: PREFECT_API_URL is not set; start a server (`prefect server start`) "
                           "and export PREFECT_API_URL=http://HOST:4200/api")
+    # Flow runs execute in subprocesses that inherit this environment: route thresher's own log
+    # lines (stage summaries, progress) into the Prefect run logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "thresher")
     dep = deployment(cfg_json, name, **kw)
     log.info("serving deployment curate/%s on %s", name, url)
     prefect_serve(dep, limit=limit, print_starting_message=True)
