@@ -24,6 +24,8 @@ from numba import njit, prange
 # decided by an exact pass over all centroids (rare: it needs > MAXC near-ties).
 MAXC = 32
 UNIT_FP32 = 2.0 ** -24
+# Up to this many dimensions assignment computes every distance directly.
+DIRECT_MAX_D = 16
 
 
 def screen_coef(d: int, unit: float, out_unit: float = 0.0) -> float:
@@ -125,7 +127,7 @@ def _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
 
 
 @njit(cache=True)
-def _assign_fp32(X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
+def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
     # Row blocks run one after the other so that each product gets all of BLAS's threads
     # (BLAS called from inside numba's parallel loop oversubscribes the cores); the scan of a
     # tile is the parallel part. Only one (block, chunk) tile of scores exists at a time.
@@ -143,7 +145,7 @@ def _assign_fp32(X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
         candv = np.empty((m, MAXC), np.float64)
         ncand = np.zeros(m, np.int32)
         over = np.zeros(m, np.bool_)
-        Xb = np.ascontiguousarray(X[s:e])
+        Xb = np.ascontiguousarray(Xs[s:e])
         for ch in range(nch):
             T = np.dot(Xb, Cchunks[ch])
             _scan_tile(T, ch * kc, min(kc, k - ch * kc), cn, vmin, W, cand, candv, ncand, over)
@@ -189,6 +191,21 @@ def _decide_offset(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
     _decide(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
 
 
+@njit(parallel=True, cache=True)
+def _assign_direct(X, C, labels, d2):
+    # Few dimensions: a product would cost more in tile traffic than the distances themselves.
+    for i in prange(X.shape[0]):
+        best = -1
+        bd = np.inf
+        for j in range(C.shape[0]):
+            dd = _d2(X[i], C[j])
+            if dd < bd:
+                bd = dd
+                best = j
+        labels[i] = best
+        d2[i] = bd
+
+
 def norms(X: np.ndarray) -> np.ndarray:
     """Euclidean norms in float64 (the screening windows scale with them)."""
     return np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
@@ -206,19 +223,31 @@ def chunk_centroids(C: np.ndarray, kc: int = 512) -> np.ndarray:
 
 
 def assign(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, block: int = 2048,
-           kc: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (int32, lowest index on ties) and squared distance (float32) per row."""
+           kc: int = 1024, shift: np.ndarray | None = None, xs: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (int32, lowest index on ties) and squared distance (float32) per row.
+    `shift`: screen in coordinates X - shift (with `xs` = X - shift and `xnorm` its norms when
+    the caller has them)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     C = np.ascontiguousarray(C, dtype=np.float32)
     n, d = X.shape
-    if xnorm is None:
-        xnorm = norms(X)
-    cn64 = np.einsum("ij,ij->i", C, C, dtype=np.float64)
+    if shift is not None:
+        # Screening in coordinates centred on the data: distances are unchanged, norms (and
+        # so the screening windows) shrink. Exact decisions still use X and C.
+        Xs = (X - shift).astype(np.float32) if xs is None else xs
+        Cs = (C - shift).astype(np.float32)
+        xnorm = norms(Xs) if xnorm is None else xnorm
+    else:
+        Xs, Cs = X, C
+        xnorm = norms(X) if xnorm is None else xnorm
+    cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
     cmax = float(np.sqrt(cn64.max())) if len(C) else 0.0
     labels = np.empty(n, np.int32)
     d2 = np.empty(n, np.float64)
-    if n:
-        _assign_fp32(X, C, chunk_centroids(C, min(kc, max(16, len(C)))), cn64, xnorm, cmax,
+    if n and d <= DIRECT_MAX_D:
+        _assign_direct(X, C, labels, d2)
+    elif n:
+        _assign_fp32(Xs, X, C, chunk_centroids(Cs, min(kc, max(16, len(C)))), cn64, xnorm, cmax,
                      screen_coef(d, UNIT_FP32), block, labels, d2)
     return labels, d2.astype(np.float32)
 
@@ -296,36 +325,54 @@ def centroids_from(sums: np.ndarray, counts: np.ndarray, scale: float, old: np.n
 
 
 # ------------------------------------------------------------------------------ k-means++
-@njit(parallel=True, cache=True)
-def _candidate_pots(X, closest, cand_rows, chunk):
-    """min(closest, d(x, candidate)) for every point and candidate, and each candidate's
-    potential summed in fixed chunks (so the sum does not depend on the thread count)."""
+def _kpp_loop(X, first, draws, L, chunk):
+    """The greedy k-means++ loop with its random numbers drawn beforehand. Candidate potentials
+    are summed per fixed chunk of points, then over chunks in order, so the choice does not
+    depend on the number of threads."""
     n = X.shape[0]
-    L = cand_rows.shape[0]
-    newd = np.empty((n, L))
+    k = draws.shape[0] // L + 1
+    chosen = np.empty(k, np.int64)
+    chosen[0] = first
+    closest = np.empty(n)
+    for i in prange(n):
+        closest[i] = _d2(X[i], X[first])
     nch = (n + chunk - 1) // chunk
-    part = np.zeros((nch, L))
-    for c in prange(nch):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            for l in range(L):
-                v = _d2(X[i], cand_rows[l])
-                if closest[i] < v:
-                    v = closest[i]
-                newd[i, l] = v
-                part[c, l] += v
-    pots = np.zeros(L)
-    for c in range(nch):
+    newd = np.empty((n, L))
+    part = np.empty((nch, L))
+    cand = np.empty(L, np.int64)
+    for c in range(1, k):
+        cum = np.cumsum(closest)
         for l in range(L):
-            pots[l] += part[c, l]
-    return newd, pots
+            cand[l] = min(np.searchsorted(cum, draws[(c - 1) * L + l] * cum[n - 1]), n - 1)
+        for q in prange(nch):
+            for l in range(L):
+                part[q, l] = 0.0
+            for i in range(q * chunk, min(n, (q + 1) * chunk)):
+                for l in range(L):
+                    v = _d2(X[i], X[cand[l]])
+                    if closest[i] < v:
+                        v = closest[i]
+                    newd[i, l] = v
+                    part[q, l] += v
+        best = 0
+        bp = np.inf
+        for l in range(L):
+            p = 0.0
+            for q in range(nch):
+                p += part[q, l]
+            if p < bp:
+                bp = p
+                best = l
+        chosen[c] = cand[best]
+        for i in range(n):
+            closest[i] = newd[i, best]
+    return chosen
 
 
-@njit(parallel=True, cache=True)
-def _dist_to_row(X, row):
-    out = np.empty(X.shape[0])
-    for i in prange(X.shape[0]):
-        out[i] = _d2(X[i], row)
-    return out
+# One source, two builds: the parallel one only pays for its per-centre thread wake-ups on
+# problems big enough to need it.
+_kpp_serial = njit(cache=True)(_kpp_loop)
+_kpp_parallel = njit(parallel=True, cache=True)(_kpp_loop)
 
 
 def kmeanspp(X: np.ndarray, k: int, seed: int, n_local_trials: int | None = None) -> np.ndarray:
@@ -336,18 +383,10 @@ def kmeanspp(X: np.ndarray, k: int, seed: int, n_local_trials: int | None = None
         raise ValueError(f"k-means++: need 1 <= k <= n points, got k={k}, n={n}")
     L = n_local_trials or (2 + int(np.log(k)))
     rng = np.random.default_rng(seed)
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = rng.integers(n)
-    closest = _dist_to_row(X, X[chosen[0]])
-    for c in range(1, k):
-        cum = np.cumsum(closest)
-        r = rng.random(L) * cum[-1]
-        cand = np.minimum(np.searchsorted(cum, r), n - 1)
-        newd, pots = _candidate_pots(X, closest, X[cand], 4096)
-        best = int(np.argmin(pots))
-        chosen[c] = cand[best]
-        closest = np.ascontiguousarray(newd[:, best])
-    return chosen
+    first = int(rng.integers(n))
+    draws = rng.random((k - 1) * L)  # the same stream as L draws per centre
+    f = _kpp_parallel if n * L * X.shape[1] >= 1 << 20 else _kpp_serial
+    return f(X, first, draws, L, 4096)
 
 
 # ------------------------------------------------------------------------------ selections

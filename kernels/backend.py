@@ -1,0 +1,165 @@
+"""Run-time choice of the k-means kernels: CUDA when a GPU is present, numba CPU otherwise, and
+on CPUs with bf16 matrix units (AVX512-BF16 / AMX) a bf16 screening product. The pick is logged.
+
+Every backend returns the same labels: the fast product only screens centroids, and the
+nearest one is decided among the survivors in exact arithmetic (see kmeans_cpu's docstring).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from thresher.kernels import kmeans_cpu as cpu
+
+log = logging.getLogger("thresher.kernels")
+
+BF16_UNIT = 2.0 ** -8
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_bf16_matmul() -> bool:
+    """bf16 products are only worth it with hardware bf16 dot products and a torch to use them."""
+    if not ({"avx512_bf16", "amx_bf16"} & cpu_flags()):
+        return False
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cuda_available() -> bool:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return False  # the simulator is for tests, never a production pick
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+class Points:
+    """A point set prepared once for repeated assignments (norms, a bf16 or device copy)."""
+
+    def __init__(self, X: np.ndarray):
+        self.X = np.ascontiguousarray(X, dtype=np.float32)
+        # Screening runs on centred coordinates (see kmeans_cpu.assign's `shift`).
+        self.shift = self.X.mean(0, dtype=np.float64).astype(np.float32) if len(self.X) else None
+        self.Xs = (self.X - self.shift) if len(self.X) else self.X
+        self.norms = cpu.norms(self.Xs)
+        self.cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+
+class CPUBackend:
+    """numba kernels; the screening product in fp32 (BLAS) or bf16 (torch, oneDNN)."""
+
+    def __init__(self, matmul: str = "fp32"):
+        self.matmul = matmul
+        self.name = "numba-cpu" + ("+bf16" if matmul == "bf16" else "")
+
+    def assign(self, P: Points, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # bf16 pays off only for real products; tiny d or k would overflow its wider windows.
+        if self.matmul == "bf16" and len(P) >= 256 and P.X.shape[1] >= 32 and len(C) >= 32:
+            return assign_bf16(P, C)
+        return cpu.assign(P.X, C, P.norms, shift=P.shift, xs=P.Xs)
+
+    def update(self, X, labels, k, scale):
+        return cpu.update(X, labels, k, scale)
+
+
+class CUDABackend(CPUBackend):
+    """numba-cuda assignment and update; k-means++ and selections stay on the CPU (they run on
+    samples and centroids, not on the whole level)."""
+
+    name = "cuda"
+
+    def __init__(self):
+        super().__init__("fp32")
+        self.name = "cuda"
+
+    def assign(self, P: Points, C):
+        from thresher.kernels import kmeans_cuda
+
+        return kmeans_cuda.assign(P, C)
+
+    def update(self, X, labels, k, scale):
+        from thresher.kernels import kmeans_cuda
+
+        return kmeans_cuda.update(X, labels, k, scale)
+
+
+_PICKED: dict[tuple[str, str], CPUBackend] = {}
+
+
+def pick_backend(prefer: str = "auto", dtype: str = "auto") -> CPUBackend:
+    """`prefer`: auto | cpu | cuda; `dtype` of the screening product: auto | float32 | bf16."""
+    key = (prefer, dtype)
+    if key in _PICKED:
+        return _PICKED[key]
+    if prefer not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"backend: expected auto, cpu or cuda, got {prefer!r}")
+    if dtype not in ("auto", "float32", "bf16"):
+        raise ValueError(f"dtype: expected auto, float32 or bf16, got {dtype!r}")
+    if prefer == "cuda" or (prefer == "auto" and cuda_available()):
+        if not cuda_available():
+            raise RuntimeError("backend: cuda requested but no GPU is available")
+        b: CPUBackend = CUDABackend()
+        why = "a GPU is present"
+    else:
+        bf16 = dtype == "bf16" or (dtype == "auto" and has_bf16_matmul())
+        b = CPUBackend("bf16" if bf16 else "fp32")
+        why = ("the CPU has " + "/".join(sorted({"avx512_bf16", "amx_bf16"} & cpu_flags()))) if bf16 else "no bf16 matrix units" if dtype == "auto" else f"dtype={dtype}"
+    log.info("k-means backend: %s (%s)", b.name, why)
+    _PICKED[key] = b
+    return b
+
+
+def _bf16_coef(d: int) -> float:
+    return cpu.screen_coef(d, BF16_UNIT, BF16_UNIT)
+
+
+def assign_bf16(P: Points, C: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Screen with a bf16 product (bf16 inputs and output, fp32 accumulation), then decide the
+    rows whose best and runners-up are within the bf16 error bound in exact arithmetic."""
+    import torch
+
+    X = P.X
+    C = np.ascontiguousarray(C, dtype=np.float32)
+    n, d = X.shape
+    Xb = P.cache.get("bf16")
+    if Xb is None:
+        Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
+        P.cache["bf16"] = Xb
+    Cs = C - P.shift
+    Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()
+    cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
+    cmax = float(np.sqrt(cn64.max())) if len(C) else 0.0
+    coef = _bf16_coef(d)
+    labels = np.empty(n, np.int32)
+    d2 = np.empty(n, np.float64)
+    # Keep a block's score tile near 16 MB whatever k is.
+    block = max(64, min(block, (4 << 20) // max(1, len(C))))
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        S = torch.mm(Xb[s:e], Cb).float().numpy()
+        cpu.select_from_scores(S, s, X, C, cn64, P.norms, cmax, coef, labels, d2)
+    return labels, d2.astype(np.float32)

@@ -1,0 +1,179 @@
+"""Hierarchical k-means (kernels/hkmeans.py) and the cluster stage on local Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from thresher import schemas
+from thresher.kernels.hkmeans import HierarchicalKMeans
+
+
+# ------------------------------------------------------------------------------ data
+def gaussian_mixture_2d(seed=0):
+    """The paper's 2-D set: Gaussians of 7000, 1000 and 500 points and 500 uniform points."""
+    rng = np.random.default_rng(seed)
+    return np.vstack([rng.normal([-1.0, -1.0], 0.5, (7000, 2)), rng.normal([1.5, 1.5], 0.3, (1000, 2)),
+                      rng.normal([1.5, -1.5], 0.3, (500, 2)), rng.uniform(-3, 3, (500, 2))]).astype(np.float32)
+
+
+def kl_to_uniform(P, h=0.5, step=0.02):
+    """KL(KDE of P with bandwidth h || uniform) on a grid of `step` over [-3, 3]^2."""
+    g = np.arange(-3, 3 + 1e-9, step)
+    ex = np.exp(-(g[:, None] - P[None, :, 0]) ** 2 / (2 * h * h))
+    ey = np.exp(-(g[:, None] - P[None, :, 1]) ** 2 / (2 * h * h))
+    p = ex @ ey.T
+    p /= p.sum()
+    return float((p * np.log(p * p.size + 1e-300)).sum())
+
+
+def zipf_mixture(seed=0, d=16, comps=20):
+    rng = np.random.default_rng(seed)
+    a = np.log(50) / np.log(comps)  # sizes fall from 8000 to 8000/50 = 160
+    sizes = np.round(8000 * np.arange(1, comps + 1) ** -a).astype(int)
+    means = rng.normal(size=(comps, d)) * 3.0
+    X = np.vstack([means[c] + rng.normal(size=(s, d)) for c, s in enumerate(sizes)]).astype(np.float32)
+    return X, np.repeat(np.arange(comps), sizes)
+
+
+def entropy_ratio(labels, comps):
+    p = np.bincount(labels, minlength=comps) / len(labels)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / np.log(comps))
+
+
+# ------------------------------------------------------------------------------ faithfulness
+def test_paper_2d_experiment_kl_ordering():
+    X = gaussian_mixture_2d()
+    top = 300
+    res = lambda k: {"n_clusters": k, "n_resampling_steps": 10, "sample_size": 2}  # noqa: E731
+    kl = {"data": kl_to_uniform(X)}
+    for name, levels in [("flat", [top]), ("2 levels", [1000, top]), ("3 levels", [3000, 1000, top]),
+                         ("3 levels + resampling", [res(3000), res(1000), res(top)])]:
+        hk = HierarchicalKMeans(levels=levels, seed=0).fit(X)
+        assert hk.centroids_[-1].shape == (top, 2)
+        kl[name] = kl_to_uniform(hk.centroids_[-1])
+    vals = list(kl.values())
+    assert all(a > b for a, b in zip(vals, vals[1:])), kl
+    # The paper: 0.942, 0.340, 0.132, 0.081, 0.0418 (uniform random points: 0.040 +- 0.007).
+    assert 0.8 < kl["data"] < 1.1 and 0.25 < kl["flat"] < 0.45, kl
+
+
+def test_zipf_mixture_top_level_covers_components_evenly():
+    X, comp = zipf_mixture()
+    hk = HierarchicalKMeans(levels=[{"n_clusters": 400, "n_iters": 15, "n_resampling_steps": 5, "sample_size": 10},
+                                    {"n_clusters": 40, "n_iters": 15, "n_resampling_steps": 5, "sample_size": 3}],
+                            seed=0).fit(X)
+    # Centroid-level equivalent of balanced sampling: each top-level cluster contributes equally,
+    # with the component most of its points come from.
+    top = hk.labels_[:, 1]
+    major = np.array([np.bincount(comp[top == j], minlength=20).argmax() for j in np.unique(top)])
+    assert entropy_ratio(major, 20) >= 0.94, entropy_ratio(major, 20)
+    assert entropy_ratio(comp, 20) < 0.8  # uniform random sampling: the data's own entropy
+
+
+# ------------------------------------------------------------------------------ API
+def test_hierarchical_kmeans_api_and_determinism():
+    X, _ = zipf_mixture(d=8, comps=6)
+    X = X[::4]
+    kw = dict(levels=[{"n_clusters": 30, "n_iters": 8, "n_resampling_steps": 2, "sample_size": 4}, 5], normalize=True)
+    a = HierarchicalKMeans(seed=3, **kw).fit(X)
+    b = HierarchicalKMeans(seed=3, **kw).fit(X)
+    c = HierarchicalKMeans(seed=4, **kw).fit(X)
+    assert a.labels_.shape == (len(X), 2) and a.labels_.dtype == np.int32
+    assert [C.shape for C in a.centroids_] == [(30, 8), (5, 8)]
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    for ca, cb in zip(a.centroids_, b.centroids_):
+        np.testing.assert_array_equal(ca, cb)
+    assert not all(np.array_equal(ca, cc) for ca, cc in zip(a.centroids_, c.centroids_))
+    # Level 2 labels follow the parents of level 1 clusters; sizes add up.
+    np.testing.assert_array_equal(a.labels_[:, 1], a.parents_[0][a.labels_[:, 0]])
+    assert a.sizes_[0].sum() == a.sizes_[1].sum() == len(X)
+    np.testing.assert_array_equal(a.predict(X), a.labels_)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    np.testing.assert_allclose(a.distances_, np.linalg.norm(Xn - a.centroids_[0][a.labels_[:, 0]], axis=1), atol=1e-5)
+    with pytest.raises(ValueError):
+        HierarchicalKMeans(levels=[5, 10]).fit(X)
+    with pytest.raises(ValueError):
+        HierarchicalKMeans(levels=[5]).fit(np.full((10, 3), np.nan))
+
+
+# ------------------------------------------------------------------------------ stage
+def _write_embeddings(path, X, ids, extra=()):
+    vec = pa.array([list(map(float, x)) for x in X] + [e[1] for e in extra], pa.list_(pa.float32()))
+    pq.write_table(pa.table({"id": ids + [e[0] for e in extra], "vector": vec}), path)
+
+
+def _stage_cfg(**kw):
+    from thresher.stages.cluster import Config
+
+    base = dict(levels=[{"n_clusters": 16, "n_iters": 3, "n_resampling_steps": 1, "sample_size": 6},
+                        {"n_clusters": 4, "n_iters": 5, "n_resampling_steps": 1, "sample_size": 2}],
+                seed=7, init_sample=500, block_rows=300)
+    return Config(**{**base, **kw})
+
+
+def _sorted(df, by):
+    return df.sort_by([(c, "ascending") for c in by])
+
+
+def test_cluster_stage_same_result_in_memory_and_on_spark_whatever_the_partitions(spark, tmp_path):
+    from thresher.stages import cluster
+
+    X, _ = zipf_mixture(d=12, comps=8)
+    rng = np.random.default_rng(0)
+    sel = rng.choice(len(X), 1500, replace=False)
+    X = X[sel]
+    ids = [f"doc-{i:05d}" for i in rng.permutation(len(X))]
+    extra = [("bad-nan", [float("nan")] * 12), ("bad-dim", [1.0, 2.0]), ("bad-null", None),
+             ("dropped", [0.5] * 12)]
+    path = tmp_path / "emb.parquet"
+    _write_embeddings(path, X, ids, extra)
+    emb = spark.read.parquet(str(path))
+    docs = spark.createDataFrame([(i, "t") for i in ids + ["bad-nan", "bad-dim", "bad-null"]], "id string, text string")
+
+    outs = []
+    for parts, mem in [(1, 0), (4, 0), (3, 10 ** 6)]:
+        res = cluster.run(spark, {"embeddings": emb.repartition(parts), "documents": docs},
+                          _stage_cfg(in_memory_max_rows=mem))
+        assert res["stats"]["level1"] == ("memory" if mem else "spark")
+        assert res["stats"]["set_aside"] == {"non_finite": 1, "wrong_dimension": 1, "null_vector": 1}
+        schemas.validate("clusters", res["clusters"].toArrow().schema, "clusters")
+        schemas.validate("centroids", res["centroids"].toArrow().schema, "centroids")
+        outs.append((_sorted(res["clusters"].toArrow(), ["id"]), _sorted(res["centroids"].toArrow(), ["level", "cluster_id"])))
+    cl, ce = outs[0]
+    assert cl.num_rows == len(X) and "dropped" not in cl.column("id").to_pylist()
+    assert cl.column_names == ["id", "level_1", "level_2", "distance", "rank"]
+    for cl2, ce2 in outs[1:]:
+        for a, b in [(cl, cl2), (ce, ce2)]:
+            for col in a.column_names:
+                assert a.column(col).to_pylist() == b.column(col).to_pylist(), f"column {col} differs between runs"
+
+    # Ranks: 0.. within each level-1 cluster, by distance; sizes match the members.
+    t = cl.to_pandas()
+    for _, g in t.groupby("level_1"):
+        assert sorted(g["rank"]) == list(range(len(g)))
+        assert (np.diff(g.sort_values("rank")["distance"].to_numpy()) >= 0).all()
+    c = ce.to_pandas()
+    lvl1 = c[c.level == 1].set_index("cluster_id")
+    np.testing.assert_array_equal(lvl1["size"].to_numpy(), np.bincount(t.level_1, minlength=16))
+    assert c[c.level == 2]["size"].sum() == len(X) and c[c.level == 2]["parent_id"].isna().all()
+    par = lvl1["parent_id"].to_numpy()
+    np.testing.assert_array_equal(t.level_2.to_numpy(), par[t.level_1.to_numpy()])
+    # Vectors were normalised: centroids of unit vectors have norm <= 1.
+    assert max(np.linalg.norm(v) for v in c.vector) <= 1.0 + 1e-5
+
+
+def test_cluster_config_errors_and_registration():
+    from pydantic import ValidationError
+
+    from thresher.stages.cluster import Config
+
+    with pytest.raises(ValidationError, match="exceeds"):
+        Config(levels=[{"n_clusters": 4}, {"n_clusters": 8}])
+    with pytest.raises(ValidationError):
+        Config(levels=[{"n_clusters": 4, "sampling": "sideways"}])
+    with pytest.raises(ValidationError):
+        Config(levels=[])

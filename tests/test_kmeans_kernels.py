@@ -1,0 +1,150 @@
+"""Every k-means kernel held to its numpy reference (kernels/kmeans_ref.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from thresher.kernels import backend as B
+from thresher.kernels import kmeans_cpu as K
+from thresher.kernels import kmeans_ref as R
+
+
+def blobs(n, d, k, seed=0, spread=0.3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 2
+    lab = rng.integers(0, k, n)
+    return (centres[lab] + spread * rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("d", [2, 48])
+def test_assign_matches_reference_with_ties(d):
+    X = blobs(1500, d, 12, seed=d)
+    C = X[np.random.default_rng(1).choice(len(X), 40, replace=False)].copy()
+    # Exact ties: duplicated centroids (the lower index must win) and points equal to centroids.
+    C = np.vstack([C, C[:5]])
+    X = np.vstack([X, C[:7]])
+    lab, d2 = K.assign(X, C)
+    lr, dr = R.assign_ref(X, C)
+    np.testing.assert_array_equal(lab, lr)
+    np.testing.assert_allclose(d2, dr, rtol=1e-6, atol=1e-6)
+    assert lab.dtype == np.int32 and d2.dtype == np.float32
+
+
+def test_assign_windows_hold_for_uncentred_data():
+    # Far from the origin, the screening products lose digits: the exact decision must catch it.
+    X = blobs(800, 40, 6, seed=3) + 500.0
+    C = X[:30].copy() + 1e-3
+    lr, _ = R.assign_ref(X, C)
+    np.testing.assert_array_equal(K.assign(X, C)[0], lr)
+    np.testing.assert_array_equal(B.CPUBackend("fp32").assign(B.Points(X), C)[0], lr)
+
+
+def test_bf16_screening_gives_fp32_assignments():
+    if not B.has_bf16_matmul():
+        pytest.skip("no bf16 matrix units on this CPU")
+    X = blobs(4000, 64, 50, seed=5, spread=1.0)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    C = X[:300].copy()
+    lab, d2 = B.assign_bf16(B.Points(X), C)
+    lr, dr = R.assign_ref(X, C)
+    np.testing.assert_array_equal(lab, lr)
+    np.testing.assert_allclose(d2, dr, rtol=1e-6, atol=1e-6)
+
+
+def test_update_fixed_point_matches_reference_and_is_split_independent():
+    X = blobs(3000, 16, 9, seed=2)
+    lab, _ = R.assign_ref(X, X[:9])
+    scale = K.fixed_scale(len(X), np.abs(X).max())
+    sums, counts = K.update(X, lab, 9, scale)
+    sr, cr = R.update_ref(X, lab, 9)
+    np.testing.assert_array_equal(counts, cr)
+    np.testing.assert_allclose(sums / scale, sr, rtol=1e-9, atol=1e-6)
+    # Partial sums over any split add up to the same bits (what Spark partitions rely on).
+    a = K.update(X[:1234], lab[:1234], 9, scale)
+    b = K.update(X[1234:], lab[1234:], 9, scale)
+    np.testing.assert_array_equal(a[0] + b[0], sums)
+    # The sorted (no per-thread buffers) variant gives the same bits as well.
+    np.testing.assert_array_equal(K.update(X, lab, 9, scale, max_partial_bytes=0)[0], sums)
+    # Empty clusters keep their old centroid.
+    old = np.full((10, 16), 7.0, np.float32)
+    s10, c10 = K.update(X, lab, 10, scale)
+    C = K.centroids_from(s10, c10, scale, old)
+    np.testing.assert_allclose(C, R.centroids_ref(*R.update_ref(X, lab, 10), old), rtol=1e-6, atol=1e-6)
+    assert (C[9] == 7.0).all()
+
+
+def test_kmeanspp_picks_the_reference_points():
+    X = blobs(600, 5, 8, seed=4)
+    for seed in (0, 1):
+        np.testing.assert_array_equal(K.kmeanspp(X, 25, seed), R.kmeanspp_ref(X, 25, seed))
+    # The parallel build (chunked sums) chooses the same points as the serial one.
+    rng = np.random.default_rng(0)
+    draws = rng.random(24 * 4)
+    np.testing.assert_array_equal(K._kpp_serial(X, 3, draws, 4, 64), K._kpp_parallel(X, 3, draws, 4, 64))
+    with pytest.raises(ValueError):
+        K.kmeanspp(X[:3], 4, 0)
+
+
+def test_topr_and_farthest_match_reference():
+    rng = np.random.default_rng(7)
+    key = rng.integers(0, 6, 2000).astype(np.float64)  # many ties: the index must break them
+    lab = rng.integers(0, 30, 2000)
+    lab[lab == 29] = 28  # cluster 29 empty
+    np.testing.assert_array_equal(K.topr(key, lab, 30, 9), R.topr_ref(key, lab, 30, 9))
+    np.testing.assert_array_equal(K.topr(key, lab, 30, 500), R.topr_ref(key, lab, 30, 500))
+    np.testing.assert_array_equal(K.farthest(key, 37), R.farthest_ref(key, 37))
+
+
+def test_lloyd_iterations_match_reference():
+    from thresher.kernels.hkmeans import ArraySource, lloyd
+
+    X = blobs(1200, 8, 6, seed=9)
+    C0 = X[:10].copy()
+    C = lloyd(ArraySource(X, B.CPUBackend("fp32")), C0, 6)
+    Cr, _, _ = R.lloyd_ref(X, C0, 6)
+    np.testing.assert_allclose(C, Cr, rtol=1e-5, atol=1e-6)
+
+
+CUDA_SIM = textwrap.dedent("""
+    import numpy as np
+    from thresher.kernels import kmeans_cuda as G, kmeans_cpu as K, kmeans_ref as R
+    from thresher.kernels.backend import Points
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(70, 9)).astype(np.float32)
+    C = np.vstack([X[:6], X[:2]])          # duplicated centroids: ties go to the lower index
+    X[60:66] = X[:6]
+    lab, d2 = G.assign(Points(X), C)
+    lr, dr = R.assign_ref(X, C)
+    assert (lab == lr).all(), (lab, lr)
+    assert np.allclose(d2, dr, rtol=1e-5, atol=1e-5)
+    s = K.fixed_scale(len(X), np.abs(X).max())
+    sums, counts = G.update(X, lr, 8, s)
+    cs, cc = K.update(X, lr, 8, s)
+    assert (sums == cs).all() and (counts == cc).all()
+    sr, cr = R.update_ref(X, lr, 8)
+    assert np.allclose(sums / s, sr, atol=1e-6)
+    print("ok")
+""")
+
+
+def test_cuda_kernels_under_simulator():
+    # The simulator must be switched on before numba.cuda is first imported: a fresh process.
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    r = subprocess.run([sys.executable, "-c", CUDA_SIM], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_backend_pick_is_logged(caplog):
+    B._PICKED.clear()
+    with caplog.at_level("INFO", logger="thresher.kernels"):
+        b = B.pick_backend("cpu", "float32")
+    assert b.name == "numba-cpu"
+    assert any("k-means backend: numba-cpu" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError):
+        B.pick_backend("tpu")
