@@ -172,7 +172,7 @@ class StageMonitor:
         elif done:
             took = time.time() - started
             parts.append(f"ETA {_fmt_s(took * (total - done) / done)}")
-        parts.append(f"rss {self.peak_rss / 2**20:,.0f} MiB")
+        parts.append(f"peak rss {self.peak_rss / 2**20:,.0f} MiB")
         return "  ".join(parts)
 
     def _collect_finished_jobs(self) -> None:
