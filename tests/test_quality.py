@@ -46,7 +46,8 @@ def test_repetition_signals_on_known_text():
     # The second "alpha beta gamma delta epsilon" repeats the first: its words are covered.
     assert s["dup_5gram_char_fraction"] == pytest.approx(len("alphabetagammadeltaepsilon") / chars)
     assert s["dup_6gram_char_fraction"] == 0.0
-    assert s["top_2gram_char_fraction"] == pytest.approx(2 * len("alphabeta") / chars)
+    # Four 2-grams occur twice; the longest of them counts.
+    assert s["top_2gram_char_fraction"] == pytest.approx(2 * len("deltaepsilon") / chars)
     assert s["word_count"] == 11 and s["stop_word_count"] == 0
     lines = compute_signals(pa.array(["Same line.\nSame line.\nother\n\nP\n\nP"]))
     assert lines["dup_line_fraction"][0] == pytest.approx(2 / 5)
@@ -148,3 +149,29 @@ def test_classifier_on_embeddings(spark, tmp_path):
         quality.run(spark, {"documents": tables["documents"]}, cfg)
     with pytest.raises(ConfigError, match="exactly one"):
         quality.run(spark, tables, quality.Config(score="classifier"))
+
+
+def test_classifier_with_text_reference(spark, tmp_path):
+    """A reference of raw texts is embedded with the bundled model, the one the embeddings came from."""
+    from thresher.stages.quality import _embed_texts
+
+    t = pq.read_table(DEMO, columns=["id", "text", "section"])
+    sec = np.array(t.column("section").to_pylist())
+    pick = np.flatnonzero(np.isin(sec, ["python", "libs", "doc"]))[:300]
+    t = t.take(pick)
+    sec = sec[pick]
+    texts = t.column("text").to_pylist()
+    vecs = _embed_texts(texts, "all-MiniLM-L6-v2")
+    ref_rows = np.flatnonzero(sec == "python")[::2]
+    pq.write_table(pa.table({"text": [texts[i] for i in ref_rows]}), tmp_path / "ref.parquet")
+    pq.write_table(pa.table({"id": t.column("id"), "text": t.column("text")}), tmp_path / "docs.parquet")
+    pq.write_table(pa.table({"id": t.column("id"), "vector": pa.array(vecs.tolist(), pa.list_(pa.float32()))}),
+                   tmp_path / "emb.parquet")
+    tables = {"documents": spark.read.parquet(str(tmp_path / "docs.parquet")),
+              "embeddings": spark.read.parquet(str(tmp_path / "emb.parquet"))}
+    cfg = quality.Config(score="classifier", filters=[],
+                         classifier={"reference": str(tmp_path / "ref.parquet"), "negatives": 100})
+    q = quality.run(spark, tables, cfg)["quality"].toPandas().set_index("id")["score"]
+    score = q.reindex(t.column("id").to_pylist()).to_numpy()
+    unseen_python = np.setdiff1d(np.flatnonzero(sec == "python"), ref_rows)
+    assert np.median(score[unseen_python]) > np.median(score[sec != "python"])
