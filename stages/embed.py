@@ -420,19 +420,30 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
             writer.write_table(tbl)
             write_s += time.perf_counter() - t0
 
-        for b in batches:
-            ids.extend(b.column(0).to_pylist())
-            texts.extend(b.column(1).to_pylist())
-            if len(ids) >= cfg.sort_window:
+        setup_s = time.perf_counter() - t_task
+        encode_s = 0.0
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            b = next(it, None)
+            if b is not None:
+                ids.extend(b.column(0).to_pylist())
+                texts.extend(b.column(1).to_pylist())
+            t1 = time.perf_counter()
+            if ids and (b is None or len(ids) >= cfg.sort_window):
                 flush()
                 ids, texts = [], []
-        if ids:
-            flush()
+            encode_s += time.perf_counter() - t1
+            if b is None:
+                break
         if writer is not None:
             writer.close()
             # One final name per partition: a retried task attempt replaces, never duplicates.
             os.replace(tmp, os.path.join(out_dir, f"part-{part:05d}.parquet"))
-        st = dict(enc.stats, write_s=write_s, load_s=load_s, task_s=time.perf_counter() - t_task,
+        task_s = time.perf_counter() - t_task
+        # Input: waiting for Spark to hand over Arrow batches and turning them into Python lists.
+        st = dict(enc.stats, write_s=write_s, load_s=load_s, setup_s=setup_s, task_s=task_s,
+                  input_s=task_s - setup_s - encode_s, prep_s=encode_s - write_s - enc.stats["tokenize_s"] - enc.stats["model_s"],
                   precision=precision, precision_why=why, device=device, dim=enc.dim,
                   max_seq_length=enc.max_len, threads=threads, pid=os.getpid())
         yield pa.RecordBatch.from_pylist([{"stats": json.dumps(st)}], schema=pa.schema([("stats", pa.string())]))
@@ -488,9 +499,10 @@ def _staging_root(spark, cfg: Config) -> Path:
 
 def _aggregate(rows: list[dict]) -> dict:
     add = ["docs", "long_docs", "truncated", "chunks", "tokens", "padded_tokens", "batches", "split_batches",
-           "empty_texts", "sanitised", "tokenize_s", "model_s", "write_s", "load_s", "task_s"]
+           "empty_texts", "sanitised", "tokenize_s", "model_s", "write_s", "load_s", "setup_s", "input_s",
+           "prep_s", "task_s"]
     out: dict = {k: sum(r[k] for r in rows) for k in add}
-    for k in ("tokenize_s", "model_s", "write_s", "load_s", "task_s"):
+    for k in ("tokenize_s", "model_s", "write_s", "load_s", "setup_s", "input_s", "prep_s", "task_s"):
         out[k] = round(out[k], 3)
     out["tasks"] = len(rows)
     out["workers"] = len({r["pid"] for r in rows})
