@@ -36,11 +36,10 @@ def has_bf16_matmul() -> bool:
     """bf16 products are only worth it with hardware bf16 dot products and a torch to use them."""
     if not ({"avx512_bf16", "amx_bf16"} & cpu_flags()):
         return False
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    # find_spec, not import: importing torch costs seconds in every Spark Python worker.
+    return importlib.util.find_spec("torch") is not None
 
 
 def cuda_available() -> bool:

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "fuzzy_dedup": "thresher.stages.fuzzy_dedup",
     "embed": "thresher.stages.embed",
     "quality": "thresher.stages.quality",
+    "cluster": "thresher.stages.cluster",
     "semantic_dedup": "thresher.stages.semantic_dedup",
     "sample": "thresher.stages.sample",
     "export": "thresher.stages.export",
