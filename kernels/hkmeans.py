@@ -18,6 +18,7 @@ the stage makes id order), so the two give identical clusters.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -158,16 +159,20 @@ def fit_level(source: Source, spec: Level, seed: int, level: int, init_sample: i
 
 
 def fit_upper(C1: np.ndarray, levels: list[Level], seed: int, backend: CPUBackend,
-              empty: str = "keep", init_sample: int = 50_000):
-    """Levels 2..L over the centroids below: centroids and the parent of every cluster."""
+              empty: str = "keep", init_sample: int = 50_000, times: list | None = None):
+    """Levels 2..L over the centroids below: centroids and the parent of every cluster.
+    Appends each level's seconds to `times` when given."""
     cents = [C1]
     parents = []
     for li, spec in enumerate(levels, start=2):
+        t0 = time.perf_counter()
         src = ArraySource(cents[-1], backend)
         C = fit_level(src, spec, seed, li, init_sample, empty)
         lab, _ = src.assign(C)
         parents.append(lab)
         cents.append(C)
+        if times is not None:
+            times.append(round(time.perf_counter() - t0, 3))
     return cents, parents
 
 
@@ -226,6 +231,7 @@ class HierarchicalKMeans:
                   (-1 at the top level).
       sizes_:     list of L int64 arrays: points per cluster at each level.
       distances_: (n,) float32 Euclidean distance of every point to its level-1 centroid.
+      level_seconds_: wall seconds per level.
     `predict(X)` gives (n, L) labels for new points.
     """
 
@@ -241,6 +247,7 @@ class HierarchicalKMeans:
     parents_: list | None = field(default=None, init=False, repr=False)
     sizes_: list | None = field(default=None, init=False, repr=False)
     distances_: np.ndarray | None = field(default=None, init=False, repr=False)
+    level_seconds_: list | None = field(default=None, init=False, repr=False)
 
     def _prep(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -263,10 +270,12 @@ class HierarchicalKMeans:
             raise ValueError(f"empty must be keep or farthest, got {self.empty!r}")
         X = self._prep(X)
         be = pick_backend(self.backend, self.dtype)
+        t0 = time.perf_counter()
         src = ArraySource(X, be, keys)
         C1 = fit_level(src, levels[0], self.seed, 1, self.init_sample, self.empty)
         lab1, d2 = src.assign(C1)
-        cents, parents = fit_upper(C1, levels[1:], self.seed, be, self.empty, self.init_sample)
+        self.level_seconds_ = [round(time.perf_counter() - t0, 3)]
+        cents, parents = fit_upper(C1, levels[1:], self.seed, be, self.empty, self.init_sample, self.level_seconds_)
         self._set(lab1, d2, cents, parents)
         return self
 

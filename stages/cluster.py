@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Literal
 
 import numpy as np
@@ -382,11 +383,15 @@ def run(spark, tables, cfg: Config):
                                     backend=cfg.backend, dtype=cfg.dtype).fit(X, keys=keys)
             labels, dist, cents, parents = hk.labels_, hk.distances_, hk.centroids_, hk.parents_[:-1]
             clusters = _clusters_df(spark, ids, labels, dist)
+            stats["level_seconds"] = hk.level_seconds_
         else:
             src = SparkSource(spark, blocks, n, d, maxabs, cfg.backend, cfg.dtype)
+            t0 = time.perf_counter()
             C1 = fit_level(src, levels[0], seed, 1, cfg.init_sample, cfg.empty_clusters)
-            cents, parents = fit_upper(C1, levels[1:], seed, be, cfg.empty_clusters, cfg.init_sample)
             counts1 = src.lloyd_pass(C1, 0).counts
+            times = [round(time.perf_counter() - t0, 3)]
+            cents, parents = fit_upper(C1, levels[1:], seed, be, cfg.empty_clusters, cfg.init_sample, times)
+            stats["level_seconds"] = times
             clusters = _clusters_spark(spark, blocks, d, C1, parents, (cfg.backend, cfg.dtype))
             stats["spark_passes"] = src.passes + 1
             labels = None

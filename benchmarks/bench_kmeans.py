@@ -1,0 +1,189 @@
+"""k-means: thresher's Lloyd iterations against faiss-cpu Kmeans from the same initial centroids,
+the machine's own fp32/bf16 matrix-product peaks measured in the same run, and (without
+--quick) hierarchical k-means of 1,000,000 x 384 through the Spark stage.
+
+Data: a mixture of 2,000 Gaussians on the unit sphere in 384 dimensions (embedding-like), made
+from a fixed seed. Inertia of both results is measured by the same exact evaluator.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import record
+
+
+def sphere_mixture(n: int, d: int, comps: int = 2000, seed: int = 0, spread: float = 0.35) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(comps, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    # Zipf-like component sizes, as topics are in real corpora.
+    p = 1.0 / np.arange(1, comps + 1) ** 0.8
+    lab = rng.choice(comps, n, p=p / p.sum())
+    X = np.empty((n, d), np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        X[s:e] = centres[lab[s:e]] + spread / np.sqrt(d) * rng.normal(size=(e - s, d)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X
+
+
+def matmul_peaks(repeat: int = 5) -> dict:
+    """Median GFLOP/s of torch fp32 and bf16 products shaped like an assignment block."""
+    import torch
+
+    out = {}
+    m, k, n = 4096, 384, 1024
+    for name, dt in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+        a = torch.randn(m, k).to(dt)
+        b = torch.randn(k, n).to(dt)
+        torch.mm(a, b)
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                torch.mm(a, b)
+            ts.append((time.perf_counter() - t0) / 5)
+        out[f"{name}_matmul_gflops"] = round(2 * m * k * n / statistics.median(ts) / 1e9, 1)
+    return out
+
+
+def exact_inertia(X, C) -> float:
+    from thresher.kernels import kmeans_cpu as cpu
+
+    return float(cpu.assign(X, C)[1].astype(np.float64).sum())
+
+
+def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int) -> dict:
+    import faiss
+
+    from thresher.kernels.backend import pick_backend
+    from thresher.kernels.hkmeans import ArraySource, lloyd
+
+    X = sphere_mixture(n, d)
+    rng = np.random.default_rng(1)
+    C0 = X[rng.choice(n, k, replace=False)].copy()
+    be = pick_backend()
+    flops = 2.0 * n * k * d * iters
+
+    def ours():
+        return lloyd(ArraySource(X, be), C0, iters)
+
+    def peer():
+        km = faiss.Kmeans(d, k, niter=iters, seed=1, max_points_per_centroid=n, min_points_per_centroid=1,
+                          verbose=False)
+        km.train(X, init_centroids=C0)
+        return km.centroids
+
+    lloyd(ArraySource(X[: 4 * k], be), C0, 1)  # compile/warm outside the timings
+    t_ours, t_peer = [], []
+    C_ours = C_peer = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        C_ours = ours()
+        t_ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        C_peer = peer()
+        t_peer.append(time.perf_counter() - t0)
+    i_ours, i_peer = exact_inertia(X, C_ours), exact_inertia(X, C_peer)
+    ts, tp = statistics.median(t_ours), statistics.median(t_peer)
+    return record(f"lloyd_{n}x{d}_k{k}_{iters}it", ts, "faiss-cpu Kmeans", tp,
+                  backend=be.name, repeats=repeat, thresher_gflops=round(flops / ts / 1e9, 1),
+                  faiss_gflops=round(flops / tp / 1e9, 1), inertia_thresher=round(i_ours, 3),
+                  inertia_faiss=round(i_peer, 3), inertia_rel_diff=round((i_ours - i_peer) / i_peer, 6),
+                  all_thresher_s=[round(t, 2) for t in t_ours], all_faiss_s=[round(t, 2) for t in t_peer],
+                  **matmul_peaks())
+
+
+class RSSSampler:
+    """Peak RSS of this process (the driver's Python), the JVM and the Python workers."""
+
+    def __init__(self, every: float = 0.5):
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = {"driver_python_mb": 0.0, "jvm_mb": 0.0, "python_workers_mb": 0.0}
+        self.every = every
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            cur = {"driver_python_mb": self.me.memory_info().rss / 1e6, "jvm_mb": 0.0, "python_workers_mb": 0.0}
+            for c in self.me.children(recursive=True):
+                try:
+                    name = " ".join(c.cmdline()[:3])
+                    rss = c.memory_info().rss / 1e6
+                except psutil.Error:
+                    continue
+                if "java" in name:
+                    cur["jvm_mb"] += rss
+                elif "python" in name:
+                    cur["python_workers_mb"] += rss
+            for key, v in cur.items():
+                self.peak[key] = max(self.peak[key], round(v, 1))
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def bench_hierarchical_spark(n: int, d: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from thresher.flows.config import SparkConfig
+    from thresher.flows.spark import get_spark
+    from thresher.stages import cluster
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_kmeans_"))
+    path = tmp / "embeddings"
+    path.mkdir()
+    X = sphere_mixture(n, d, seed=2)
+    step = 100_000
+    for s in range(0, n, step):
+        part = X[s:s + step]
+        vec = pa.ListArray.from_arrays(pa.array(np.arange(len(part) + 1, dtype=np.int32) * d), pa.array(part.ravel()))
+        pq.write_table(pa.table({"id": [f"doc-{i:08d}" for i in range(s, s + len(part))], "vector": vec}),
+                       path / f"part-{s // step:04d}.parquet")
+    del X
+    spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", shuffle_partitions=8))
+    cfg = cluster.Config(levels=[{"n_clusters": 10_000, "n_iters": 10, "n_resampling_steps": 2, "sample_size": 10},
+                                 {"n_clusters": 1_000, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 5},
+                                 {"n_clusters": 100, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 3}],
+                         seed=0, in_memory_max_rows=0, init_sample=50_000)
+    with RSSSampler() as mem:
+        t0 = time.perf_counter()
+        res = cluster.run(spark, {"embeddings": spark.read.parquet(str(path))}, cfg)
+        out = tmp / "clusters"
+        res["clusters"].write.parquet(str(out))
+        wall = time.perf_counter() - t0
+    stats = res["stats"]
+    return {"bench": f"hkmeans_spark_{n}x{d}", "thresher_s": round(wall, 1), "peer": None, "peer_s": None,
+            "ratio": None, "quality": {"level_seconds": stats.get("level_seconds"), "spark_passes": stats.get("spark_passes"),
+                                       "backend": stats.get("backend"), "peak_rss": mem.peak,
+                                       "clusters_per_level": stats.get("clusters_per_level"),
+                                       "empty_clusters_per_level": stats.get("empty_clusters_per_level")}}
+
+
+def run(quick: bool = False):
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if quick:
+        yield bench_lloyd(20_000, 384, 200, 10, repeat=3)
+        return
+    yield bench_lloyd(200_000, 384, 1000, 20, repeat=3)
+    yield bench_hierarchical_spark(1_000_000, 384)
