@@ -55,6 +55,9 @@ def table_paths(root: Path, manifest: dict, name: str) -> list[tuple[str, Path]]
         info = st.get("tables", {}).get(name)
         if info and (root / info["path"]).exists():
             out.append((stage, root / info["path"]))
+    if not out and (root / name).is_dir() and manifest.get("flow"):
+        # Flows other than curate (containment) keep their one table at the top of the run folder.
+        out.append((manifest["flow"], root / name))
     return out
 
 
@@ -235,47 +238,160 @@ def plot_quality(root: Path, manifest: dict):
     return fig
 
 
+def containment_dag(edges: list[tuple[str, str]]) -> tuple[dict[str, list[str]], set[tuple[str, str]]]:
+    """The containment graph made readable: (groups, edges between groups).
+
+    Datasets contained in each other (identical content) collapse into one group; then an
+    edge a -> c implied by a -> b -> c is dropped (transitive reduction), which on a catalog of
+    copies and subsets removes most edges without losing any containment.
+    Groups are keyed by their first member's name.
+    """
+    succ: dict[str, set[str]] = {}
+    for a, b in edges:
+        succ.setdefault(a, set()).add(b)
+        succ.setdefault(b, set())
+    # Strongly connected components (Tarjan, iterative: catalogs can be deep chains).
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    comp: dict[str, str] = {}
+    counter = 0
+    for root in sorted(succ):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(succ[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            nxt = next(it, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on.add(nxt)
+                    work.append((nxt, iter(sorted(succ[nxt]))))
+                elif nxt in on:
+                    low[v] = min(low[v], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                members = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    members.append(w)
+                    if w == v:
+                        break
+                key = min(members)
+                for w in members:
+                    comp[w] = key
+    groups: dict[str, list[str]] = {}
+    for v, k in comp.items():
+        groups.setdefault(k, []).append(v)
+    dag: dict[str, set[str]] = {k: set() for k in groups}
+    for a, b in edges:
+        if comp[a] != comp[b]:
+            dag[comp[a]].add(comp[b])
+    # Transitive reduction of a DAG: keep a -> b unless b is reachable from another successor.
+    reach: dict[str, set[str]] = {}
+
+    def reachable(v: str) -> set[str]:
+        if v not in reach:
+            out: set[str] = set()
+            todo = list(dag[v])
+            while todo:
+                w = todo.pop()
+                if w not in out:
+                    out.add(w)
+                    todo.extend(dag[w])
+            reach[v] = out
+        return reach[v]
+
+    kept = set()
+    for a, outs in dag.items():
+        for b in outs:
+            if not any(b in reachable(c) for c in outs if c != b):
+                kept.add((a, b))
+    return {k: sorted(m) for k, m in groups.items()}, kept
+
+
 def plot_containment(root: Path, manifest: dict):
     found = table_paths(root, manifest, "containment")
     if not found:
         return None
-    t = _read(found[-1][1], ["contained", "container", "fraction", "is_contained"])
+    t = _read(found[-1][1], ["contained", "container", "is_contained"])
     if t is not None:
         # The table lists every compared pair; the graph is the pairs where containment holds.
         t = t.filter(pc.field("is_contained"))
     else:
-        t = _read(found[-1][1], ["contained", "container", "fraction"])
+        t = _read(found[-1][1], ["contained", "container"])
     if t is None or t.num_rows == 0:
         return None
-    edges = t.to_pylist()
-    nodes = sorted({e["contained"] for e in edges} | {e["container"] for e in edges})
-    if len(nodes) > 60:
-        # A readable graph has few nodes: keep the edges with the largest fractions.
-        edges = sorted(edges, key=lambda e: -(e["fraction"] or 0))[:80]
-        nodes = sorted({e["contained"] for e in edges} | {e["container"] for e in edges})
+    pairs = list(zip(t.column("contained").to_pylist(), t.column("container").to_pylist()))
+    groups, edges = containment_dag(pairs)
+    # Layers: datasets contained in nothing on top, each contained one below its lowest container.
+    outs: dict[str, set[str]] = {g: set() for g in groups}
+    for a, b in edges:
+        outs[a].add(b)
+    depth: dict[str, int] = {}
+    for g in sorted(groups):  # depth-first without recursion: chains can be long
+        todo = [g]
+        while todo:
+            v = todo[-1]
+            if v in depth:
+                todo.pop()
+                continue
+            missing = [w for w in outs[v] if w not in depth]
+            if missing:
+                todo.extend(missing)
+                continue
+            depth[v] = 1 + max((depth[w] for w in outs[v]), default=-1)
+            todo.pop()
+    layers: dict[int, list[str]] = {}
+    for g in sorted(groups):
+        layers.setdefault(depth[g], []).append(g)
+    widest = max(len(v) for v in layers.values())
     plt = _plt()
-    n = len(nodes)
-    pos = {v: (math.cos(2 * math.pi * i / n), math.sin(2 * math.pi * i / n)) for i, v in enumerate(nodes)}
-    contained = {e["contained"] for e in edges}
-    fig, ax = plt.subplots(figsize=(7.5, 7.5))
-    for e in edges:
-        (x0, y0), (x1, y1) = pos[e["contained"]], pos[e["container"]]
+    fig, ax = plt.subplots(figsize=(min(16, max(7.5, 0.55 * widest + 2)), 1.3 * len(layers) + 1.8))
+    pos = {}
+    for lvl, members in layers.items():
+        for i, g in enumerate(members):
+            pos[g] = ((i + 1) / (len(members) + 1), -lvl)
+    for a, b in sorted(edges):
+        (x0, y0), (x1, y1) = pos[a], pos[b]
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color=GONE, lw=1.2, shrinkA=9, shrinkB=9, alpha=0.8))
-        if e["fraction"] is not None:
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2, f"{e['fraction']:.2f}", fontsize=7, color="#444")
-    for v, (x, y) in pos.items():
-        ax.scatter([x], [y], s=160, color=GONE if v in contained else KEPT, zorder=3, edgecolor="white")
-        ax.text(x * 1.12, y * 1.12, v, fontsize=8, ha="center", va="center")
-    ax.set_xlim(-1.5, 1.5)
-    ax.set_ylim(-1.4, 1.4)
+                    arrowprops=dict(arrowstyle="-|>", color=GONE, lw=1.0, shrinkA=7, shrinkB=7, alpha=0.7))
+    contained = {a for a, _ in edges}
+    for g, (x, y) in pos.items():
+        multi = len(groups[g]) > 1
+        ax.scatter([x], [y], s=150 if multi else 90, color=GONE if g in contained else KEPT, zorder=3,
+                   edgecolor=ACCENT if multi else "white", linewidths=2 if multi else 1)
+        label = g if not multi else f"{g} (= {len(groups[g]) - 1} more)"
+        ax.text(x, y - 0.16, label, fontsize=7, ha="right", va="top", rotation=30)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-(len(layers) - 1) - 0.9, 0.35)
     ax.set_axis_off()
-    ax.set_title("Containment: contained -> container (red: contained, green: kept)")
+    dup = sum(len(m) - 1 for m in groups.values())
+    ax.set_title(f"Containment: arrow from contained to container; {len(pairs):,} containments among "
+                 f"{sum(len(m) for m in groups.values())} datasets, {len(edges):,} shown after removing implied ones"
+                 + (f"; {dup} identical copies folded into ringed nodes" if dup else "")
+                 + "\n(red: contained in another dataset, green: contained in none)", fontsize=9)
     return fig
 
 
 def plot_time_memory(manifest: dict):
     stages = manifest.get("stages", {})
+    if not stages:
+        # The containment flow records seconds per step rather than stage records.
+        steps = {k: v for k, v in (manifest.get("timings") or {}).items() if isinstance(v, (int, float))}
+        stages = {k: {"wall_s": v} for k, v in steps.items()}
     if not stages:
         return None
     plt = _plt()
@@ -302,12 +418,12 @@ def plot_time_memory(manifest: dict):
 
 # ----------------------------------------------------------------------------- HTML
 PLOTS = [
-    ("funnel", "Rows per stage", "the manifest", lambda root, m: plot_funnel(m)),
+    ("funnel", "Rows per stage", "per-stage records in the manifest, as curate runs write", lambda root, m: plot_funnel(m)),
     ("duplicates", "Duplicate component sizes", "a `duplicates` table (exact/fuzzy/semantic dedup)", plot_duplicates),
     ("clusters", "Cluster sizes before and after balancing", "a `clusters` table (cluster stage)", plot_clusters),
     ("quality", "Quality scores before and after", "a `quality` table (quality stage)", plot_quality),
     ("containment", "Containment graph", "a `containment` table with edges", plot_containment),
-    ("time_memory", "Time and memory per stage", "the manifest", lambda root, m: plot_time_memory(m)),
+    ("time_memory", "Time and memory per stage", "per-stage timings in the manifest", lambda root, m: plot_time_memory(m)),
 ]
 
 CSS = """
@@ -350,7 +466,12 @@ def render(root: Path, manifest: dict) -> tuple[str, dict[str, bool]]:
             f"<p>rows in {acc.get('rows_in', 0):,} = kept {acc.get('kept', 0):,} + removed "
             f"{sum(acc.get('removed', {}).values()):,} + rejected {sum(acc.get('rejected', {}).values()):,}: "
             f"<span class='{'ok' if closes else 'bad'}'>{'closes' if closes else 'DOES NOT CLOSE'}</span></p>")
-    parts.append(_stage_table(manifest))
+    if manifest.get("stages"):
+        parts.append(_stage_table(manifest))
+    counts = {k: v for k, v in (manifest.get("counts") or {}).items() if isinstance(v, (int, float, str))}
+    if counts:
+        parts.append("<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+                                         for k, v in counts.items()) + "</table>")
     shown: dict[str, bool] = {}
     for key, title, needs, fn in PLOTS:
         parts.append(f"<h2 id='{key}'>{html.escape(title)}</h2>")

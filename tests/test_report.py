@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from thresher import schemas
-from thresher.flows.report import AFTER, BEFORE, GONE, KEPT, report_after_run, write_report
+from thresher.flows.report import AFTER, BEFORE, GONE, KEPT, containment_dag, report_after_run, write_report
 
 from conftest import DEMO
 
@@ -214,3 +214,16 @@ def test_report_cli_and_failures(tmp_path):
     # At the end of a run a broken report is a warning, never a failure of the run.
     assert report_after_run(tmp_path) is None
     assert not (tmp_path / "report.html").exists()
+
+
+def test_containment_graph_folds_copies_and_drops_implied_edges():
+    # a in b in c (so a in c too); x and y are copies of each other and both in c; z stands alone.
+    pairs = [("a", "b"), ("b", "c"), ("a", "c"), ("x", "y"), ("y", "x"), ("x", "c"), ("y", "c"), ("z", "c")]
+    groups, edges = containment_dag(pairs)
+    assert groups == {"a": ["a"], "b": ["b"], "c": ["c"], "x": ["x", "y"], "z": ["z"]}
+    assert edges == {("a", "b"), ("b", "c"), ("x", "c"), ("z", "c")}
+    # A long chain with every implied pair listed keeps only the chain.
+    chain = [f"d{i:03d}" for i in range(300)]
+    implied = [(chain[i], chain[j]) for i in range(300) for j in range(i + 1, min(300, i + 4))]
+    _, kept = containment_dag(implied)
+    assert kept == {(chain[i], chain[i + 1]) for i in range(299)}
