@@ -168,10 +168,11 @@ def bench_hierarchical_spark(n: int, d: int) -> dict:
         pq.write_table(pa.table({"id": [f"doc-{i:08d}" for i in range(s, s + len(part))], "vector": vec}),
                        path / f"part-{s // step:04d}.parquet")
     del X
-    spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", shuffle_partitions=8))
-    cfg = cluster.Config(levels=[{"n_clusters": 10_000, "n_iters": 10, "n_resampling_steps": 2, "sample_size": 10},
-                                 {"n_clusters": 1_000, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 5},
-                                 {"n_clusters": 100, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 3}],
+    spark = get_spark(SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=8))
+    # Level 1 sized for a 2-core machine: each Lloyd pass is 2 n k d = 0.77 TFLOP.
+    cfg = cluster.Config(levels=[{"n_clusters": 1_000, "n_iters": 10, "n_resampling_steps": 2, "sample_size": 10},
+                                 {"n_clusters": 100, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 5},
+                                 {"n_clusters": 10, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 3}],
                          seed=0, in_memory_max_rows=0, init_sample=50_000)
     with RSSSampler() as mem:
         t0 = time.perf_counter()

@@ -33,8 +33,9 @@ def screen_coef(d: int, unit: float, out_unit: float = 0.0) -> float:
     fp32 accumulation over d terms, and the output rounded to `out_unit`; doubled for safety."""
     gamma = d * UNIT_FP32 / (1 - d * UNIT_FP32)
     per_dot = (2 * unit + unit * unit) + gamma * (1 + unit) ** 2 + out_unit * (1 + unit) ** 2 * (1 + gamma)
-    # A score is cn - 2 s, so its error is twice the dot's; 2x safety on top.
-    return 2.0 * 2.0 * per_dot
+    # A score is cn - 2 s, so its error is twice the dot's; 5% on top for the roundings of the
+    # bound itself and of ||c||^2.
+    return 2.0 * 1.05 * per_dot
 
 
 def fixed_scale(n_total: int, maxabs: float) -> float:
@@ -153,42 +154,35 @@ def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
 
 
 @njit(parallel=True, cache=True)
-def select_from_scores(S, s0, X, C, cn, xnorm, cmax, coef, labels, d2):
-    """Rows s0.. of X given their screened dot products S (m, k) from any product whose error
-    bound is `coef`: exact decision as in `assign`. Used by the bf16 path."""
-    m, k = S.shape
-    rows_per = 64
-    nb = (m + rows_per - 1) // rows_per
-    for b in prange(nb):
-        a = b * rows_per
-        z = min(m, a + rows_per)
-        mm = z - a
-        vmin = np.full(mm, np.inf)
-        W = np.empty(mm)
-        for i in range(mm):
-            W[i] = 2.0 * coef * xnorm[s0 + a + i] * cmax + 1e-300
-        cand = np.empty((mm, MAXC), np.int32)
-        candv = np.empty((mm, MAXC), np.float64)
-        ncand = np.zeros(mm, np.int32)
-        over = np.zeros(mm, np.bool_)
-        for i in range(mm):
-            lo = np.inf
-            for j in range(k):
-                v = cn[j] - 2.0 * np.float64(S[a + i, j])
-                if v < lo:
-                    lo = v
-            vmin[i] = lo
-            for j in range(k):
-                v = cn[j] - 2.0 * np.float64(S[a + i, j])
-                if v <= vmin[i] + W[i]:
-                    _push(i, j, v, vmin, W, cand, candv, ncand, over)
-        for i in range(mm):
-            _decide_offset(i, s0 + a + i, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
-
-
-@njit(cache=True)
-def _decide_offset(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
-    _decide(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
+def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand):
+    """Rows s0.. of X given their bf16 dot products (raw bits, (m, k) int16) from a product
+    whose error bound is `coef`: the row's best screened score, then the exact distance of
+    every centroid within the window of it. Returns nothing; `ncand` counts the exact checks."""
+    m, k = Sbits.shape
+    for i in prange(m):
+        buf = np.empty(k, np.uint32)
+        for j in range(k):
+            buf[j] = np.uint32(np.uint16(Sbits[i, j])) << np.uint32(16)
+        row = buf.view(np.float32)
+        lo = np.inf
+        for j in range(k):
+            v = cn[j] - 2.0 * np.float64(row[j])
+            if v < lo:
+                lo = v
+        lim = lo + 2.0 * coef * xnorm[s0 + i] * cmax
+        best = -1
+        bd = np.inf
+        cnt = 0
+        for j in range(k):
+            if cn[j] - 2.0 * np.float64(row[j]) <= lim:
+                dd = _d2(X[s0 + i], C[j])
+                cnt += 1
+                if dd < bd:
+                    bd = dd
+                    best = j
+        labels[s0 + i] = best
+        d2[s0 + i] = bd
+        ncand[s0 + i] = cnt
 
 
 @njit(parallel=True, cache=True)

@@ -21,7 +21,10 @@ def distances_ref(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     """Full (n, k) matrix of squared distances, in float64 from the direct difference."""
     X = np.asarray(X, dtype=np.float64)
     C = np.asarray(C, dtype=np.float64)
-    return ((X[:, None, :] - C[None, :, :]) ** 2).sum(-1)
+    D = np.empty((len(X), len(C)))
+    for j in range(len(C)):  # one column at a time: no (n, k, d) temporary
+        D[:, j] = ((X - C[j]) ** 2).sum(1)
+    return D
 
 
 def assign_ref(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +80,7 @@ def kmeanspp_ref(X: np.ndarray, k: int, seed: int, n_local_trials: int | None = 
         cum = np.cumsum(closest)
         r = rng.random(L) * cum[-1]
         cand = np.minimum(np.searchsorted(cum, r), n - 1)
-        d = ((X[:, None, :] - X[cand][None, :, :]) ** 2).sum(-1)  # (n, L)
+        d = distances_ref(X, X[cand])  # (n, L)
         newd = np.minimum(closest[:, None], d)
         pots = newd.sum(0)
         best = int(np.argmin(pots))
