@@ -102,30 +102,33 @@ def rank_key(survivor: str, has_quality: bool):
     raise StageError(f"unknown survivor rule '{survivor}'")
 
 
-def survivor_attributes(docs, tables: dict, survivor: str):
-    """docs (id, text, ...) -> (id, _length, _quality?) for ranking; joins the quality table
-    when the rule asks for it."""
+def with_quality(df, docs, tables: dict, survivor: str):
+    """df (id, ...) plus `_quality` when the survivor rule asks for it: from an earlier quality
+    table, else from a `quality` column of documents. Returns (df, has_quality)."""
     from pyspark.sql import functions as F
 
-    out = docs.select("id", F.length("text").alias("_length"))
-    has_quality = False
-    if survivor == "quality":
-        q = tables.get("quality")
-        if q is not None:
-            out = out.join(q.select("id", F.col("score").cast("double").alias("_quality")), "id", "left")
-            has_quality = True
-        elif "quality" in docs.columns:
-            out = out.join(docs.select("id", F.col("quality").cast("double").alias("_quality")), "id", "left")
-            has_quality = True
-    return out, has_quality
+    if survivor != "quality":
+        return df, False
+    q = tables.get("quality")
+    if q is not None:
+        return df.join(q.select("id", F.col("score").cast("double").alias("_quality")), "id", "left"), True
+    if "quality" in docs.columns:
+        return df.join(docs.select("id", F.col("quality").cast("double").alias("_quality")), "id", "left"), True
+    return df, False
 
 
-def pick_representatives(members, attrs, survivor: str, has_quality: bool, group: str = "group"):
-    """members (id, <group>) -> members with `representative_id`: the first of each group by the
-    survivor rule. A min over structs is a partial aggregate, so one giant group costs no more
-    memory than a small one."""
+def rank_within(df, group_cols: list[str], survivor: str, has_quality: bool, carry: tuple[str, ...] = ()):
+    """Rank each group's rows by the survivor rule (needs `id`, `_length`, `_quality` as the rule
+    asks): adds `_n` (1 for the survivor) and `representative_id`, and `_rep_<c>` for each column
+    in `carry` (the survivor's value). One shuffle, a window over the group that Spark spills to
+    disk when a group is large; nothing is collected per group."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keyed = members.join(attrs, "id").withColumn("_rk", rank_key(survivor, has_quality))
-    reps = keyed.groupBy(group).agg(F.min("_rk").alias("_best")).select(group, F.col("_best.id").alias("representative_id"))
-    return members.join(reps, group)
+    w = Window.partitionBy(*group_cols).orderBy(F.col("_rk"))
+    out = (df.withColumn("_rk", rank_key(survivor, has_quality))
+           .withColumn("_n", F.row_number().over(w))
+           .withColumn("representative_id", F.first("id").over(w)))
+    for c in carry:
+        out = out.withColumn(f"_rep_{c}", F.first(c).over(w))
+    return out.drop("_rk")

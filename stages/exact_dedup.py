@@ -30,7 +30,7 @@ class Config(StageConfig):
     survivor: Literal["longest", "quality", "smallest_id"] = "longest"
 
 
-_OUT = pa.schema([("id", pa.string()), ("_h1", pa.int64()), ("_h2", pa.int64())])
+_OUT = pa.schema([("id", pa.string()), ("_h1", pa.int64()), ("_h2", pa.int64()), ("_length", pa.int64())])
 
 
 def hash_batches(cfg: Config):
@@ -38,13 +38,16 @@ def hash_batches(cfg: Config):
     seed = int(cfg.seed or 0)
 
     def fn(batches):
+        import pyarrow.compute as pc
+
         from thresher.flows.spark import limit_task_threads
         from thresher.stages.text import text_hash128
 
         limit_task_threads()
         for b in batches:
             h1, h2 = text_hash128(b.column(1), norm, seed)
-            yield pa.RecordBatch.from_arrays([b.column(0), pa.array(h1), pa.array(h2)], schema=_OUT)
+            length = pc.utf8_length(b.column(1)).cast(pa.int64())
+            yield pa.RecordBatch.from_arrays([b.column(0), pa.array(h1), pa.array(h2), length], schema=_OUT)
 
     return fn
 
@@ -52,25 +55,19 @@ def hash_batches(cfg: Config):
 def run(spark, tables, cfg: Config):
     from pyspark.sql import functions as F
 
-    from thresher.stages.components import pick_representatives, survivor_attributes
+    from thresher.stages.components import materialise, rank_within, with_quality
 
     docs = tables["documents"]
-    hashed = docs.select("id", "text").mapInArrow(hash_batches(cfg), "id string, _h1 bigint, _h2 bigint")
-    attrs, has_quality = survivor_attributes(docs, tables, cfg.survivor)
+    hashed = docs.select("id", "text").mapInArrow(hash_batches(cfg), "id string, _h1 bigint, _h2 bigint, _length bigint")
+    hashed, has_quality = with_quality(hashed, docs, tables, cfg.survivor)
     if cfg.survivor == "quality" and not has_quality:
         raise ConfigError("exact_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
-    groups = hashed.withColumn("group", F.struct("_h1", "_h2"))
-    # Only groups with a second member need a survivor: a semi-join on the repeated hashes keeps
-    # the ranking join small when duplicates are rare.
-    repeated = groups.groupBy("group").count().where(F.col("count") > 1).select("group")
-    members = groups.join(repeated, "group").select("id", "group")
-    ranked = pick_representatives(members, attrs, cfg.survivor, has_quality)
-    removed = ranked.where(F.col("id") != F.col("representative_id")).select(
+    # One shuffle on the hash: each group ranked by the survivor rule, all but the first removed.
+    ranked = rank_within(hashed, ["_h1", "_h2"], cfg.survivor, has_quality)
+    removed = ranked.where(F.col("_n") > 1).select(
         "id", F.lit(NAME).alias("stage"), F.lit("exact_duplicate").alias("reason"),
         F.col("representative_id").alias("by_id"), F.lit(1.0).alias("score"),
     )
-    from thresher.stages.components import materialise
-
     removed = materialise(removed)
     kept = docs.join(removed.select("id"), "id", "left_anti")
     agg = removed.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("g")).collect()[0]

@@ -139,9 +139,17 @@ def _scored(pairs, texts, cfg: Config):
     extra = [c for c in pairs.columns if c not in ("a", "b")]
     ta = texts.select(F.col("id").alias("a"), F.col("text").alias("ta"))
     tb = texts.select(F.col("id").alias("b"), F.col("text").alias("tb"))
-    joined = pairs.join(ta, "a").join(tb, "b").select("a", "b", "ta", "tb", *extra)
-    out = to_arrow_schema(pairs.select("a", "b", *extra, F.lit(0.0).alias("j")).schema)
-    return joined.mapInArrow(score_batches(cfg, out), from_arrow_schema(out))
+    return _score_frame(pairs.join(ta, "a").join(tb, "b").select("a", "b", "ta", "tb", *extra), cfg)
+
+
+def _score_frame(frame, cfg: Config):
+    """(a, b, ta, tb, *extra) -> (a, b, *extra, j)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    extra = frame.columns[4:]
+    out = to_arrow_schema(frame.select("a", "b", *extra, F.lit(0.0).alias("j")).schema)
+    return frame.mapInArrow(score_batches(cfg, out), from_arrow_schema(out))
 
 
 def component_stats(dups) -> dict:
@@ -173,15 +181,14 @@ def run_with_pairs(spark, tables, cfg: Config):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from thresher.stages.components import (connected_components, materialise, pick_representatives,
-                                            survivor_attributes)
+    from thresher.stages.components import connected_components, materialise, rank_within, with_quality
 
     bands, rows = lsh_params(cfg)
     if bands * rows > cfg.num_perm:
         raise ConfigError(f"fuzzy_dedup: bands x rows = {bands * rows} exceeds num_perm = {cfg.num_perm}")
     docs = tables["documents"]
     texts = docs.select("id", "text")
-    attrs, has_quality = survivor_attributes(docs, tables, cfg.survivor)
+    has_quality = tables.get("quality") is not None or "quality" in docs.columns
     if cfg.survivor == "quality" and not has_quality:
         raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
 
@@ -206,14 +213,18 @@ def run_with_pairs(spark, tables, cfg: Config):
     labels, rounds = connected_components(edges.select("a", "b"), "a", "b", cfg.max_cc_rounds,
                                           cfg.checkpoint == "reliable")
     t3 = time.perf_counter()
+    # Members with their texts, ranked within their component in one window; the survivor's
+    # text rides along so each member's similarity to it needs no further join.
     members = labels.select(F.col("node").alias("id"), F.col("label").alias("group"))
-    ranked = pick_representatives(members, attrs, cfg.survivor, has_quality)
-    others = ranked.where(F.col("id") != F.col("representative_id"))
-    sims = _scored(others.select(F.col("representative_id").alias("a"), F.col("id").alias("b")), texts, cfg)
-    dups = ranked.join(sims.select(F.col("b").alias("id"), F.col("j").alias("similarity")), "id", "left").select(
-        "id", F.col("group").alias("component_id"), "representative_id",
-        (F.col("id") == F.col("representative_id")).alias("is_representative"),
-        F.when(F.col("id") == F.col("representative_id"), F.lit(1.0)).otherwise(F.col("similarity")).alias("similarity"),
+    members = members.join(texts.withColumn("_length", F.length("text")), "id")
+    members, _ = with_quality(members, docs, tables, cfg.survivor)
+    ranked = rank_within(members, ["group"], cfg.survivor, has_quality, carry=("text",))
+    sims = _score_frame(ranked.select(F.col("representative_id").alias("a"), F.col("id").alias("b"),
+                                      F.col("_rep_text").alias("ta"), F.col("text").alias("tb"), "group"), cfg)
+    is_rep = F.col("a") == F.col("b")
+    dups = sims.select(
+        F.col("b").alias("id"), F.col("group").alias("component_id"), F.col("a").alias("representative_id"),
+        is_rep.alias("is_representative"), F.when(is_rep, F.lit(1.0)).otherwise(F.col("j")).alias("similarity"),
     )
     dups = materialise(dups, cfg.checkpoint == "reliable")
     t4 = time.perf_counter()
