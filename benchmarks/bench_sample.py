@@ -47,11 +47,6 @@ def _entropy(labels) -> float:
 
 
 def run(quick: bool):
-    from thresher.flows.config import SparkConfig
-    from thresher.flows.spark import get_spark
-    from thresher.kernels.hkmeans import HierarchicalKMeans
-    from thresher.stages import sample
-
     t = corpus().select(["id", "text", "section"])
     if quick:
         t = t.take(np.arange(0, t.num_rows, 4))
@@ -60,23 +55,35 @@ def run(quick: bool):
     t0 = time.perf_counter()
     X, model_name = _vectors(t.column("text").to_pylist(), quick)
     embed_s = time.perf_counter() - t0
-    k1, k2 = (200, 20) if quick else (600, 40)
+    k1, k2 = (160, 16) if quick else (600, 40)
+    trees = {
+        f"1 level ({k1})": [{"n_clusters": k1}],
+        f"2 levels ({k1}, {k2}) + resampling": [
+            {"n_clusters": k1, "n_resampling_steps": 10, "sample_size": 10},
+            {"n_clusters": k2, "n_resampling_steps": 10, "sample_size": 3}],
+    }
+    for tree, levels in trees.items():
+        yield from _compare(tree, levels, ids, sections, X, model_name, embed_s)
+
+
+def _compare(tree, levels, ids, sections, X, model_name, embed_s):
+    from thresher.flows.config import SparkConfig
+    from thresher.flows.spark import get_spark
+    from thresher.kernels.hkmeans import HierarchicalKMeans
+    from thresher.stages import sample
+
     t0 = time.perf_counter()
-    hk = HierarchicalKMeans(levels=[
-        {"n_clusters": k1, "n_resampling_steps": 10, "sample_size": 10},
-        {"n_clusters": k2, "n_resampling_steps": 10, "sample_size": 3},
-    ], seed=0, normalize=True).fit(X)
+    hk = HierarchicalKMeans(levels=levels, seed=0, normalize=True).fit(X)
     cluster_s = time.perf_counter() - t0
     labels = np.asarray(hk.labels_)
-
+    texts = pa.array(["-"] * len(ids))
     spark = get_spark(SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=8))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pq.write_table(pa.table({"id": ids, "text": t.column("text")}), tmp / "documents.parquet")
-        pq.write_table(pa.table({"id": ids, "level_1": pa.array(labels[:, 0], pa.int32()),
-                                 "level_2": pa.array(labels[:, 1], pa.int32()),
-                                 "distance": pa.array(hk.distances_, pa.float32()),
-                                 "rank": pa.array(np.zeros(len(ids)), pa.int32())}), tmp / "clusters.parquet")
+        pq.write_table(pa.table({"id": ids, "text": texts}), tmp / "documents.parquet")
+        cols = {"id": ids, **{f"level_{i + 1}": pa.array(labels[:, i], pa.int32()) for i in range(labels.shape[1])},
+                "distance": pa.array(hk.distances_, pa.float32()), "rank": pa.array(np.zeros(len(ids)), pa.int32())}
+        pq.write_table(pa.table(cols), tmp / "clusters.parquet")
         docs = spark.read.parquet(str(tmp / "documents.parquet"))
         clusters = spark.read.parquet(str(tmp / "clusters.parquet"))
         budget = len(ids) // 10
@@ -102,7 +109,7 @@ def run(quick: bool):
     lv1 = stats["levels"]["level_1"]
     yield record(
         "sample_balanced_vs_uniform_10pct", float(np.median(times_t)), "spark DataFrame.sample(0.1)", float(np.median(times_p)),
-        documents=len(ids), vectors=model_name, embed_s=round(embed_s, 1), cluster_s=round(cluster_s, 1),
+        documents=len(ids), vectors=model_name, tree=tree, embed_s=round(embed_s, 1), cluster_s=round(cluster_s, 1),
         sections_total=int(len(set(sections))),
         sections_balanced=int(len(set(bal))), sections_uniform=int(len(set(uni))),
         section_entropy_balanced=round(_entropy(bal), 4), section_entropy_uniform=round(_entropy(uni), 4),
