@@ -135,7 +135,7 @@ def plot_funnel(manifest: dict):
     ax.set_xlim(0, top * 1.25)
     ax.set_xlabel("documents")
     ax.set_title("Rows per stage")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.6 / len(names)), ncol=2, fontsize=8, frameon=False)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False)
     return fig
 
 
@@ -146,8 +146,24 @@ def plot_duplicates(root: Path, manifest: dict):
         t = _read(path, ["component_id"])
         if t is not None and t.num_rows:
             series.append((stage, _counts_of(t.column("component_id").combine_chunks())))
+    with_table = {stage for stage, _ in found}
+    for stage, path in table_paths(root, manifest, "removed"):
+        # A dedup stage that writes no duplicates table still names, for each removed copy, the
+        # document it kept: a component is that document and the copies pointing at it.
+        if stage in with_table:
+            continue
+        t = _read(path, ["reason", "by_id"])
+        if t is None:
+            continue
+        t = t.filter(pc.and_(pc.is_valid(t.column("by_id")),
+                             pc.match_substring(t.column("reason"), "duplicate")))
+        if t.num_rows:
+            series.append((f"{stage} (from removed.by_id)",
+                           [n + 1 for n in _counts_of(t.column("by_id").combine_chunks())]))
     if not series:
         return None
+    order = list(manifest.get("stages", {}))
+    series.sort(key=lambda s: order.index(s[0].split(" ")[0]) if s[0].split(" ")[0] in order else len(order))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.8))
     top = max(max(s) for _, s in series)
