@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from thresher import schemas
-from thresher.flows.report import AFTER, BEFORE, GONE, KEPT, containment_dag, report_after_run, write_report
+from thresher.flows.report import (AFTER, BEFORE, GONE, KEPT, containment_dag, plot_duplicates, report_after_run,
+                                   write_report)
 
 from conftest import DEMO
 
@@ -144,7 +145,12 @@ def _add_curation_tables(root: Path, manifest: dict) -> None:
 
     n = len(ids)
     add = {
-        "exact_dedup": ({"duplicates": _write(root, "exact_dedup", "duplicates", exact)}, {"exact": exact_removed}),
+        # Like the real exact_dedup stage: no duplicates table, the removed copies name the kept one.
+        "exact_dedup": ({"removed": _write(root, "exact_dedup", "removed", {
+            "id": [i for i, r in zip(exact["id"], exact["is_representative"]) if not r],
+            "stage": ["exact_dedup"] * exact_removed, "reason": ["exact_duplicate"] * exact_removed,
+            "by_id": [c for c, r in zip(exact["component_id"], exact["is_representative"]) if not r],
+            "score": [None] * exact_removed})}, {"exact_duplicate": exact_removed}),
         "fuzzy_dedup": ({"duplicates": _write(root, "fuzzy_dedup", "duplicates", fuzzy)}, {"near": fuzzy_removed}),
         "quality": ({"quality": _write(root, "quality", "quality", {"id": ids, "score": [score[i] for i in ids]})}, {}),
         "cluster": ({"clusters": _write(root, "cluster", "clusters", clusters)}, {}),
@@ -171,6 +177,11 @@ def test_report_all_plots_render_in_chromium(demo_run, tmp_path):
     path = write_report(root)
     html = path.read_text()
     assert "Not shown" not in html
+    manifest = json.loads((root / "manifest.json").read_text())
+    legend = [t.get_text() for t in plot_duplicates(root, manifest).axes[0].get_legend().get_texts()]
+    exact_docs = len({d["text"] for d in pq.read_table(DEMO, columns=["text"]).to_pylist()})
+    assert legend[0].startswith("exact_dedup (from removed.by_id): 49 components, ") and legend[1].startswith("fuzzy_dedup: ")
+    assert f"{pq.read_metadata(DEMO).num_rows - exact_docs + 49:,} documents" in legend[0]
     imgs = _pngs(html)
     assert len(imgs) == 6
     for img in imgs:
