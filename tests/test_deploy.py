@@ -171,3 +171,17 @@ def test_prefect_yaml_deploys_to_a_process_work_pool(server, tmp_path):
     assert got["job_variables"]["env"]["SPARK_LOCAL_IP"] == "127.0.0.1"
     steps = got["pull_steps"]
     assert steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(tmp_path)
+
+
+def test_serve_refuses_without_a_server_in_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from thresher.flows.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    res = CliRunner().invoke(main, ["serve", "demo", "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        "thresher: error: serve: PREFECT_API_URL is not set; start a server (`prefect server start`) "
+        "and export PREFECT_API_URL=http://HOST:4200/api"]
+    assert not (tmp_path / "o").exists()
