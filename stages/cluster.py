@@ -237,21 +237,24 @@ class SparkSource:
                 "far_ids": pa.array([[ids[i] for i in far]], pa.list_(pa.string())),
                 "far_vecs": [X[far].tobytes()]})
 
-        rows = self._run(fn, "sums binary, counts binary, inertia double, far_d2 binary, far_ids array<string>, far_vecs binary")
-        bc.unpersist()
         k = len(C)
-        sums = np.zeros((k, d), np.int64)
-        counts = np.zeros(k, np.int64)
-        inertia = 0.0
-        far: list[tuple] = []
-        for r in rows:
-            sums += np.frombuffer(r["sums"], np.int64).reshape(k, d)
-            counts += np.frombuffer(r["counts"], np.int64)
-            inertia += r["inertia"]
+
+        def unpack(r):
             fd = np.frombuffer(r["far_d2"], np.float64)
             fv = np.frombuffer(r["far_vecs"], np.float32).reshape(-1, d)
-            far += [(-fd[i], r["far_ids"][i], fv[i]) for i in range(len(fd))]
-        far = _merge_sorted(far, n_far)
+            return (np.frombuffer(r["sums"], np.int64).reshape(k, d), np.frombuffer(r["counts"], np.int64),
+                    r["inertia"], [(-fd[i], r["far_ids"][i], fv[i]) for i in range(len(fd))])
+
+        def merge(a, b):
+            # Integer sums: exact in any order, so the tree's shape cannot change the result.
+            return a[0] + b[0], a[1] + b[1], a[2] + b[2], _merge_sorted(a[3] + b[3], n_far)
+
+        self.passes += 1
+        # Partials are added up in the executors (a tree), so the driver holds one k x d sum,
+        # not one per partition.
+        sums, counts, inertia, far = (self.blocks.mapInArrow(fn, "sums binary, counts binary, inertia double, far_d2 binary, far_ids array<string>, far_vecs binary")
+                                      .rdd.map(unpack).treeReduce(merge, depth=2))
+        bc.unpersist()
         fv = np.array([t[-1] for t in far], np.float32).reshape(-1, d)
         return PassResult(sums, counts, inertia, fv)
 
@@ -402,9 +405,10 @@ def run(spark, tables, cfg: Config):
         stats["clusters_per_level"] = [int(len(c)) for c in cents]
         stats["empty_clusters_per_level"] = [int((s == 0).sum()) for s in sizes]
         return {"clusters": clusters, "centroids": centroids, "stats": stats}
-    except BaseException:
+    finally:
+        # On Spark, `clusters` still derives from the packed blocks: writing it packs them once
+        # more instead of holding the whole cache through the stages that follow.
         packed.unpersist()
-        raise
 
 
 def _level1_sizes(labels, counts, k):

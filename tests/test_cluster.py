@@ -112,7 +112,7 @@ def _write_embeddings(path, X, ids, extra=()):
 def _stage_cfg(**kw):
     from thresher.stages.cluster import Config
 
-    base = dict(levels=[{"n_clusters": 16, "n_iters": 3, "n_resampling_steps": 1, "sample_size": 6},
+    base = dict(levels=[{"n_clusters": 16, "n_iters": 2, "n_resampling_steps": 1, "sample_size": 6},
                         {"n_clusters": 4, "n_iters": 5, "n_resampling_steps": 1, "sample_size": 2}],
                 seed=7, init_sample=500, block_rows=300)
     return Config(**{**base, **kw})
@@ -127,7 +127,7 @@ def test_cluster_stage_same_result_in_memory_and_on_spark_whatever_the_partition
 
     X, _ = zipf_mixture(d=12, comps=8)
     rng = np.random.default_rng(0)
-    sel = rng.choice(len(X), 1500, replace=False)
+    sel = rng.choice(len(X), 1000, replace=False)
     X = X[sel]
     ids = [f"doc-{i:05d}" for i in rng.permutation(len(X))]
     extra = [("bad-nan", [float("nan")] * 12), ("bad-dim", [1.0, 2.0]), ("bad-null", None),
