@@ -92,10 +92,11 @@ def test_no_duplicates_and_texts_without_shingles(spark):
 def test_identical_corpus_is_one_component_linked_as_a_star(spark):
     n = 300
     rows = [(f"doc{i:04d}", "the same boilerplate text in every single document here") for i in range(n)]
-    out = FD.run(spark, {"documents": _df(spark, rows, 4)}, FD.Config(seed=0))
+    # Unverified here (MinHash estimates as scores); the verified path runs in the other tests.
+    out = FD.run(spark, {"documents": _df(spark, rows, 4)}, FD.Config(seed=0, verify=False))
     st = out["stats"]
     # One bucket per band holding every document: n - 1 star edges, not n(n-1)/2 pairs.
-    assert st["largest_bucket"] == n and st["candidate_pairs"] == n - 1 and st["verified_pairs"] == n - 1
+    assert st["largest_bucket"] == n and st["candidate_pairs"] == n - 1 and st["verified_pairs"] is None
     assert st["components"] == 1 and st["docs_removed"] == n - 1 and st["component_sizes"] == {"257-512": 1}
     rem = _removed(out)
     assert len(rem) == n - 1 and {v[1] for v in rem.values()} == {"doc0000"} and {v[2] for v in rem.values()} == {1.0}
