@@ -191,3 +191,16 @@ def test_accuracy_and_partition_independence(spark, corpus_path):
     assert precision >= 0.99
     assert recall_components >= 0.97
     assert stats["verified_pairs"] == len(edges)
+
+
+def test_shipped_dedup_config():
+    from pathlib import Path
+
+    from thresher.flows.config import load_config
+
+    cfg = load_config("dedup")
+    assert cfg.stages == ["ingest", "exact_dedup", "fuzzy_dedup", "export"]
+    assert Path(cfg.input[0]).exists() and cfg.input[0].endswith("configs/data/debian_demo.parquet")
+    assert cfg.fuzzy_dedup.threshold == 0.7 and cfg.fuzzy_dedup.shingle.kind == "word" and cfg.fuzzy_dedup.shingle.n == 5
+    with pytest.raises(ConfigError, match="treshold: unknown key; did you mean threshold"):
+        load_config("dedup", overrides={"fuzzy_dedup": {"treshold": 0.8}})
