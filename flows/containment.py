@@ -132,7 +132,7 @@ def analyse(spark, datasets: list[C.Dataset], cfg: C.Config, as_tasks: bool = Fa
     return {
         "edges": edges, "pruned": pruned, "results": results, "contained": contained,
         "plan": plan_rows, "counts": counts, "timings": {k: round(v, 3) for k, v in times.items()},
-        "table": C.containment_table(datasets, edges, pruned, results, cfg.tau),
+        "table": C.containment_table(datasets, edges, pruned, results),
     }
 
 
@@ -230,7 +230,31 @@ def containment(config: dict, overwrite: bool = False) -> dict:
     return _execute(cfg, overwrite, None, as_tasks=True)
 
 
+def preflight(cfg: ContainmentRunConfig, overwrite: bool) -> None:
+    """Every check a user's mistake can fail, before Spark or Prefect start: the catalog, the
+    datasets' footers, and an output folder that holds something thresher would not replace."""
+    from thresher.flows.errors import OutputError
+    from thresher.stages.runner import MANIFEST
+
+    if not cfg.catalog:
+        raise ConfigError("catalog: no catalog given (pass CATALOG or set `catalog:`)")
+    if not cfg.output:
+        raise ConfigError("output: no output folder (pass --output or set `output:`)")
+    datasets = C.inspect_all(C.load_catalog(cfg.catalog), cfg.containment.on_bad_dataset)
+    root = Path(cfg.output).absolute()
+    for d in datasets:
+        p = Path(d.path)
+        if root == p or p in root.parents:
+            raise OutputError(f"{root}: output folder is inside the input {p}; choose another --output")
+    if root.is_dir() and any(root.iterdir()):
+        if not (root / MANIFEST).exists():
+            raise OutputError(f"{root}: output folder is not empty and holds no thresher run; choose an empty folder")
+        if not overwrite:
+            raise OutputError(f"{root}: output folder holds a previous run; pass --overwrite to replace it")
+
+
 def run_config(cfg: ContainmentRunConfig, overwrite: bool = False, use_prefect: bool = True) -> dict:
+    preflight(cfg, overwrite)
     if use_prefect:
         return containment(config_json(cfg), overwrite=overwrite)
     return execute(cfg, overwrite=overwrite)

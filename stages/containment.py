@@ -39,8 +39,6 @@ STEP_MINMAX = "minmax"
 STEP_SKETCH = "sketch"
 STEP_CONTENT = "content"
 
-GB = 1 << 30
-
 
 class CostModel(Strict):
     """Drop a contained dataset D rebuilt from container C when
@@ -61,7 +59,7 @@ class Config(StageConfig):
     minmax: bool = True
     # Bottom-k sketches as a first cut for contained-side tables of at least sketch_min_rows rows.
     sketch: bool = True
-    sketch_min_rows: int = Field(20_000, ge=1)
+    sketch_min_rows: int = Field(2_000, ge=1)
     sketch_size: int = Field(256, ge=8)
     # A dataset that cannot be read (no Parquet, damaged footer, files that disagree on a column's
     # type): stop with one line, or leave it out of the comparison and say so in the plan.
@@ -522,10 +520,7 @@ def content_check(spark, datasets: list[Dataset], edges: list[tuple[int, int]], 
                     else:
                         results[(a, b)] = PairResult(STEP_SKETCH, None if est != est else est, False,
                                                      "bottom-k sketch")
-                counts["after_sketch"] = len(exact)
-        else:
-            counts["after_sketch"] = len(exact)
-        counts["exact_pairs"] = len(exact)
+        counts["after_sketch"] = counts["exact_pairs"] = len(exact)
         if exact:
             ed = spark.createDataFrame([(a, b, edge_s[(a, b)]) for a, b in sorted(exact)], "a int, b int, s int")
             left = fp.join(F.broadcast(ed), (fp.ds == ed.a) & (fp.s == ed.s)).select("a", "b", ed.s, "h1", "h2")
@@ -694,7 +689,7 @@ def plan_table(rows: list[PlanRow]) -> pa.Table:
 
 
 def containment_table(datasets: list[Dataset], edges: list[tuple[int, int]], pruned: dict[tuple[int, int], str],
-                      results: dict[tuple[int, int], PairResult], tau: float) -> pa.Table:
+                      results: dict[tuple[int, int], PairResult]) -> pa.Table:
     """Every pair that passed step 1, with the step that decided it (schema `containment`)."""
     from thresher import schemas
 
