@@ -32,18 +32,21 @@ def lake(tmp_path_factory, corpus_path):
 
 @pytest.fixture(scope="module")
 def result(lake, spark, tmp_path_factory):
-    """The containment flow (without Prefect) over the lake; sketches on for tables >= 400 rows so
-    that both content paths run."""
-    from thresher.flows.containment import execute, load_config
+    """The `thresher containment` command in-process (no Prefect; the session's Spark) over the
+    lake; sketches on for tables >= 400 rows so that both content paths run."""
+    from click.testing import CliRunner
+
+    from thresher.flows.cli import main
 
     path, _ = lake
     out = tmp_path_factory.mktemp("cont") / "out"
-    cfg = load_config(raw={"catalog": str(path), "output": str(out),
-                           "containment": {"sketch_min_rows": 400, "sketch_size": 64}})
-    manifest = execute(cfg, spark=spark)
+    r = CliRunner().invoke(main, ["containment", str(path), "--output", str(out), "--no-prefect",
+                                  "--set", "containment.sketch_min_rows=400", "--set", "containment.sketch_size=64"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
     table = pq.read_table(out / "containment").to_pylist()
     plan = {r["dataset"]: r for r in pq.read_table(out / "plan.parquet").to_pylist()}
-    return {"manifest": manifest, "table": table, "plan": plan, "out": out}
+    return {"manifest": manifest, "table": table, "plan": plan, "out": out, "lake": path, "stdout": r.output}
 
 
 def test_lake_is_rich(lake):
@@ -261,30 +264,21 @@ def test_cli_errors_are_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_end_to_end(tmp_path, spark):
-    """The command in-process (the session's Spark), then a second run without --overwrite."""
+def test_cli_summary_and_refusals(result):
+    """The command's summary, then what a second run is refused for (all before Spark starts)."""
     from click.testing import CliRunner
 
     from thresher.flows.cli import main
 
-    lake = tmp_path / "cat"
-    for name, t in {"whole": pa.table({"k": list(range(50)), "v": [str(i) for i in range(50)]}),
-                    "part": pa.table({"k": list(range(10, 20))}),
-                    "copy": pa.table({"k": list(range(50)), "v": [str(i) for i in range(50)]})}.items():
-        (lake / name).mkdir(parents=True)
-        pq.write_table(t, lake / name / "p.parquet")
-    out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["containment", str(lake), "--output", str(out), "--no-prefect",
-                                  "--set", "containment.cost.rebuild_weight=0"])
-    assert r.exit_code == 0, r.output
-    assert "plan: drop 2 datasets" in r.output
-    plan = {x["dataset"]: x for x in json.loads((out / "plan.json").read_text())["plan"]}
-    assert plan["copy"]["action"] == "keep" and plan["whole"]["contained_in"] == "copy"
-    assert plan["part"]["contained_in"] == "copy" and plan["part"]["rebuild"] == "projection+filter"
-    r = CliRunner().invoke(main, ["containment", str(lake), "--output", str(out), "--no-prefect"])
+    c = result["manifest"]["counts"]
+    assert f"plan: drop {c['dropped']} datasets" in result["stdout"]
+    assert f"-> content {c['after_content']} contained" in result["stdout"]
+    assert result["plan"]["proj_meta"]["rebuild"] == "projection+filter"
+    assert result["plan"]["sample_10"]["rebuild"] == "filter"
+    lake, out = str(result["lake"]), str(result["out"])
+    r = CliRunner().invoke(main, ["containment", lake, "--output", out])
     assert r.exit_code == 2 and "previous run" in r.output and "--overwrite" in r.output
-    r = CliRunner().invoke(main, ["containment", str(lake), "--output", str(out), "--no-prefect",
-                                  "--set", "containment.tua=0.9"])
+    r = CliRunner().invoke(main, ["containment", lake, "--output", out, "--set", "containment.tua=0.9"])
     assert r.exit_code == 2 and "containment.tua: unknown key; did you mean tau?" in r.output
-    r = CliRunner().invoke(main, ["containment", str(lake), "--output", str(lake / "whole" / "o"), "--no-prefect"])
+    r = CliRunner().invoke(main, ["containment", lake, "--output", str(result["lake"] / "all" / "o")])
     assert r.exit_code == 2 and "inside the input" in r.output
