@@ -76,6 +76,7 @@ class StageMonitor:
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
         self._line_len = 0
+        self._st = None
 
     @staticmethod
     def _isatty(stream) -> bool:
@@ -135,7 +136,9 @@ class StageMonitor:
             pass
 
     def _tracker(self):
-        return self.spark.sparkContext.statusTracker()
+        if self._st is None:
+            self._st = self.spark.sparkContext.statusTracker()
+        return self._st
 
     def _all_job_ids(self) -> list[int]:
         try:

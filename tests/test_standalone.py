@@ -49,8 +49,9 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait(10)
 
 
-def listening(procs: list[psutil.Process]) -> set[tuple[str, int]]:
-    """(address, port) of every listening TCP socket held by these processes and their children."""
+def sockets(procs: list[psutil.Process]) -> set[tuple[str, int]]:
+    """(address, port) of every listening socket and every peer of a connected one held by these
+    processes and their children."""
     out = set()
     for p in procs:
         try:
@@ -62,6 +63,8 @@ def listening(procs: list[psutil.Process]) -> set[tuple[str, int]]:
                 for c in q.net_connections(kind="inet"):
                     if c.status == psutil.CONN_LISTEN:
                         out.add((c.laddr.ip, c.laddr.port))
+                    elif c.raddr:
+                        out.add((c.raddr.ip, c.raddr.port))
             except psutil.Error:
                 pass
     return out
@@ -139,7 +142,7 @@ def test_curate_on_standalone_cluster_equals_local(cluster, run_curate, tmp_path
         except psutil.Error:
             pass
         while not stop.is_set():
-            seen.update(listening(procs))
+            seen.update(sockets(procs))
             stop.wait(1.0)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -158,7 +161,7 @@ def test_curate_on_standalone_cluster_equals_local(cluster, run_curate, tmp_path
     assert manifest["accounting"]["closes"]
     # The executors ran on the worker: their folder for this application exists.
     assert any((cluster["tmp"] / "work").glob("app-*/0")), "no executor ran on the worker"
-    # Master, worker, executors and the driver listened on loopback only.
+    # Master, worker, executors and the driver listened on, and talked to, loopback only.
     assert seen, "no listening sockets observed"
     assert {ip for ip, _ in seen} <= LOOPBACK, sorted(seen)
 
