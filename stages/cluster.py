@@ -192,6 +192,19 @@ def _merge_sorted(rows: list[tuple], m: int) -> list[tuple]:
     return rows[:m]
 
 
+def _executor_backend(pref):
+    """The kernels' backend inside a Python worker, with numba and torch capped to the task's
+    threads (torch is imported first when the bf16 path will use it, so the cap reaches it)."""
+    from thresher.flows.spark import limit_task_threads
+    from thresher.kernels.backend import pick_backend
+
+    be = pick_backend(*pref)
+    if getattr(be, "matmul", "") == "bf16":
+        import torch  # noqa: F401
+    limit_task_threads()
+    return be
+
+
 # ---------------------------------------------------------------------------------- Spark source
 class SparkSource:
     """Level 1 on Spark: the kernels run in executors over the cached blocks."""
@@ -217,16 +230,14 @@ class SparkSource:
         bc = self.spark.sparkContext.broadcast(np.asarray(C, dtype=np.float32))
 
         def fn(batches):
-            from thresher.flows.spark import limit_task_threads
             from thresher.kernels import kmeans_cpu as cpu
-            from thresher.kernels.backend import Points, pick_backend
+            from thresher.kernels.backend import Points
 
-            limit_task_threads()
+            be = _executor_backend(pref)
             ids, _, X = _partition_arrays(batches, d)
             if not ids:
                 return
             Cb = bc.value
-            be = pick_backend(*pref)
             lab, d2 = be.assign(Points(X), Cb)
             sums, counts = be.update(X, lab, len(Cb), scale)
             far = cpu.farthest(d2, n_far)
@@ -265,16 +276,15 @@ class SparkSource:
         bc = self.spark.sparkContext.broadcast(np.asarray(C, dtype=np.float32))
 
         def fn(batches):
-            from thresher.flows.spark import limit_task_threads
             from thresher.kernels import kmeans_cpu as cpu
-            from thresher.kernels.backend import Points, pick_backend
+            from thresher.kernels.backend import Points
 
-            limit_task_threads()
+            be = _executor_backend(pref)
             ids, keys, X = _partition_arrays(batches, d)
             if not ids:
                 return
             Cb = bc.value
-            lab, d2 = pick_backend(*pref).assign(Points(X), Cb)
+            lab, d2 = be.assign(Points(X), Cb)
             key = d2.astype(np.float64) if mode == "closest" else mix64(keys, salt_).astype(np.float64)
             idx = cpu.topr(key, lab.astype(np.int64), len(Cb), r)
             cl = np.repeat(np.arange(len(Cb), dtype=np.int32), r)[idx.ravel() >= 0]
@@ -460,16 +470,15 @@ def _clusters_spark(spark, blocks, d, C1, parents, pref):
     schema = pa.schema([("id", pa.string())] + [(f"level_{l + 1}", pa.int32()) for l in range(L)] + [("distance", pa.float32())])
 
     def fn(batches):
-        from thresher.flows.spark import limit_task_threads
-        from thresher.kernels.backend import Points, pick_backend
+        from thresher.kernels.backend import Points
         from thresher.kernels.hkmeans import chain_labels
 
-        limit_task_threads()
+        be = _executor_backend(pref)
         ids, _, X = _partition_arrays(batches, d)
         if not ids:
             return
         C, par = bc.value
-        lab, d2 = pick_backend(*pref).assign(Points(X), C)
+        lab, d2 = be.assign(Points(X), C)
         labels = chain_labels(lab, par)
         cols = [pa.array(ids, pa.string())] + [pa.array(labels[:, l]) for l in range(L)]
         cols.append(pa.array(np.sqrt(np.maximum(d2, 0)).astype(np.float32)))
