@@ -188,10 +188,56 @@ def bench_hierarchical_spark(n: int, d: int) -> dict:
                                        "empty_clusters_per_level": stats.get("empty_clusters_per_level")}}
 
 
+def bench_cuda_assign(n: int, d: int, k: int, repeat: int = 5) -> dict | None:
+    """On a GPU: the CUDA assignment kernel against torch's product + argmin on the same GPU."""
+    from thresher.kernels.backend import Points, cuda_available
+
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not (cuda_available() and torch.cuda.is_available()):
+        return None
+    from thresher.kernels import kmeans_cuda
+
+    X = sphere_mixture(n, d)
+    C = X[np.random.default_rng(1).choice(n, k, replace=False)].copy()
+    P = Points(X)
+    kmeans_cuda.assign(P, C)  # compile, and put X on the device
+
+    Xt, Ct = torch.from_numpy(X).cuda(), torch.from_numpy(C).cuda()
+
+    def peer():
+        D = (Ct * Ct).sum(1)[None, :] - 2 * Xt @ Ct.T
+        lab = D.argmin(1)
+        torch.cuda.synchronize()
+        return lab.cpu().numpy()
+
+    peer()
+    ts = statistics.median([_t(lambda: kmeans_cuda.assign(P, C)) for _ in range(repeat)])
+    tp = statistics.median([_t(peer) for _ in range(repeat)])
+    agree = float((kmeans_cuda.assign(P, C)[0] == peer()).mean())
+    return record(f"cuda_assign_{n}x{d}_k{k}", ts, "torch mm+argmin (same GPU)", tp,
+                  thresher_gflops=round(2 * n * k * d / ts / 1e9, 1), torch_gflops=round(2 * n * k * d / tp / 1e9, 1),
+                  label_agreement=agree)
+
+
+def _t(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def run(quick: bool = False):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     if quick:
         yield bench_lloyd(20_000, 384, 200, 10, repeat=3)
+        gpu = bench_cuda_assign(100_000, 384, 1000)
+        if gpu is not None:
+            yield gpu
         return
     yield bench_lloyd(200_000, 384, 1000, 20, repeat=3)
+    gpu = bench_cuda_assign(1_000_000, 384, 1000)
+    if gpu is not None:
+        yield gpu
     yield bench_hierarchical_spark(1_000_000, 384)
