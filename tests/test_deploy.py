@@ -98,7 +98,7 @@ def test_serve_and_trigger_with_parameters(server, tmp_path):
     serve_log = open(tmp_path / "serve.log", "wb")
     serve = subprocess.Popen(
         [sys.executable, "-m", "thresher.flows.cli", "serve", "demo", "--name", "t-serve",
-         "--output", str(default_out), "--set", "spark.driver_memory=1g"],
+         "--output", str(default_out), "--set", "spark.driver_memory=1g", "--set", "stages=[ingest, export]"],
         env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     try:
         deadline = time.time() + 120
