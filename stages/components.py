@@ -41,8 +41,11 @@ def _is_star_forest(e) -> bool:
     one semi-join, cheaper than running a round to see that nothing changes."""
     from pyspark.sql import functions as F
 
-    inner = e.select(F.col("a").alias("b")).distinct()
-    return e.join(inner, "b", "left_semi").limit(1).count() == 0
+    # A node seen both as a child (a) and as a parent (b): one aggregate, one shuffle.
+    roles = (e.select(F.col("a").alias("n"), F.lit(1).alias("r"))
+             .unionByName(e.select(F.col("b").alias("n"), F.lit(2).alias("r"))))
+    both = roles.groupBy("n").agg(F.min("r").alias("lo"), F.max("r").alias("hi")).where("lo = 1 AND hi = 2")
+    return both.limit(1).count() == 0
 
 
 def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: int = 64, reliable: bool = False):
@@ -69,9 +72,9 @@ def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: 
         # With a > b on every edge, u's smaller neighbours are the b's of its edges as `a`, so
         # m(u) is one group-by away, and each edge (a, b) is seen from its smaller end b.
         mins = e.groupBy("a").agg(F.min("b").alias("m"))
+        # Repeated edges are left for the small star's distinct: one shuffle fewer per round.
         ls = (e.join(mins.withColumnRenamed("a", "b"), "b", "left")
-              .select("a", F.coalesce("m", "b").alias("b"))
-              .distinct())
+              .select("a", F.coalesce("m", "b").alias("b")))
         # Small star: each node u and its smaller neighbours all link to the smallest of them.
         mins2 = ls.groupBy("a").agg(F.min("b").alias("m"))
         j = ls.join(mins2, "a")

@@ -204,3 +204,31 @@ def test_shipped_dedup_config():
     assert cfg.fuzzy_dedup.threshold == 0.7 and cfg.fuzzy_dedup.shingle.kind == "word" and cfg.fuzzy_dedup.shingle.n == 5
     with pytest.raises(ConfigError, match="treshold: unknown key; did you mean threshold"):
         load_config("dedup", overrides={"fuzzy_dedup": {"treshold": 0.8}})
+
+
+def test_connected_components_match_union_find(spark):
+    """Random sparse graph plus a long chain (diameter 40) against a plain union-find."""
+    from thresher.stages.components import connected_components
+
+    rng = random.Random(3)
+    edges = [(rng.randrange(600), rng.randrange(600)) for _ in range(350)] + [(1000 + i, 1001 + i) for i in range(40)]
+    parent = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        if a != b:
+            ra, rb = find(a), find(b)
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for x in {x for e in edges if e[0] != e[1] for x in e}:
+        groups.setdefault(find(x), []).append(x)
+    want = {f"{x:05d}": f"{min(g):05d}" for g in groups.values() for x in g}
+    df = spark.createDataFrame([(f"{a:05d}", f"{b:05d}") for a, b in edges], "src string, dst string")
+    labels, rounds = connected_components(df)
+    assert {r["node"]: r["label"] for r in labels.collect()} == want
+    assert 2 <= rounds <= 12
