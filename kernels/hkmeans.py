@@ -113,8 +113,8 @@ class ArraySource:
         return self.X[idx[idx >= 0]]
 
     def init_sample(self, m, salt_):
-        if m >= self.n:
-            return self.X
+        # Ordered by the salted keys even when every row is taken: k-means++ sees the same
+        # sequence as the Spark source gives it.
         k = mix64(self.keys, salt_)
         idx = np.lexsort((np.arange(self.n), k))[:m]
         return self.X[idx]

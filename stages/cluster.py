@@ -64,6 +64,7 @@ class Config(StageConfig):
     in_memory_max_rows: int = Field(200_000, ge=0)
     # k-means++ seeding runs on at most this many vectors per level (at least n_clusters).
     init_sample: int = Field(50_000, ge=1)
+    # Vectors per cached binary block (the unit a Spark row carries).
     block_rows: int = Field(4096, ge=1)
 
     @field_validator("levels")

