@@ -59,7 +59,7 @@ class Config(StageConfig):
     minmax: bool = True
     # Bottom-k sketches as a first cut for contained-side tables of at least sketch_min_rows rows.
     sketch: bool = True
-    sketch_min_rows: int = Field(2_000, ge=1)
+    sketch_min_rows: int = Field(1_000, ge=1)
     sketch_size: int = Field(256, ge=8)
     # A dataset that cannot be read (no Parquet, damaged footer, files that disagree on a column's
     # type): stop with one line, or leave it out of the comparison and say so in the plan.
