@@ -214,6 +214,12 @@ def test_footer_statistics(tmp_path):
     assert not n.stats["k"].known and C.minmax_excludes(a, n) is None and C.minmax_excludes(n, a) is None
     assert C.minmax_excludes(z, b) == "k"  # z has a null, b none
     assert C.minmax_excludes(a, z) is None
+    # Near-containment tolerates missing rows, so footer bounds prune nothing there.
+    from thresher.flows.containment import minmax_task
+
+    ds = [a, c]
+    assert minmax_task.fn(ds, [(0, 1)], C.Config())[0] == []
+    assert minmax_task.fn(ds, [(0, 1)], C.Config(tau=0.9))[0] == [(0, 1)]
 
 
 def test_bad_catalogs(tmp_path):
