@@ -12,6 +12,8 @@ import click
 # No network here or on many clusters: Prefect's telemetry only logs failures.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The ephemeral API server starts in ~3 s on an idle machine but far slower on a loaded one.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from thresher.flows import __version__  # noqa: E402
 from thresher.flows.errors import ThresherError  # noqa: E402
