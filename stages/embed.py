@@ -82,8 +82,11 @@ class Config(StageConfig):
     max_batch_size: int = Field(128, ge=1)
     # Documents tokenised and length-sorted together inside a task.
     sort_window: int = Field(4096, ge=1)
-    # None: at least twice Spark's default parallelism, so every core gets work.
+    # None: one task per `docs_per_task` documents. Never derived from the number of cores: a
+    # vector depends (to float rounding) on which documents share its batch, so the split of the
+    # documents into tasks must be a function of the data alone.
     partitions: int | None = Field(None, ge=1)
+    docs_per_task: int = Field(1000, ge=1)
     # A folder (shared by all executors on a cluster) where finished tables are kept for reuse
     # by later runs; None disables the cross-run cache.
     cache_dir: str | None = None
@@ -583,10 +586,14 @@ def run(spark, tables, cfg: Config):
     staging = root / f"{STAGING}{uuid.uuid4().hex[:12]}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
+        from pyspark.sql import functions as F
+
         slots = spark.sparkContext.defaultParallelism
-        want = cfg.partitions or 2 * slots
-        if cfg.partitions or docs.rdd.getNumPartitions() < want:
-            docs = docs.repartition(want)
+        rows = docs_fp["rows"] if docs_fp else docs.count()
+        want = cfg.partitions or max(1, -(-rows // cfg.docs_per_task))
+        # Same rows in the same order in every task whatever the input's partitioning or the
+        # cores: batches, and so the vectors' last bits, are reproducible.
+        docs = docs.repartition(want, F.xxhash64("id")).sortWithinPartitions("id")
         fn = embed_and_write(cfg, str(model_path), label, str(staging), key)
         t0 = time.perf_counter()
         rows = [json.loads(r["stats"]) for r in docs.mapInArrow(fn, "stats string").collect()]

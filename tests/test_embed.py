@@ -58,7 +58,8 @@ def test_fp32_matches_sentence_transformers_and_second_run_hits_cache(run_curate
             "embed": {"precision": "fp32", "cache_dir": str(cache)}}
     m1, out1 = run_curate(conf, output=tmp_path / "a")
     st1 = m1["stages"]["embed"]["stats"]
-    assert st1["cache"] == "miss" and st1["precision"] == "fp32" and st1["models_loaded"] >= 1
+    # Every document went through the model (which may already sit in a reused Python worker).
+    assert st1["cache"] == "miss" and st1["precision"] == "fp32" and st1["docs"] == pq.read_metadata(sample).num_rows
     # The table carries its provenance in every file's Parquet metadata.
     files = sorted((out1 / "embed" / "embeddings").glob("part-*.parquet"))
     meta = pq.read_metadata(files[0]).metadata
