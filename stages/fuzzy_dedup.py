@@ -134,7 +134,6 @@ def score_batches(cfg: Config, out_schema: pa.Schema):
 def _scored(pairs, texts, cfg: Config):
     """pairs (a, b, *extra) -> (a, b, *extra, j), the texts joined in for the executors."""
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
     extra = [c for c in pairs.columns if c not in ("a", "b")]
     ta = texts.select(F.col("id").alias("a"), F.col("text").alias("ta"))

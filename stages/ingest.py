@@ -254,7 +254,6 @@ def _read_jsonl_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, ba
     buf: list = []
 
     def flush():
-        n = len(buf)
         rows = [b[0] for b in buf]
         reason = [b[1] for b in buf]
         detail = [b[2] for b in buf]

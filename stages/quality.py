@@ -580,8 +580,6 @@ def run(spark, tables, cfg: Config):
             cols += [pa.array(reason, pa.string()), pa.array(value, pa.float64(), from_pandas=True)]
             yield pa.RecordBatch.from_arrays(cols, schema=out_schema)
 
-    from thresher.flows.spark import limit_task_threads  # noqa: F401  (no threaded kernels here)
-
     q = docs.select("id", "text").mapInArrow(signals, from_arrow_schema(out_schema))
     stats: dict = {"score": cfg.score}
     if cfg.score == "column":

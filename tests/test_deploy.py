@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,39 +17,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DEMO, REPO
+from conftest import DEMO, REPO, free_port, stop_group
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process group started for `proc` (its flow-run subprocesses too), then SIGKILL."""
-    if proc.poll() is not None:
-        try:  # the leader is gone, its children may not be
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    except ProcessLookupError:
-        pass
 
 
 def api(url: str, path: str, body: dict | None = None):

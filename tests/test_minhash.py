@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from thresher.kernels import minhash as K
-from thresher.stages.text import ShingleConfig, _tokens, normalise, shingle_hashes, shingle_sets
+from thresher.stages.text import _tokens, normalise, shingle_hashes, shingle_sets
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,35 +16,15 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DEMO
+from conftest import DEMO, free_port, stop_group
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spark_home() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).parent
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process group started for `proc`, then SIGKILL what is left."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def sockets(procs: list[psutil.Process]) -> set[tuple[str, int]]:
