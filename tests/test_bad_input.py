@@ -182,3 +182,13 @@ def test_ids_of_mixed_types_are_strings(run_curate, tmp_path):
 def test_errors_are_thresher_errors():
     # The CLI turns exactly these into one line; anything else is a bug and keeps its traceback.
     assert issubclass(InputError, ThresherError) and issubclass(OutputError, ThresherError)
+
+
+def test_mixed_schemas_across_input_files(tmp_path, cfg_file):
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": ["t"], "n": [1]}), src / "a.parquet")
+    pq.write_table(pa.table({"id": ["b"], "text": ["t"], "n": ["one"]}), src / "b.parquet")
+    p = cli("run", str(cfg_file()), "--input", str(src), "--output", str(tmp_path / "out"))
+    one_line_error(p, "b.parquet", "column 'n'", "mixed schemas")
+    assert not (tmp_path / "out").exists()
