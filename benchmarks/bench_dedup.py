@@ -16,56 +16,18 @@ import gc
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import median_time, record
+from benchmarks.common import PeakRSS, median_time, record
 from benchmarks.data import CORPUS
 
 THRESHOLD = 0.7
 NUM_PERM = 128
-
-
-class PeakRSS:
-    """Samples the RSS of this process (the driver) and of its children (the Spark JVM and its
-    Python workers) and keeps the peaks, in MB."""
-
-    def __init__(self, every_s: float = 0.2):
-        self.every = every_s
-        self.driver = 0.0
-        self.children = 0.0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                self.driver = max(self.driver, me.memory_info().rss / 1e6)
-                kids = 0
-                for q in me.children(recursive=True):
-                    try:
-                        kids += q.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.children = max(self.children, kids / 1e6)
-            except psutil.Error:
-                pass
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 class UnionFind:
@@ -252,7 +214,7 @@ def bench_pipeline(label: str, path: Path):
     common = {"docs": len(ids), "true_pairs": len(ex_pairs), "thresher": q_th, "datasketch": q_ds,
               "thresher_stats": {k: stats[k] for k in ("bands", "rows", "candidate_pairs", "verified_pairs",
                                                         "dropped_pairs", "components", "cc_rounds", "step_s")},
-              "peak_rss_mb": {"driver_python": round(rss.driver), "jvm_and_python_workers": round(rss.children)}}
+              "peak_rss_mb": {"driver_python": round(rss.peak["driver_python_mb"]), "jvm_and_python_workers": round(rss.peak["children_mb"])}}
     yield record(f"dedup_fuzzy_{label}", t_th, "datasketch MinHash+MinHashLSH+union-find", t_ds, **common)
     yield record(f"dedup_fuzzy_{label}", t_th, "SetSimilaritySearch all_pairs (exact)+union-find", t_ex,
                  docs=len(ids), thresher=q_th)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import record
+from benchmarks.common import PeakRSS, record
 
 
 def sphere_mixture(n: int, d: int, comps: int = 2000, seed: int = 0, spread: float = 0.35) -> np.ndarray:
@@ -109,46 +108,6 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int) -> dict:
                   **matmul_peaks())
 
 
-class RSSSampler:
-    """Peak RSS of this process (the driver's Python), the JVM and the Python workers."""
-
-    def __init__(self, every: float = 0.5):
-        import psutil
-
-        self.me = psutil.Process()
-        self.peak = {"driver_python_mb": 0.0, "jvm_mb": 0.0, "python_workers_mb": 0.0}
-        self.every = every
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            cur = {"driver_python_mb": self.me.memory_info().rss / 1e6, "jvm_mb": 0.0, "python_workers_mb": 0.0}
-            for c in self.me.children(recursive=True):
-                try:
-                    name = " ".join(c.cmdline()[:3])
-                    rss = c.memory_info().rss / 1e6
-                except psutil.Error:
-                    continue
-                if "java" in name:
-                    cur["jvm_mb"] += rss
-                elif "python" in name:
-                    cur["python_workers_mb"] += rss
-            for key, v in cur.items():
-                self.peak[key] = max(self.peak[key], round(v, 1))
-            time.sleep(self.every)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-
 def bench_hierarchical_spark(n: int, d: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -174,7 +133,7 @@ def bench_hierarchical_spark(n: int, d: int) -> dict:
                                  {"n_clusters": 100, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 5},
                                  {"n_clusters": 10, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 3}],
                          seed=0, in_memory_max_rows=0, init_sample=50_000)
-    with RSSSampler() as mem:
+    with PeakRSS(every_s=0.5) as mem:
         t0 = time.perf_counter()
         res = cluster.run(spark, {"embeddings": spark.read.parquet(str(path))}, cfg)
         out = tmp / "clusters"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from contextlib import contextmanager
 
@@ -42,3 +43,41 @@ def peak_rss_mb(pid: int | None = None, children: bool = True) -> float:
 def record(bench: str, thresher_s: float, peer: str, peer_s: float, **quality) -> dict:
     return {"bench": bench, "thresher_s": round(thresher_s, 4), "peer": peer, "peer_s": round(peer_s, 4),
             "ratio": round(peer_s / thresher_s, 3) if thresher_s > 0 else None, "quality": quality}
+
+
+class PeakRSS:
+    """Samples, in a background thread, the RSS of this process (the driver) and of its children
+    (the Spark JVM and its Python workers) and keeps the peaks, in MB, in `peak`."""
+
+    def __init__(self, every_s: float = 0.2):
+        self.every = every_s
+        self.peak = {"driver_python_mb": 0.0, "jvm_mb": 0.0, "python_workers_mb": 0.0, "children_mb": 0.0}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                cur = {"driver_python_mb": me.memory_info().rss / 1e6, "jvm_mb": 0.0, "python_workers_mb": 0.0}
+                for c in me.children(recursive=True):
+                    try:
+                        rss = c.memory_info().rss / 1e6
+                        kind = "jvm_mb" if "java" in " ".join(c.cmdline()[:3]) else "python_workers_mb"
+                    except psutil.Error:
+                        continue
+                    cur[kind] += rss
+                cur["children_mb"] = cur["jvm_mb"] + cur["python_workers_mb"]
+                for k, v in cur.items():
+                    self.peak[k] = max(self.peak[k], round(v, 1))
+            except psutil.Error:
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
