@@ -153,36 +153,54 @@ def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
         _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
 
 
+@njit(cache=True, fastmath={"nnan", "ninf", "nsz"})
+def _bf16_scores(bits, cn32, wide, out):
+    """Scores cn - 2 s of one row from its bf16 dot products, into `out`; returns their minimum.
+    fp32 with min-only fast-math flags so the loops vectorise: min is exact in any order, and
+    2 s is exact, so the only rounding is the subtraction's (covered by the caller's slack)."""
+    k = bits.shape[0]
+    for j in range(k):
+        wide[j] = np.uint32(np.uint16(bits[j])) << np.uint32(16)
+    s = wide.view(np.float32)
+    lo = cn32[0] - np.float32(2.0) * s[0]
+    for j in range(k):
+        v = cn32[j] - np.float32(2.0) * s[j]
+        out[j] = v
+        lo = min(lo, v)
+    return lo
+
+
 @njit(parallel=True, cache=True)
 def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand):
     """Rows s0.. of X given their bf16 dot products (raw bits, (m, k) int16) from a product
     whose error bound is `coef`: the row's best screened score, then the exact distance of
     every centroid within the window of it. Returns nothing; `ncand` counts the exact checks."""
     m, k = Sbits.shape
-    for i in prange(m):
-        buf = np.empty(k, np.uint32)
-        for j in range(k):
-            buf[j] = np.uint32(np.uint16(Sbits[i, j])) << np.uint32(16)
-        row = buf.view(np.float32)
-        lo = np.inf
-        for j in range(k):
-            v = cn[j] - 2.0 * np.float64(row[j])
-            if v < lo:
-                lo = v
-        lim = lo + 2.0 * coef * xnorm[s0 + i] * cmax
-        best = -1
-        bd = np.inf
-        cnt = 0
-        for j in range(k):
-            if cn[j] - 2.0 * np.float64(row[j]) <= lim:
-                dd = _d2(X[s0 + i], C[j])
-                cnt += 1
-                if dd < bd:
-                    bd = dd
-                    best = j
-        labels[s0 + i] = best
-        d2[s0 + i] = bd
-        ncand[s0 + i] = cnt
+    cn32 = cn.astype(np.float32)
+    cmax2 = cmax * cmax
+    rows = 32
+    for c in prange((m + rows - 1) // rows):
+        wide = np.empty(k, np.uint32)
+        sc = np.empty(k, np.float32)
+        for i in range(c * rows, min(m, (c + 1) * rows)):
+            lo = _bf16_scores(Sbits[i], cn32, wide, sc)
+            xn = xnorm[s0 + i]
+            # The product's bound for the best and for a candidate, plus the fp32 roundings of
+            # ||c||^2 and of each score (relative 2^-24 of |cn| + |2 s| each, counted 4 times).
+            lim = np.float64(lo) + 2.0 * coef * xn * cmax + 4.0 * UNIT_FP32 * (cmax2 + 2.0 * xn * cmax)
+            best = -1
+            bd = np.inf
+            cnt = 0
+            for j in range(k):
+                if sc[j] <= lim:
+                    dd = _d2(X[s0 + i], C[j])
+                    cnt += 1
+                    if dd < bd:
+                        bd = dd
+                        best = j
+            labels[s0 + i] = best
+            d2[s0 + i] = bd
+            ncand[s0 + i] = cnt
 
 
 @njit(parallel=True, cache=True)

@@ -188,6 +188,13 @@ def _partition_arrays(batches, d: int):
     return ids, np.concatenate(keys), np.ascontiguousarray(np.concatenate(vecs))
 
 
+def _binary_rows(X: np.ndarray) -> pa.Array:
+    """One binary value per row of X (its float32 bytes), without a Python object per row."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    offsets = np.arange(len(X) + 1, dtype=np.int32) * (4 * X.shape[1])
+    return pa.Array.from_buffers(pa.binary(), len(X), [None, pa.py_buffer(offsets), pa.py_buffer(X)])
+
+
 def _merge_sorted(rows: list[tuple], m: int) -> list[tuple]:
     rows.sort(key=lambda t: t[:-1])
     return rows[:m]
@@ -291,25 +298,24 @@ class SparkSource:
             cl = np.repeat(np.arange(len(Cb), dtype=np.int32), r)[idx.ravel() >= 0]
             sel = idx[idx >= 0]
             yield pa.RecordBatch.from_pydict({
-                "cl": [cl.tobytes()], "key": [key[sel].tobytes()],
-                "ids": pa.array([[ids[i] for i in sel]], pa.list_(pa.string())), "vecs": [X[sel].tobytes()]})
+                "cl": pa.array(cl), "key": pa.array(key[sel]), "id": pa.array([ids[i] for i in sel], pa.string()),
+                "vec": _binary_rows(X[sel])})
 
-        rows = self._run(fn, "cl binary, key binary, ids array<string>, vecs binary")
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        self.passes += 1
+        # Each partition offers its own r best per cluster; the window keeps the r best of
+        # those per cluster in the executors, so the driver receives at most k * r rows however
+        # many rows and partitions there are.
+        w = Window.partitionBy("cl").orderBy("key", "id")
+        rows = (self.blocks.mapInArrow(fn, "cl int, key double, id string, vec binary")
+                .withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= r).drop("_r")
+                .toArrow())
         bc.unpersist()
-        cand: list[tuple] = []
-        for row in rows:
-            cl = np.frombuffer(row["cl"], np.int32)
-            key = np.frombuffer(row["key"], np.float64)
-            vecs = np.frombuffer(row["vecs"], np.float32).reshape(-1, d)
-            cand += [(int(cl[i]), float(key[i]), row["ids"][i], vecs[i]) for i in range(len(cl))]
-        cand.sort(key=lambda t: t[:3])
-        out, last, taken = [], -1, 0
-        for t in cand:
-            taken = taken + 1 if t[0] == last else 1
-            last = t[0]
-            if taken <= r:
-                out.append(t[3])
-        return np.array(out, np.float32).reshape(-1, d)
+        # Same order as ArraySource.select: by cluster, then key, then id.
+        rows = rows.sort_by([("cl", "ascending"), ("key", "ascending"), ("id", "ascending")])
+        return np.frombuffer(b"".join(rows.column("vec").to_pylist()), np.float32).reshape(-1, d).copy()
 
     def init_sample(self, m, salt_):
         from thresher.kernels.hkmeans import mix64
