@@ -192,6 +192,7 @@ def bench_signatures(quick: bool):
 
 
 def bench_pipeline(label: str, path: Path):
+    """Yields the two comparisons and returns (docs, thresher_s, datasketch_s, exact_s)."""
     t = pq.read_table(path, columns=["id", "text"])
     ids, texts = t.column("id").to_pylist(), t.column("text").to_pylist()
     del t
@@ -211,20 +212,34 @@ def bench_pipeline(label: str, path: Path):
         shutil.rmtree(work, ignore_errors=True)
     q_th = quality(th_labels, th_pairs, ex_labels, ex_pairs)
     q_ds = quality(ds_labels, ds_pairs, ex_labels, ex_pairs)
+    # Local mode: the driver JVM runs the executors' tasks; the Python workers are the
+    # executors' Python side.
+    peak = {"driver_python": round(rss.peak["driver_python_mb"]), "driver_and_executor_jvm": round(rss.peak["jvm_mb"]),
+            "executor_python_workers": round(rss.peak["python_workers_mb"])}
     common = {"docs": len(ids), "true_pairs": len(ex_pairs), "thresher": q_th, "datasketch": q_ds,
               "thresher_stats": {k: stats[k] for k in ("bands", "rows", "candidate_pairs", "verified_pairs",
                                                         "dropped_pairs", "components", "cc_rounds", "step_s")},
-              "peak_rss_mb": {"driver_python": round(rss.peak["driver_python_mb"]), "jvm_and_python_workers": round(rss.peak["children_mb"])}}
+              "peak_rss_mb": peak, "load_avg_1m": round(os.getloadavg()[0], 2)}
     yield record(f"dedup_fuzzy_{label}", t_th, "datasketch MinHash+MinHashLSH+union-find", t_ds, **common)
     yield record(f"dedup_fuzzy_{label}", t_th, "SetSimilaritySearch all_pairs (exact)+union-find", t_ex,
                  docs=len(ids), thresher=q_th)
+    return len(ids), t_th, t_ds, t_ex, peak
 
 
 def run(quick: bool = False):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     yield from bench_signatures(quick)
-    yield from bench_pipeline("64k", CORPUS)
-    if not quick:
-        from benchmarks.replicate import replicated_corpus
+    small = yield from bench_pipeline("64k", CORPUS)
+    if quick:
+        return
+    from benchmarks.replicate import replicated_corpus
 
-        yield from bench_pipeline("640k", replicated_corpus(10))
+    big = yield from bench_pipeline("640k", replicated_corpus(10))
+    # Growth: time ratio over size ratio (1 = linear); the peers' for comparison.
+    size = big[0] / small[0]
+    yield {"bench": "dedup_fuzzy_growth_64k_to_640k", "docs": [small[0], big[0]],
+           "thresher_s": [round(small[1], 2), round(big[1], 2)], "thresher_growth_vs_linear": round(big[1] / small[1] / size, 3),
+           "datasketch_s": [round(small[2], 2), round(big[2], 2)], "datasketch_growth_vs_linear": round(big[2] / small[2] / size, 3),
+           "exact_s": [round(small[3], 2), round(big[3], 2)], "exact_growth_vs_linear": round(big[3] / small[3] / size, 3),
+           "ratio_datasketch_over_thresher": [round(small[2] / small[1], 3), round(big[2] / big[1], 3)],
+           "peak_rss_mb": {"64k": small[4], "640k": big[4]}}

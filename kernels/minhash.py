@@ -285,3 +285,38 @@ def signature_agreement(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     est = (sig_a == sig_b).mean(axis=1)
     empty = (sig_a == EMPTY).all(axis=1) | (sig_b == EMPTY).all(axis=1)
     return np.where(empty, 0.0, est)
+
+
+@njit(cache=True, nogil=True)
+def jaccard_pairs(offsets, values, ia, ib):
+    """Exact Jaccard of set ia[k] with set ib[k], all sets in one flat table (sorted unique
+    segments): pairs index rows of a batch, so no set is copied per pair."""
+    n = ia.shape[0]
+    out = np.empty(n, np.float64)
+    for k in range(n):
+        i, ie = offsets[ia[k]], offsets[ia[k] + 1]
+        j, je = offsets[ib[k]], offsets[ib[k] + 1]
+        na, nb = ie - i, je - j
+        inter = 0
+        while i < ie and j < je:
+            x, y = values[i], values[j]
+            if x == y:
+                inter += 1
+                i += 1
+                j += 1
+            elif x < y:
+                i += 1
+            else:
+                j += 1
+        union = na + nb - inter
+        out[k] = inter / union if union > 0 else 0.0
+    return out
+
+
+def jaccard_pairs_ref(offsets, values, ia, ib) -> np.ndarray:
+    out = np.empty(len(ia), np.float64)
+    for k, (x, y) in enumerate(zip(ia, ib)):
+        sa, sb = values[offsets[x]:offsets[x + 1]], values[offsets[y]:offsets[y + 1]]
+        union = len(np.union1d(sa, sb))
+        out[k] = len(np.intersect1d(sa, sb, assume_unique=True)) / union if union else 0.0
+    return out

@@ -2,9 +2,10 @@
 
 Connected components use the large-star / small-star rounds of Kiveris et al., "Connected
 Components in MapReduce and Beyond" (SoCC 2014): O(log^2 n) rounds whatever the diameter, each
-round two group-bys and two joins. The edge list is checkpointed every round, so lineage stays
-short and each round reads the previous one from storage; only one number per round (are we a
-forest of stars yet?) reaches the driver.
+round two group-bys and two joins, run as one Spark job. The edge list is checkpointed every
+round, so lineage stays short and each round reads the previous one from storage; only two
+numbers per round (observed during that job: was its input a forest of stars yet?) reach the
+driver.
 
 Node keys can be any orderable type (string ids here): every choice is a minimum, so the result
 does not depend on partitioning or arrival order.
@@ -36,53 +37,52 @@ def materialise(df, reliable: bool = False):
     return out
 
 
-def _is_star_forest(e) -> bool:
-    """Converged when no edge points at a node that itself points further (every b is a root):
-    one semi-join, cheaper than running a round to see that nothing changes."""
-    from pyspark.sql import functions as F
-
-    # A node seen both as a child (a) and as a parent (b): one aggregate, one shuffle.
-    roles = (e.select(F.col("a").alias("n"), F.lit(1).alias("r"))
-             .unionByName(e.select(F.col("b").alias("n"), F.lit(2).alias("r"))))
-    both = roles.groupBy("n").agg(F.min("r").alias("lo"), F.max("r").alias("hi")).where("lo = 1 AND hi = 2")
-    return both.limit(1).count() == 0
-
-
 def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: int = 64, reliable: bool = False):
     """Label every node that has an edge with the smallest node of its component.
 
     Returns (DataFrame(node, label), rounds). Nodes without edges are not listed (they are
     their own component).
+
+    One Spark job per round. The round's own large-star step observes whether its input was
+    already a forest of stars rooted at their minima (every node has at most one parent and no
+    parent has a parent); such an input comes out of the round unchanged, so the loop stops
+    there without a separate check job.
     """
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    # Canonical orientation a > b; self loops carry no information.
+    # Canonical orientation a > b (b is a's parent); self loops carry no information.
     e = (edges.where(F.col(src) != F.col(dst))
          .select(F.greatest(src, dst).alias("a"), F.least(src, dst).alias("b"))
          .distinct())
     e = materialise(e, reliable)
     rounds = 0
-    # Most duplicate groups are pairs or stars already (LSH buckets link to their smallest id),
-    # so the check comes before the first round.
-    while not _is_star_forest(e):
+    # Observed metrics of a job that processed no rows cannot be read back (Spark asserts).
+    stars = e.isEmpty()
+    while not stars:
         rounds += 1
         if rounds > max_rounds:
             raise StageError(f"connected components did not converge in {max_rounds} rounds (fuzzy_dedup.max_cc_rounds)")
+        parents, grandparents = Observation(f"cc_parents_{rounds}"), Observation(f"cc_grandparents_{rounds}")
         # Large star: m(u) = min(N(u) u {u}); each larger neighbour v of u links to m(u).
         # With a > b on every edge, u's smaller neighbours are the b's of its edges as `a`, so
         # m(u) is one group-by away, and each edge (a, b) is seen from its smaller end b.
-        mins = e.groupBy("a").agg(F.min("b").alias("m"))
+        mins = (e.groupBy("a").agg(F.min("b").alias("m"), F.count(F.lit(1)).alias("np"))
+                .observe(parents, F.coalesce(F.max("np"), F.lit(0)).alias("most")))
         # Repeated edges are left for the small star's distinct: one shuffle fewer per round.
-        ls = (e.join(mins.withColumnRenamed("a", "b"), "b", "left")
-              .select("a", F.coalesce("m", "b").alias("b")))
+        lj = (e.join(mins.select(F.col("a").alias("b"), "m"), "b", "left")
+              .observe(grandparents, F.count(F.col("m")).alias("n")))
+        ls = lj.select("a", F.coalesce("m", "b").alias("b"))
         # Small star: each node u and its smaller neighbours all link to the smallest of them.
         mins2 = ls.groupBy("a").agg(F.min("b").alias("m"))
         j = ls.join(mins2, "a")
         ss = (j.where(F.col("b") != F.col("m")).select(F.col("b").alias("a"), F.col("m").alias("b"))
               .unionByName(mins2.select("a", F.col("m").alias("b")))
               .distinct())
-        e = materialise(ss, reliable)
-        log.debug("components round %d done", rounds)
+        nxt = materialise(ss, reliable)
+        stars = parents.get["most"] <= 1 and grandparents.get["n"] == 0
+        e = nxt
+        log.debug("components round %d done (input was a star forest: %s)", rounds, stars)
     # A forest of stars: every node points at its component's smallest node.
     roots = e.select(F.col("b").alias("node")).distinct().withColumn("label", F.col("node"))
     labels = e.select(F.col("a").alias("node"), F.col("b").alias("label")).unionByName(roots)

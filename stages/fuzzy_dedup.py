@@ -1,14 +1,17 @@
 """fuzzy_dedup: MinHash/LSH near-duplicate removal, verified, with distributed components.
 
-1. Executors shingle each Arrow batch (word or character n-grams of the normalised text) and
-   compute MinHash signatures and LSH band hashes with the numba kernels of kernels/minhash.py;
-   they emit one row per (document, band): (id, band, band hash).
-2. Spark groups rows on (band, band hash). Every member of a bucket is linked to the bucket's
+1. One pass over the texts (mapInArrow, numba kernels of kernels/minhash.py): normalise,
+   shingle, sign, band; one row per document with shingles: (id, length, its sorted shingle-hash
+   set as bytes, its LSH bucket keys). Cached: buckets, verification and survivors read it.
+2. Spark groups the exploded bucket keys. Every member of a bucket is linked to the bucket's
    smallest id (a star), so a bucket of k documents yields k-1 candidate pairs, never k(k-1)/2.
-3. Verification (default): the exact Jaccard of each candidate pair on its shingle sets;
-   pairs below `threshold` are dropped and counted.
-4. Connected components of the verified pairs (stages/components.py, large-star/small-star).
-5. One survivor per component by `survivor` (ties by id); the others go to `removed` with
+3. Verification (default): each hub's candidates are gathered with their sets, hub first, and
+   the exact Jaccard of each with the hub comes from one kernel call per Arrow batch; pairs
+   below `threshold` are dropped and counted.
+4. Connected components of the verified pairs (stages/components.py, large-star/small-star,
+   one Spark job per round).
+5. One survivor per component by `survivor` (ties by id): members sorted by the rule, the
+   survivor first, each compared with it by the same kernel; the others go to `removed` with
    reason `near_duplicate`, by_id the survivor, score their Jaccard with it.
 
 Nothing per document reaches the driver: it receives counts and the LSH parameters only.
@@ -77,78 +80,157 @@ def lsh_params(cfg: Config) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------ executors
-_BANDS_OUT = pa.schema([("id", pa.string()), ("band", pa.int32()), ("bh", pa.int64())])
+# Per-document table made in one pass over the texts: `s` is the sorted shingle-hash set as
+# uint64 bytes (verify) or the uint32 signature (no verify), `bk` the LSH bucket keys.
+SIGNED = "id string, _length int, s binary, bk array<bigint>"
+_MAX_BINARY = 2**31 - 1  # bytes of one Arrow binary column (int32 offsets)
 
 
-def band_batches(cfg: Config, bands: int, rows: int):
-    """mapInArrow function: (id, text) batches -> one (id, band, band hash) row per band of
-    every document that has shingles."""
-    norm, shingle, num_perm, seed = cfg.normalise, cfg.shingle, cfg.num_perm, int(cfg.seed or 0)
+def _binary(byte_off: np.ndarray, data: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.binary(), len(byte_off) - 1,
+                                 [None, pa.py_buffer(byte_off.astype(np.int32)), pa.py_buffer(data)])
+
+
+def _row_chunks(byte_off: np.ndarray):
+    """Row ranges whose bytes fit one binary column (a batch of huge documents is split)."""
+    lo, n = 0, len(byte_off) - 1
+    while lo < n:
+        hi = int(np.searchsorted(byte_off, byte_off[lo] + _MAX_BINARY, side="right")) - 1
+        if hi <= lo:
+            from thresher.flows.errors import StageError
+
+            raise StageError("fuzzy_dedup: one document has more than 2 GiB of shingle hashes")
+        hi = min(hi, n)
+        yield lo, hi
+        lo = hi
+
+
+def _table(col: pa.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(element offsets int64[n+1], values) of a binary column holding arrays of `dtype`."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_large_binary(col.type):
+        odt = np.int64
+    else:
+        odt = np.int32
+    bufs, n = col.buffers(), len(col)
+    o = np.frombuffer(bufs[1], odt, count=n + 1, offset=col.offset * np.dtype(odt).itemsize).astype(np.int64)
+    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    data = data[o[0]:o[-1]]
+    o -= o[0]
+    vals = data.view(dtype)
+    if not vals.flags.aligned:
+        vals = vals.copy()
+    return o // np.dtype(dtype).itemsize, vals
+
+
+def sign_batches(cfg: Config, bands: int, rows: int):
+    """mapInArrow function: (id, text) -> one row per document that has shingles: (id, its
+    length in characters, `s`, its `bands` bucket keys). Normalising, shingling, signatures and
+    band hashes all happen here, once per document."""
+    norm, shingle, num_perm, seed, verify = cfg.normalise, cfg.shingle, cfg.num_perm, int(cfg.seed or 0), cfg.verify
 
     def fn(batches):
+        import pyarrow.compute as pc
+
         from thresher.flows.spark import limit_task_threads
         from thresher.kernels.minhash import band_hashes, minhash_signatures, permutations, seed64
-        from thresher.stages.text import shingle_hashes
+        from thresher.stages.text import shingle_hashes, shingle_sets
 
         limit_task_threads()
         a, b = permutations(num_perm, seed)
         for batch in batches:
-            off, h = shingle_hashes(batch.column(1), shingle, norm)
-            sig = minhash_signatures(off, h, a, b)
-            bh = band_hashes(sig, bands, rows, seed64(seed))
+            text = batch.column(1)
+            # A multiset has the signature of its set, so signatures come from the sets when
+            # the sets are kept anyway.
+            off, h = (shingle_sets if verify else shingle_hashes)(text, shingle, norm)
             has = np.flatnonzero(np.diff(off) > 0)
             if len(has) == 0:
                 continue
-            ids = batch.column(0).take(pa.array(np.repeat(has, bands)))
-            band = np.tile(np.arange(bands, dtype=np.int32), len(has))
-            yield pa.RecordBatch.from_arrays([ids, pa.array(band), pa.array(bh[has].ravel())], schema=_BANDS_OUT)
+            sig = minhash_signatures(off, h, a, b)[has]
+            bk = band_hashes(sig, bands, rows, seed64(seed))
+            if verify:
+                # Documents without shingles hold no values, so the kept sets stay contiguous.
+                byte_off = np.append(off[has], off[-1]) * 8
+                data = h.view(np.uint8)
+            else:
+                byte_off = np.arange(len(has) + 1, dtype=np.int64) * (num_perm * 4)
+                data = sig.reshape(-1).view(np.uint8)
+            ids = batch.column(0).take(pa.array(has))
+            length = pc.fill_null(pc.utf8_length(text), 0).take(pa.array(has)).cast(pa.int32())
+            for lo, hi in _row_chunks(byte_off):
+                s = _binary(byte_off[lo:hi + 1] - byte_off[lo], data[byte_off[lo]:byte_off[hi]])
+                keys = pa.ListArray.from_arrays(pa.array(np.arange(hi - lo + 1, dtype=np.int32) * bands),
+                                                pa.array(bk[lo:hi].reshape(-1)))
+                yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), length.slice(lo, hi - lo), s, keys],
+                                                 names=["id", "_length", "s", "bk"])
 
     return fn
 
 
-def score_batches(cfg: Config, out_schema: pa.Schema):
-    """mapInArrow function: (a, b, text_a, text_b, *extra) -> (a, b, *extra, j): the exact
-    Jaccard of the shingle sets when verifying, else the MinHash estimate."""
-    norm, shingle, num_perm, seed, verify = cfg.normalise, cfg.shingle, cfg.num_perm, int(cfg.seed or 0), cfg.verify
+def reference_batches(cfg: Config, out_schema: pa.Schema, drop_reference: bool):
+    """mapInArrow function over rows (g, id, s, *extra) sorted so that each group g is
+    contiguous and its first row is the group's reference: yields (g, ref, id, *extra, j), j the
+    similarity of the row's `s` to the reference's (exact Jaccard of the sets, or the share of
+    agreeing signature values). With `drop_reference` the reference rows themselves are left out
+    and each group must start with the row whose id is g (the LSH hub).
+
+    A group may run across Arrow batches: its reference is carried to the next batch."""
+    verify, num_perm = cfg.verify, cfg.num_perm
 
     def fn(batches):
+        import pyarrow.compute as pc
+
+        from thresher.flows.errors import StageError
         from thresher.flows.spark import limit_task_threads
-        from thresher.kernels.minhash import jaccard_sorted, minhash_signatures, permutations, signature_agreement
-        from thresher.stages.text import shingle_sets
+        from thresher.kernels.minhash import jaccard_pairs, signature_agreement
 
         limit_task_threads()
-        pa_, pb_ = permutations(num_perm, seed)
+        carry = None  # (g, reference id, reference values) of the last group seen
         for batch in batches:
-            oa, va = shingle_sets(batch.column(2), shingle, norm)
-            ob, vb = shingle_sets(batch.column(3), shingle, norm)
+            n = batch.num_rows
+            if n == 0:
+                continue
+            g, ids = batch.column(0), batch.column(1)
+            off, val = _table(batch.column(2), np.uint64 if verify else np.uint32)
+            first = np.ones(n, bool)
+            if n > 1:
+                first[1:] = pc.not_equal(g.slice(1), g.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+            if carry is not None and g[0].as_py() == carry[0]:
+                first[0] = False
+            if drop_reference and first.any() and not pc.all(pc.equal(g.filter(first), ids.filter(first))).as_py():
+                raise StageError("fuzzy_dedup: a candidate group does not start with its hub")
+            ref = np.maximum.accumulate(np.where(first, np.arange(n), -1))
+            cont = ref < 0
+            ref_ids = ids
+            if cont.any():  # the rows before the first group start belong to the carried group
+                ref[cont] = n
+                off = np.append(off, off[-1] + len(carry[2]))
+                val = np.concatenate([val, carry[2]])
+                ref_ids = pa.concat_arrays([ids, pa.array([carry[1]], ids.type)])
+            rows = np.arange(n)
             if verify:
-                j = jaccard_sorted(oa, va, ob, vb)
+                j = jaccard_pairs(off, val, ref, rows)
             else:
-                j = signature_agreement(minhash_signatures(oa, va, pa_, pb_), minhash_signatures(ob, vb, pa_, pb_))
-            cols = [batch.column(0), batch.column(1)] + [batch.column(k) for k in range(4, batch.num_columns)]
-            yield pa.RecordBatch.from_arrays(cols + [pa.array(j)], schema=out_schema)
+                sig = val.reshape(-1, num_perm)
+                j = signature_agreement(sig[ref], sig[rows])
+            r = int(ref[-1])
+            carry = (g[n - 1].as_py(), ref_ids[r].as_py(), val[off[r]:off[r + 1]].copy())
+            cols = [g, ref_ids.take(pa.array(ref)), ids] + [batch.column(k) for k in range(3, batch.num_columns)]
+            out = pa.RecordBatch.from_arrays(cols + [pa.array(j)], schema=out_schema)
+            yield out.filter(pa.array(~first)) if drop_reference else out
 
     return fn
 
 
-def _scored(pairs, texts, cfg: Config):
-    """pairs (a, b, *extra) -> (a, b, *extra, j), the texts joined in for the executors."""
-    from pyspark.sql import functions as F
-
-    extra = [c for c in pairs.columns if c not in ("a", "b")]
-    ta = texts.select(F.col("id").alias("a"), F.col("text").alias("ta"))
-    tb = texts.select(F.col("id").alias("b"), F.col("text").alias("tb"))
-    return _score_frame(pairs.join(ta, "a").join(tb, "b").select("a", "b", "ta", "tb", *extra), cfg)
-
-
-def _score_frame(frame, cfg: Config):
-    """(a, b, ta, tb, *extra) -> (a, b, *extra, j)."""
+def _with_reference(frame, cfg: Config, drop_reference: bool):
+    """(g, id, s, *extra), each group contiguous and led by its reference -> (g, ref, id, *extra, j)."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-    extra = frame.columns[4:]
-    out = to_arrow_schema(frame.select("a", "b", *extra, F.lit(0.0).alias("j")).schema)
-    return frame.mapInArrow(score_batches(cfg, out), from_arrow_schema(out))
+    extra = frame.columns[3:]
+    out = to_arrow_schema(frame.select("g", F.col("id").alias("ref"), "id", *extra, F.lit(0.0).alias("j")).schema)
+    return frame.mapInArrow(reference_batches(cfg, out, drop_reference), from_arrow_schema(out))
 
 
 def component_stats(dups) -> dict:
@@ -180,27 +262,39 @@ def run_with_pairs(spark, tables, cfg: Config):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from thresher.stages.components import connected_components, materialise, rank_within, with_quality
+    from thresher.stages.components import connected_components, materialise, rank_key, with_quality
 
     bands, rows = lsh_params(cfg)
     if bands * rows > cfg.num_perm:
         raise ConfigError(f"fuzzy_dedup: bands x rows = {bands * rows} exceeds num_perm = {cfg.num_perm}")
     docs = tables["documents"]
-    texts = docs.select("id", "text")
     has_quality = tables.get("quality") is not None or "quality" in docs.columns
     if cfg.survivor == "quality" and not has_quality:
         raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
+    reliable = cfg.checkpoint == "reliable"
 
-    # 1-2. Band rows, buckets, star edges to each bucket's smallest id.
-    band_rows = texts.mapInArrow(band_batches(cfg, bands, rows), "id string, band int, bh bigint")
-    w = Window.partitionBy("band", "bh")
-    linked = (band_rows.withColumn("hub", F.min("id").over(w)).withColumn("size", F.count(F.lit(1)).over(w))
-              .where(F.col("id") != F.col("hub")))
-    cand = linked.groupBy(F.col("hub").alias("a"), F.col("id").alias("b")).agg(F.max("size").alias("size"))
+    # 1. One pass over the texts; the per-document table is read three times (buckets,
+    # verification, survivors), so it is cached the first time it is computed.
+    signed = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
 
-    # 3. Verification (or estimates), one pass; the counts come from one aggregate.
+    # 2. Buckets: every member of a bucket with two or more documents is linked to the bucket's
+    # smallest id (its hub; the hub's own row (a, a) too, which leads its group below). Keys of
+    # different bands are different hashes, so the key alone names the bucket.
     t0 = time.perf_counter()
-    scored = materialise(_scored(cand, texts, cfg), cfg.checkpoint == "reliable")
+    w = Window.partitionBy("k")
+    linked = (signed.select("id", F.explode("bk").alias("k"))
+              .withColumn("hub", F.min("id").over(w)).withColumn("size", F.count(F.lit(1)).over(w))
+              .where(F.col("size") > 1)
+              .groupBy(F.col("hub").alias("a"), F.col("id").alias("b")).agg(F.max("size").alias("size")))
+
+    # 3. Verification (or estimates): each hub's rows gathered, the hub first, and every member
+    # compared with it in one kernel call per Arrow batch; the sets travel once, with the rows.
+    with_sets = linked.join(signed.select(F.col("id").alias("b"), "s"), "b")
+    grouped = (with_sets.repartition("a").sortWithinPartitions("a", F.col("b") != F.col("a"), "b")
+               .select(F.col("a").alias("g"), F.col("b").alias("id"), "s", "size"))
+    scored = _with_reference(grouped, cfg, drop_reference=True).select(
+        F.col("g").alias("a"), F.col("id").alias("b"), "size", "j")
+    scored = materialise(scored, reliable)
     t1 = time.perf_counter()
     agg = scored.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("j") >= cfg.threshold).cast("long")).alias("ok"),
                      F.max("size").alias("biggest")).collect()[0]
@@ -208,24 +302,23 @@ def run_with_pairs(spark, tables, cfg: Config):
     edges = scored.where(F.col("j") >= F.lit(cfg.threshold)) if cfg.verify else scored
     t2 = time.perf_counter()
 
-    # 4. Components, 5. survivors.
-    labels, rounds = connected_components(edges.select("a", "b"), "a", "b", cfg.max_cc_rounds,
-                                          cfg.checkpoint == "reliable")
+    # 4. Components, 5. survivors: each component's members sorted by the survivor rule, the
+    # survivor first, and every member compared with it by the same kernel.
+    labels, rounds = connected_components(edges.select("a", "b"), "a", "b", cfg.max_cc_rounds, reliable)
     t3 = time.perf_counter()
-    # Members with their texts, ranked within their component in one window; the survivor's
-    # text rides along so each member's similarity to it needs no further join.
-    members = labels.select(F.col("node").alias("id"), F.col("label").alias("group"))
-    members = members.join(texts.withColumn("_length", F.length("text")), "id")
+    members = labels.join(signed.select(F.col("id").alias("node"), "_length", "s"), "node").select(
+        F.col("node").alias("id"), F.col("label").alias("g"), "_length", "s")
     members, _ = with_quality(members, docs, tables, cfg.survivor)
-    ranked = rank_within(members, ["group"], cfg.survivor, has_quality, carry=("text",))
-    sims = _score_frame(ranked.select(F.col("representative_id").alias("a"), F.col("id").alias("b"),
-                                      F.col("_rep_text").alias("ta"), F.col("text").alias("tb"), "group"), cfg)
-    is_rep = F.col("a") == F.col("b")
+    ranked = (members.withColumn("_rk", rank_key(cfg.survivor, has_quality))
+              .repartition("g").sortWithinPartitions("g", "_rk").select("g", "id", "s"))
+    sims = _with_reference(ranked, cfg, drop_reference=False)
+    is_rep = F.col("ref") == F.col("id")
     dups = sims.select(
-        F.col("b").alias("id"), F.col("group").alias("component_id"), F.col("a").alias("representative_id"),
+        "id", F.col("g").alias("component_id"), F.col("ref").alias("representative_id"),
         is_rep.alias("is_representative"), F.when(is_rep, F.lit(1.0)).otherwise(F.col("j")).alias("similarity"),
     )
-    dups = materialise(dups, cfg.checkpoint == "reliable")
+    dups = materialise(dups, reliable)
+    signed.unpersist()
     t4 = time.perf_counter()
     removed = dups.where(~F.col("is_representative")).select(
         "id", F.lit(NAME).alias("stage"), F.lit("near_duplicate").alias("reason"),

@@ -207,11 +207,13 @@ def test_shipped_dedup_config():
 
 
 def test_connected_components_match_union_find(spark):
-    """Random sparse graph plus a long chain (diameter 40) against a plain union-find."""
+    """Random sparse graph, a long chain (diameter 40) and a node with two parents that are
+    not otherwise linked (a member of two LSH hubs' buckets) against a plain union-find."""
     from thresher.stages.components import connected_components
 
     rng = random.Random(3)
     edges = [(rng.randrange(600), rng.randrange(600)) for _ in range(350)] + [(1000 + i, 1001 + i) for i in range(40)]
+    edges += [(2005, 2001), (2005, 2002)]
     parent = {}
 
     def find(x):
@@ -230,5 +232,45 @@ def test_connected_components_match_union_find(spark):
     want = {f"{x:05d}": f"{min(g):05d}" for g in groups.values() for x in g}
     df = spark.createDataFrame([(f"{a:05d}", f"{b:05d}") for a, b in edges], "src string, dst string")
     labels, rounds = connected_components(df)
-    assert {r["node"]: r["label"] for r in labels.collect()} == want
+    got = labels.collect()
+    assert {r["node"]: r["label"] for r in got} == want and len(got) == len(want)
     assert 2 <= rounds <= 12
+    # Alone, the two-parent node is no star forest yet: one round links the parents.
+    two = spark.createDataFrame([("x", "h1"), ("x", "h2")], "src string, dst string")
+    labels, rounds = connected_components(two)
+    assert sorted(tuple(r) for r in labels.collect()) == [("h1", "h1"), ("h2", "h1"), ("x", "h1")]
+
+
+def test_reference_batches_carry_groups_across_batches():
+    """Groups cut anywhere by Arrow batch boundaries score the same as in one batch."""
+    import numpy as np
+
+    from thresher.kernels.minhash import jaccard_pairs_ref
+
+    rng = np.random.default_rng(5)
+    sets = [np.unique(rng.integers(0, 40, rng.integers(1, 25)).astype(np.uint64)) for _ in range(60)]
+    groups = np.sort(rng.integers(0, 9, 60))
+    g = [f"g{x}" for x in groups]
+    ids = [f"id{i:02d}" for i in range(60)]
+    blob = pa.array([s.tobytes() for s in sets], pa.binary())
+    schema = pa.schema([("g", pa.string()), ("ref", pa.string()), ("id", pa.string()), ("j", pa.float64())])
+    off = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
+    vals = np.concatenate(sets)
+    first = {}
+    for i, x in enumerate(g):
+        first.setdefault(x, i)
+    want = jaccard_pairs_ref(off, vals, np.array([first[x] for x in g]), np.arange(60))
+    table = pa.table({"g": g, "id": ids, "s": blob})
+    for cuts in ([], [1, 2, 3, 30], list(range(1, 60, 7))):
+        bounds = [0, *cuts, 60]
+        batches = [b for lo, hi in zip(bounds, bounds[1:]) for b in table.slice(lo, hi - lo).to_batches()]
+        out = pa.Table.from_batches(list(FD.reference_batches(FD.Config(), schema, False)(iter(batches))))
+        assert out.column("ref").to_pylist() == [ids[first[x]] for x in g]
+        np.testing.assert_array_equal(out.column("j").to_numpy(), want)
+    # Dropping references needs each group led by its hub (id == g).
+    hubs = pa.table({"g": ["a", "a", "b"], "id": ["a", "x", "b"], "s": blob.slice(0, 3)})
+    out = pa.Table.from_batches(list(FD.reference_batches(FD.Config(), schema, True)(iter(hubs.to_batches()))))
+    assert out.column("id").to_pylist() == ["x"]
+    bad = pa.table({"g": ["a", "a"], "id": ["x", "a"], "s": blob.slice(0, 2)})
+    with pytest.raises(Exception, match="hub"):
+        list(FD.reference_batches(FD.Config(), schema, True)(iter(bad.to_batches())))
