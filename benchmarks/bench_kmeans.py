@@ -19,19 +19,25 @@ import numpy as np
 from benchmarks.common import PeakRSS, record
 
 
-def sphere_mixture(n: int, d: int, comps: int = 2000, seed: int = 0, spread: float = 0.35) -> np.ndarray:
+def sphere_mixture_chunks(n: int, d: int, comps: int = 2000, seed: int = 0, spread: float = 0.35,
+                          step: int = 100_000):
+    """A mixture of `comps` Gaussians on the unit sphere, in chunks of `step` rows, so a caller
+    can write n rows without ever holding them all."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(comps, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     # Zipf-like component sizes, as topics are in real corpora.
     p = 1.0 / np.arange(1, comps + 1) ** 0.8
     lab = rng.choice(comps, n, p=p / p.sum())
-    X = np.empty((n, d), np.float32)
-    for s in range(0, n, 100_000):
-        e = min(n, s + 100_000)
-        X[s:e] = centres[lab[s:e]] + spread / np.sqrt(d) * rng.normal(size=(e - s, d)).astype(np.float32)
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    return X
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        X = (centres[lab[s:e]] + spread / np.sqrt(d) * rng.normal(size=(e - s, d)).astype(np.float32)).astype(np.float32)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        yield X
+
+
+def sphere_mixture(n: int, d: int, comps: int = 2000, seed: int = 0, spread: float = 0.35) -> np.ndarray:
+    return np.concatenate(list(sphere_mixture_chunks(n, d, comps, seed, spread)))
 
 
 def matmul_peaks(repeat: int = 5) -> dict:
@@ -108,7 +114,17 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int) -> dict:
                   **matmul_peaks())
 
 
-def bench_hierarchical_spark(n: int, d: int) -> dict:
+HK_MASTER = "local-cluster[2,1,2048]"
+
+
+def bench_hierarchical_spark(n: int, d: int, master: str = HK_MASTER) -> dict:
+    """The cluster stage on n x d through the Spark path (levels 1000/100/10 with resampling).
+    With the default master (2 executor JVMs of 1 core and 2 GB, beside the driver JVM) the
+    driver's memory (its Python and its JVM) is measured apart from the executors'. The data
+    are written in chunks and the driver never holds them."""
+    import gc
+    import shutil
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -117,34 +133,66 @@ def bench_hierarchical_spark(n: int, d: int) -> dict:
     from thresher.stages import cluster
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_kmeans_"))
-    path = tmp / "embeddings"
-    path.mkdir()
-    X = sphere_mixture(n, d, seed=2)
-    step = 100_000
-    for s in range(0, n, step):
-        part = X[s:s + step]
-        vec = pa.ListArray.from_arrays(pa.array(np.arange(len(part) + 1, dtype=np.int32) * d), pa.array(part.ravel()))
-        pq.write_table(pa.table({"id": [f"doc-{i:08d}" for i in range(s, s + len(part))], "vector": vec}),
-                       path / f"part-{s // step:04d}.parquet")
-    del X
-    spark = get_spark(SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=8))
-    # Level 1 sized for a 2-core machine: each Lloyd pass is 2 n k d = 0.77 TFLOP.
-    cfg = cluster.Config(levels=[{"n_clusters": 1_000, "n_iters": 10, "n_resampling_steps": 2, "sample_size": 10},
-                                 {"n_clusters": 100, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 5},
-                                 {"n_clusters": 10, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 3}],
-                         seed=0, in_memory_max_rows=0, init_sample=50_000)
-    with PeakRSS(every_s=0.5) as mem:
-        t0 = time.perf_counter()
-        res = cluster.run(spark, {"embeddings": spark.read.parquet(str(path))}, cfg)
-        out = tmp / "clusters"
-        res["clusters"].write.parquet(str(out))
-        wall = time.perf_counter() - t0
-    stats = res["stats"]
+    try:
+        path = tmp / "embeddings"
+        path.mkdir()
+        step = 100_000
+        for i, part in enumerate(sphere_mixture_chunks(n, d, seed=2, step=step)):
+            s = i * step
+            vec = pa.ListArray.from_arrays(pa.array(np.arange(len(part) + 1, dtype=np.int32) * d), pa.array(part.ravel()))
+            pq.write_table(pa.table({"id": [f"doc-{i:08d}" for i in range(s, s + len(part))], "vector": vec}),
+                           path / f"part-{s // step:04d}.parquet")
+            del vec, part
+        gc.collect()
+        pa.default_memory_pool().release_unused()
+        spark = get_spark(SparkConfig(master=master, driver_memory="2g", shuffle_partitions=8,
+                                      conf={"spark.executor.memory": "2g"} if master.startswith("local-cluster") else {}))
+        # Level 1 sized for a 2-core machine: each Lloyd pass is 2 n k d (0.77 TFLOP at 1M).
+        cfg = cluster.Config(levels=[{"n_clusters": 1_000, "n_iters": 10, "n_resampling_steps": 2, "sample_size": 10},
+                                     {"n_clusters": 100, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 5},
+                                     {"n_clusters": 10, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 3}],
+                             seed=0, in_memory_max_rows=0, init_sample=50_000)
+        import psutil
+
+        before = round(psutil.Process().memory_info().rss / 1e6, 1)
+        with PeakRSS(every_s=0.5) as mem:
+            t0 = time.perf_counter()
+            res = cluster.run(spark, {"embeddings": spark.read.parquet(str(path))}, cfg)
+            res["clusters"].write.parquet(str(tmp / "clusters"))
+            wall = time.perf_counter() - t0
+        stats = res["stats"]
+        spark.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"bench": f"hkmeans_spark_{n}x{d}", "thresher_s": round(wall, 1), "peer": None, "peer_s": None,
-            "ratio": None, "quality": {"level_seconds": stats.get("level_seconds"), "spark_passes": stats.get("spark_passes"),
-                                       "backend": stats.get("backend"), "peak_rss": mem.peak,
+            "ratio": None, "quality": {"master": master, "level_seconds": stats.get("level_seconds"),
+                                       "spark_passes": stats.get("spark_passes"), "backend": stats.get("backend"),
+                                       "peak_rss_mb": mem.peak, "driver_python_before_mb": before,
                                        "clusters_per_level": stats.get("clusters_per_level"),
-                                       "empty_clusters_per_level": stats.get("empty_clusters_per_level")}}
+                                       "empty_clusters_per_level": stats.get("empty_clusters_per_level"),
+                                       "load_avg_1m": round(os.getloadavg()[0], 2)}}
+
+
+def hierarchical_sweep(ns, d: int = 384, master: str = HK_MASTER) -> dict:
+    """bench_hierarchical_spark at each n, each in a fresh Python (so no JVM or allocator carries
+    memory from one size to the next), and how the driver's peaks change with n."""
+    import json
+    import subprocess
+    import sys
+
+    runs = []
+    for n in ns:
+        code = ("import json; from benchmarks.bench_kmeans import bench_hierarchical_spark as b; "
+                f"print('RESULT ' + json.dumps(b({int(n)}, {int(d)}, {master!r})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent).stdout
+        runs.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
+    per_n = {r["bench"].split("_")[2].split("x")[0]: {
+        "wall_s": r["thresher_s"], "level_seconds": r["quality"]["level_seconds"],
+        **{k: v for k, v in r["quality"]["peak_rss_mb"].items() if k != "children_mb"}} for r in runs}
+    return {"bench": f"hkmeans_spark_sweep_{'_'.join(str(n) for n in ns)}x{d}", "thresher_s": runs[-1]["thresher_s"],
+            "peer": None, "peer_s": None, "ratio": None,
+            "quality": {"master": master, "per_n": per_n, "runs": runs}}
 
 
 def bench_cuda_assign(n: int, d: int, k: int, repeat: int = 5) -> dict | None:
@@ -199,4 +247,4 @@ def run(quick: bool = False):
     gpu = bench_cuda_assign(1_000_000, 384, 1000)
     if gpu is not None:
         yield gpu
-    yield bench_hierarchical_spark(1_000_000, 384)
+    yield hierarchical_sweep([250_000, 500_000, 1_000_000])

@@ -47,11 +47,14 @@ def record(bench: str, thresher_s: float, peer: str, peer_s: float, **quality) -
 
 class PeakRSS:
     """Samples, in a background thread, the RSS of this process (the driver) and of its children
-    (the Spark JVM and its Python workers) and keeps the peaks, in MB, in `peak`."""
+    (the Spark JVM and its Python workers) and keeps the peaks, in MB, in `peak`. In local mode
+    one JVM is driver and executor (`jvm_mb`); with separate executor JVMs (local-cluster or
+    standalone workers started from here) those count as `executor_jvm_mb`."""
 
     def __init__(self, every_s: float = 0.2):
         self.every = every_s
-        self.peak = {"driver_python_mb": 0.0, "jvm_mb": 0.0, "python_workers_mb": 0.0, "children_mb": 0.0}
+        self.peak = {"driver_python_mb": 0.0, "jvm_mb": 0.0, "executor_jvm_mb": 0.0, "python_workers_mb": 0.0,
+                     "children_mb": 0.0}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
@@ -59,15 +62,22 @@ class PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             try:
-                cur = {"driver_python_mb": me.memory_info().rss / 1e6, "jvm_mb": 0.0, "python_workers_mb": 0.0}
+                cur = {"driver_python_mb": me.memory_info().rss / 1e6, "jvm_mb": 0.0, "executor_jvm_mb": 0.0,
+                       "python_workers_mb": 0.0}
                 for c in me.children(recursive=True):
                     try:
                         rss = c.memory_info().rss / 1e6
-                        kind = "jvm_mb" if "java" in " ".join(c.cmdline()[:3]) else "python_workers_mb"
+                        cmd = c.cmdline()
+                        if "java" not in " ".join(cmd[:3]):
+                            kind = "python_workers_mb"
+                        elif any("CoarseGrainedExecutorBackend" in a for a in cmd):
+                            kind = "executor_jvm_mb"
+                        else:
+                            kind = "jvm_mb"
                     except psutil.Error:
                         continue
                     cur[kind] += rss
-                cur["children_mb"] = cur["jvm_mb"] + cur["python_workers_mb"]
+                cur["children_mb"] = cur["jvm_mb"] + cur["executor_jvm_mb"] + cur["python_workers_mb"]
                 for k, v in cur.items():
                     self.peak[k] = max(self.peak[k], round(v, 1))
             except psutil.Error:
