@@ -136,7 +136,8 @@ def _bf16_coef(d: int) -> float:
     return cpu.screen_coef(d, BF16_UNIT, BF16_UNIT)
 
 
-def assign_bf16(P: Points, C: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int = 8 << 20
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Screen with a bf16 product (bf16 inputs and output, fp32 accumulation), then decide the
     rows whose best and runners-up are within the bf16 error bound in exact arithmetic."""
     import torch
@@ -156,8 +157,8 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096) -> tuple[np.ndarray
     labels = np.empty(n, np.int32)
     d2 = np.empty(n, np.float64)
     ncand = np.empty(n, np.int32)
-    # Keep a block's score tile near 8 MB whatever k is.
-    block = max(64, min(block, (4 << 20) // max(1, len(C))))
+    # Keep a block's score tile near max_tile_bytes whatever k is.
+    block = max(64, min(block, (max_tile_bytes // 2) // max(1, len(C))))
     for s in range(0, n, block):
         e = min(n, s + block)
         S = torch.mm(Xb[s:e], Cb).view(torch.int16).numpy()  # bf16 bits; widened in the kernel

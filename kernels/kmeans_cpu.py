@@ -156,18 +156,22 @@ def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
 @njit(cache=True, fastmath={"nnan", "ninf", "nsz"})
 def _bf16_scores(bits, cn32, wide, out):
     """Scores cn - 2 s of one row from its bf16 dot products, into `out`; returns their minimum.
-    fp32 with min-only fast-math flags so the loops vectorise: min is exact in any order, and
-    2 s is exact, so the only rounding is the subtraction's (covered by the caller's slack)."""
+    In fp32 so the loops vectorise: 2 s is exact, so the only rounding is the subtraction's
+    (covered by the caller's slack). The minimum is taken over the scores' bits mapped to
+    order-preserving int32, because LLVM vectorises integer min reductions and not float ones."""
     k = bits.shape[0]
     for j in range(k):
         wide[j] = np.uint32(np.uint16(bits[j])) << np.uint32(16)
     s = wide.view(np.float32)
-    lo = cn32[0] - np.float32(2.0) * s[0]
     for j in range(k):
-        v = cn32[j] - np.float32(2.0) * s[j]
-        out[j] = v
-        lo = min(lo, v)
-    return lo
+        out[j] = cn32[j] - np.float32(2.0) * s[j]
+    oi = out.view(np.int32)
+    lo = np.int32(0x7FFFFFFF)
+    for j in range(k):
+        x = oi[j]
+        lo = min(lo, x ^ ((x >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+    wide[0] = np.uint32(lo ^ ((lo >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+    return wide.view(np.float32)[0]
 
 
 @njit(parallel=True, cache=True)
@@ -179,6 +183,7 @@ def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand):
     cn32 = cn.astype(np.float32)
     cmax2 = cmax * cmax
     rows = 32
+    span = 64
     for c in prange((m + rows - 1) // rows):
         wide = np.empty(k, np.uint32)
         sc = np.empty(k, np.float32)
@@ -188,16 +193,27 @@ def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand):
             # The product's bound for the best and for a candidate, plus the fp32 roundings of
             # ||c||^2 and of each score (relative 2^-24 of |cn| + |2 s| each, counted 4 times).
             lim = np.float64(lo) + 2.0 * coef * xn * cmax + 4.0 * UNIT_FP32 * (cmax2 + 2.0 * xn * cmax)
+            lim32 = np.float32(lim)
+            if np.float64(lim32) < lim:
+                lim32 = np.nextafter(lim32, np.float32(np.inf))
             best = -1
             bd = np.inf
             cnt = 0
-            for j in range(k):
-                if sc[j] <= lim:
-                    dd = _d2(X[s0 + i], C[j])
-                    cnt += 1
-                    if dd < bd:
-                        bd = dd
-                        best = j
+            # Candidates are few: a vectorised count per span, and a scan only of spans with one.
+            for j0 in range(0, k, span):
+                j1 = min(k, j0 + span)
+                hit = 0
+                for j in range(j0, j1):
+                    hit += sc[j] <= lim32
+                if hit == 0:
+                    continue
+                for j in range(j0, j1):
+                    if sc[j] <= lim32:
+                        dd = _d2(X[s0 + i], C[j])
+                        cnt += 1
+                        if dd < bd:
+                            bd = dd
+                            best = j
             labels[s0 + i] = best
             d2[s0 + i] = bd
             ncand[s0 + i] = cnt
