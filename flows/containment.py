@@ -127,6 +127,7 @@ def analyse(spark, datasets: list[C.Dataset], cfg: C.Config, as_tasks: bool = Fa
         "sketched_pairs": ccounts.get("sketched_pairs", 0),
         "after_sketch": ccounts.get("after_sketch", len(kept2)),
         "exact_pairs": ccounts.get("exact_pairs", 0),
+        "local_pairs": ccounts.get("local_pairs", 0),
         "after_content": len(contained),
         "dropped": sum(r.action == "drop" for r in plan_rows),
         "bytes_saved": sum(r.bytes_saved for r in plan_rows),

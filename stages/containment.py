@@ -5,9 +5,10 @@ Four steps, each shrinking the set of ordered pairs (A, B) that the next one has
 1. schema graph   A -> B when every column of A is in B with a compatible type (footers only)
 2. min-max        drop A -> B when some shared column's [min, max] in A is not inside B's, or A
                   has nulls where B has none (Parquet footer statistics; no data read)
-3. content        Spark: 128-bit fingerprints of A's rows over A's columns, |A n B| / |A| by an
-                  anti-join; tables of `sketch_min_rows` rows or more first go through bottom-k
-                  sketches of the fingerprints, which can only disprove containment
+3. content        128-bit fingerprints of A's rows over A's columns, |A n B| / |A| exactly: in the
+                  driver (sorted fingerprints, numpy) when both tables are small, otherwise on
+                  Spark by an anti-join, where tables of `sketch_min_rows` rows or more first go
+                  through bottom-k sketches of the fingerprints, which can only disprove containment
 4. plan           drop a dataset when a kept dataset contains it and the cost model says the
                   storage saved outweighs rebuilding it from that container
 
@@ -61,6 +62,10 @@ class Config(StageConfig):
     sketch: bool = True
     sketch_min_rows: int = Field(1_000, ge=1)
     sketch_size: int = Field(256, ge=8)
+    # Pairs whose two tables both have at most local_max_rows rows are fingerprinted and compared
+    # in the driver (pyarrow + numpy), without a Spark job: for small tables a Spark job's fixed
+    # cost is most of the work. Larger tables always go to Spark; 0 sends every pair there.
+    local_max_rows: int = Field(250_000, ge=0)
     # A dataset that cannot be read (no Parquet, damaged footer, files that disagree on a column's
     # type): stop with one line, or leave it out of the comparison and say so in the plan.
     on_bad_dataset: Literal["fail", "skip"] = "fail"
@@ -470,9 +475,107 @@ def sketch_verdict(sa: np.ndarray, sb: np.ndarray, k: int, tau: float) -> tuple[
     return est >= tau - margin, est
 
 
+def local_fingerprints(d: Dataset, colsets: list[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each column set, the distinct 128-bit row fingerprints of `d` over it, sorted by
+    (h1, h2), and how many rows carry each. Read in the driver once, file by file and only the
+    columns the sets need: for small tables."""
+    hs = hash_schema(d)
+    want = sorted({c for cols in colsets for c in cols})
+    schema = pa.schema([hs.field(c) for c in want])
+    parts: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray]]] = {cols: [] for cols in colsets}
+    for f in d.files:
+        t = pq.ParquetFile(f).read(columns=want).cast(schema)
+        if t.num_rows:
+            for cols in colsets:
+                parts[cols].append(row_hashes(t, cols))
+    out = {}
+    for cols, hs_ in parts.items():
+        if not hs_:
+            e = np.empty(0, np.int64)
+            out[cols] = (e, e, e)
+            continue
+        h1, h2 = np.concatenate([x[0] for x in hs_]), np.concatenate([x[1] for x in hs_])
+        order = np.lexsort((h2, h1))
+        h1, h2 = h1[order], h2[order]
+        new = np.ones(len(h1), bool)
+        new[1:] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])
+        starts = np.flatnonzero(new)
+        out[cols] = (h1[starts], h2[starts], np.diff(np.append(starts, len(h1))))
+    return out
+
+
+def found_in(a1: np.ndarray, a2: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """Which fingerprints (a1, a2) are among B's sorted distinct (b1, b2)."""
+    lo = np.searchsorted(b1, a1, "left")
+    hi = np.searchsorted(b1, a1, "right")
+    n = hi - lo
+    hit = np.zeros(len(a1), bool)
+    one = n == 1
+    hit[one] = b2[lo[one]] == a2[one]
+    # Two distinct rows of B with the same 64-bit h1: vanishingly rare, so a plain loop.
+    for i in np.flatnonzero(n > 1):
+        hit[i] = bool((b2[lo[i]:hi[i]] == a2[i]).any())
+    return hit
+
+
+# The driver keeps the fingerprints of the column sets it is working on: at most about this many
+# bytes (24 a row), unless a single column set needs more.
+LOCAL_FINGERPRINT_BYTES = 1 << 30
+
+
+def local_content_check(datasets: list[Dataset], edges: list[tuple[int, int]], cfg: Config) -> dict[tuple[int, int], PairResult]:
+    """The exact content check in the driver. Column sets are taken in groups whose fingerprints
+    fit LOCAL_FINGERPRINT_BYTES; within a group each table is read once. Same fingerprints and the
+    same fraction (A's rows with multiplicity) as on Spark."""
+    by_set: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+    for a, b in edges:
+        by_set.setdefault(datasets[a].columns, []).append((a, b))
+    groups: list[list[tuple[str, ...]]] = []
+    used = LOCAL_FINGERPRINT_BYTES
+    for cols in sorted(by_set):
+        need = 24 * sum(datasets[i].num_rows for i in {x for e in by_set[cols] for x in e})
+        if used + need > LOCAL_FINGERPRINT_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].append(cols)
+        used += need
+    results: dict[tuple[int, int], PairResult] = {}
+    for group in groups:
+        needs: dict[int, list[tuple[str, ...]]] = {}
+        for cols in group:
+            for i in sorted({x for e in by_set[cols] for x in e}):
+                needs.setdefault(i, []).append(cols)
+        fps = {i: local_fingerprints(datasets[i], sets) for i, sets in needs.items()}
+        for cols in group:
+            for a, b in by_set[cols]:
+                a1, a2, ac = fps[a][cols]
+                b1, b2, _ = fps[b][cols]
+                frac = float(ac[found_in(a1, a2, b1, b2)].sum()) / datasets[a].num_rows
+                results[(a, b)] = PairResult(STEP_CONTENT, frac, frac >= cfg.tau - 1e-12)
+        del fps
+    return results
+
+
 def content_check(spark, datasets: list[Dataset], edges: list[tuple[int, int]], cfg: Config,
                   use_sketch: bool | None = None) -> tuple[dict[tuple[int, int], PairResult], dict]:
-    """Decide every edge on content. Returns per-pair results and step counts."""
+    """Decide every edge on content: pairs of small tables in the driver, the rest on Spark.
+    Returns per-pair results and step counts."""
+    small = lambda i: datasets[i].num_rows <= cfg.local_max_rows  # noqa: E731
+    local = [e for e in edges if small(e[0]) and small(e[1])]
+    results = local_content_check(datasets, local, cfg) if local else {}
+    remote = [e for e in edges if not (small(e[0]) and small(e[1]))]
+    sresults, counts = spark_content_check(spark, datasets, remote, cfg, use_sketch)
+    results.update(sresults)
+    counts["local_pairs"] = len(local)
+    counts["after_sketch"] += len(local)
+    counts["exact_pairs"] += len(local)
+    return results, counts
+
+
+def spark_content_check(spark, datasets: list[Dataset], edges: list[tuple[int, int]], cfg: Config,
+                        use_sketch: bool | None = None) -> tuple[dict[tuple[int, int], PairResult], dict]:
+    """The content check on Spark: one job fingerprints every table the edges need, sketches cut
+    the pairs whose contained side is large, one anti-join decides the rest."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F

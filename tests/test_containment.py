@@ -33,7 +33,8 @@ def lake(tmp_path_factory, corpus_path):
 @pytest.fixture(scope="module")
 def result(lake, spark, tmp_path_factory):
     """The `thresher containment` command in-process (no Prefect; the session's Spark) over the
-    lake; sketches on for tables >= 400 rows so that both content paths run."""
+    lake; pairs of tables up to 400 rows are decided in the driver, the rest on Spark, where
+    sketches run for contained-side tables >= 400 rows: every content path runs."""
     from click.testing import CliRunner
 
     from thresher.flows.cli import main
@@ -41,7 +42,8 @@ def result(lake, spark, tmp_path_factory):
     path, _ = lake
     out = tmp_path_factory.mktemp("cont") / "out"
     r = CliRunner().invoke(main, ["containment", str(path), "--output", str(out), "--no-prefect",
-                                  "--set", "containment.sketch_min_rows=400", "--set", "containment.sketch_size=64"])
+                                  "--set", "containment.sketch_min_rows=400", "--set", "containment.sketch_size=64",
+                                  "--set", "containment.local_max_rows=400"])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
     table = pq.read_table(out / "containment").to_pylist()
@@ -77,6 +79,7 @@ def test_exact_recall_and_precision(lake, result):
     c = result["manifest"]["counts"]
     assert c["ordered_pairs"] > c["after_schema"] > c["after_minmax"] >= c["after_sketch"] > c["after_content"] == len(true)
     assert c["sketched_pairs"] > 0 and c["after_sketch"] < c["after_minmax"]
+    assert 0 < c["local_pairs"] < c["exact_pairs"]  # both the driver and the Spark check decided pairs
     assert c["empty"] == 2 and c["type_conflicts"] > 0
     steps = {r["step"] for r in table}
     assert steps == {"minmax", "sketch", "content"}
@@ -187,6 +190,27 @@ def test_sketch_never_rejects_a_true_containment():
     assert not ok and 0.2 < est < 0.8
 
 
+def test_driver_check_matches_truth_on_every_pair(lake):
+    """The driver's content check, alone, on every schema-compatible pair of the lake (nested
+    columns, nulls, dictionaries, tables without statistics included): fractions equal the truth."""
+    path, truth = lake
+    ds = C.inspect_all(C.load_catalog(path))
+    edges, _ = C.schema_graph(ds)
+    res = C.local_content_check(ds, edges, C.Config())
+    got = {(ds[a].name, ds[b].name): r.fraction for (a, b), r in res.items()}
+    assert got.keys() == truth.keys()
+    assert all(got[k] == pytest.approx(truth[k], abs=1e-12) for k in truth)
+
+
+def test_found_in_with_colliding_first_hash():
+    # Distinct rows of B can share h1 (a 64-bit collision); then h2 must decide.
+    b1 = np.array([1, 5, 5, 5, 9], np.int64)
+    b2 = np.array([0, 2, 4, 6, 0], np.int64)
+    a1 = np.array([5, 5, 5, 1, 9, 7], np.int64)
+    a2 = np.array([4, 6, 3, 1, 0, 0], np.int64)
+    assert C.found_in(a1, a2, b1, b2).tolist() == [True, True, False, False, True, False]
+
+
 def test_row_hashes_distinguish_what_differs():
     t = pa.table({"x": pa.array(["a", None, "", "a"]), "y": pa.array([None, "a", None, None])})
     h1, h2 = C.row_hashes(t, ("x", "y"))
@@ -230,6 +254,12 @@ def test_bad_catalogs(tmp_path):
     cat.write_text("- {name: x, path: one.parquet}\n- {name: x, path: one.parquet}\n")
     with pytest.raises(InputError, match="two datasets named 'x' \\(entries 0 and 1\\)"):
         C.load_catalog(cat)
+    both = tmp_path / "both"
+    (both / "x").mkdir(parents=True)
+    pq.write_table(pa.table({"a": [1]}), both / "x" / "p.parquet")
+    pq.write_table(pa.table({"a": [1]}), both / "x.parquet")
+    with pytest.raises(InputError, match="two datasets named 'x' \\(a folder and a .parquet file\\)"):
+        C.load_catalog(both)
     cat.write_text("- {name: x, path: one.parquet}\n- {name: y, path: one.parquet}\n")
     with pytest.raises(InputError, match="'x' and 'y' name the same path"):
         C.load_catalog(cat)
