@@ -159,9 +159,12 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
     ncand = np.empty(n, np.int32)
     # Keep a block's score tile near max_tile_bytes whatever k is.
     block = max(64, min(block, (max_tile_bytes // 2) // max(1, len(C))))
+    # One tile for all blocks: a fresh one each time costs page faults on every block.
+    tile = torch.empty((min(block, n), len(C)), dtype=torch.bfloat16)
     for s in range(0, n, block):
         e = min(n, s + block)
-        S = torch.mm(Xb[s:e], Cb).view(torch.int16).numpy()  # bf16 bits; widened in the kernel
-        cpu.select_from_bf16(S, s, X, C, cn64, P.norms, cmax, coef, labels, d2, ncand)
+        out = tile[: e - s]
+        torch.mm(Xb[s:e], Cb, out=out)
+        cpu.select_from_bf16(out.view(torch.int16).numpy(), s, X, C, cn64, P.norms, cmax, coef, labels, d2, ncand)
     P.cache["bf16_exact_checks"] = float(ncand.mean()) if n else 0.0
     return labels, d2.astype(np.float32)
