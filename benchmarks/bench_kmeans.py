@@ -184,9 +184,11 @@ def hierarchical_sweep(ns, d: int = 384, master: str = HK_MASTER) -> dict:
     for n in ns:
         code = ("import json; from benchmarks.bench_kmeans import bench_hierarchical_spark as b; "
                 f"print('RESULT ' + json.dumps(b({int(n)}, {int(d)}, {master!r})))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent.parent).stdout
-        runs.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+        if proc.returncode:
+            raise RuntimeError(f"hkmeans at n={n} failed: {proc.stderr[-2000:]}")
+        runs.append(json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:]))
     per_n = {r["bench"].split("_")[2].split("x")[0]: {
         "wall_s": r["thresher_s"], "level_seconds": r["quality"]["level_seconds"],
         **{k: v for k, v in r["quality"]["peak_rss_mb"].items() if k != "children_mb"}} for r in runs}
