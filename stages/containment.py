@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,7 +101,7 @@ class Dataset:
     classes: dict[str, str] = field(default_factory=dict)
     problem: str | None = None  # set when the dataset was skipped
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
         return tuple(sorted(self.schema.names))
 
@@ -793,20 +794,38 @@ def plan_table(rows: list[PlanRow]) -> pa.Table:
 
 def containment_table(datasets: list[Dataset], edges: list[tuple[int, int]], pruned: dict[tuple[int, int], str],
                       results: dict[tuple[int, int], PairResult]) -> pa.Table:
-    """Every pair that passed step 1, with the step that decided it (schema `containment`)."""
+    """Every pair that passed step 1, with the step that decided it (schema `containment`).
+    Built column by column: a lake has tens of thousands of pairs, and rows of Python dicts cost
+    more than the content check that decided them."""
     from thresher import schemas
 
-    rows = []
-    for a, b in sorted(edges, key=lambda e: (datasets[e[0]].name, datasets[e[1]].name)):
-        if (a, b) in pruned:
-            step, frac, ok, why = STEP_MINMAX, None, False, f"column '{pruned[(a, b)]}' out of range"
+    names = [d.name for d in datasets]
+    order = sorted(edges, key=lambda e: (names[e[0]], names[e[1]]))
+    step, frac, ok, why = [], [], [], []
+    for e in order:
+        col = pruned.get(e)
+        if col is not None:
+            step.append(STEP_MINMAX)
+            frac.append(None)
+            ok.append(False)
+            why.append(f"column '{col}' out of range")
         else:
-            r = results[(a, b)]
-            step, frac, ok, why = r.step, r.fraction, r.contained, r.detail
-        rows.append({"contained": datasets[a].name, "container": datasets[b].name, "step": step,
-                     "fraction": frac, "shared_columns": list(datasets[a].columns), "is_contained": ok,
-                     "detail": why or None})
+            r = results[e]
+            step.append(r.step)
+            frac.append(r.fraction)
+            ok.append(r.contained)
+            why.append(r.detail or None)
+    # shared_columns: every pair's list is its contained side's columns, so offsets into one
+    # flat array of those names.
+    cols = [datasets[a].columns for a, _ in order]
+    offsets = np.zeros(len(order) + 1, np.int32)
+    np.cumsum([len(c) for c in cols], out=offsets[1:])
+    shared = pa.ListArray.from_arrays(pa.array(offsets), pa.array([c for cs in cols for c in cs], pa.string()))
     schema = schemas.get("containment").schema
     extra = [pa.field("detail", pa.string())]
     full = pa.schema(list(schema) + [f for f in extra if f.name not in schema.names])
-    return pa.Table.from_pylist(rows, schema=full)
+    arrays = {"contained": pa.array([names[a] for a, _ in order], pa.string()),
+              "container": pa.array([names[b] for _, b in order], pa.string()),
+              "step": pa.array(step, pa.string()), "fraction": pa.array(frac, pa.float64()),
+              "shared_columns": shared, "is_contained": pa.array(ok, pa.bool_()), "detail": pa.array(why, pa.string())}
+    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in full], schema=full)
