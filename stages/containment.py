@@ -476,19 +476,24 @@ def sketch_verdict(sa: np.ndarray, sb: np.ndarray, k: int, tau: float) -> tuple[
     return est >= tau - margin, est
 
 
+LOCAL_BATCH_ROWS = 65_536
+
+
 def local_fingerprints(d: Dataset, colsets: list[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each column set, the distinct 128-bit row fingerprints of `d` over it, sorted by
-    (h1, h2), and how many rows carry each. Read in the driver once, file by file and only the
+    (h1, h2), and how many rows carry each. Read in the driver once, batch by batch and only the
     columns the sets need: for small tables."""
     hs = hash_schema(d)
     want = sorted({c for cols in colsets for c in cols})
     schema = pa.schema([hs.field(c) for c in want])
     parts: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray]]] = {cols: [] for cols in colsets}
     for f in d.files:
-        t = pq.ParquetFile(f).read(columns=want).cast(schema)
-        if t.num_rows:
-            for cols in colsets:
-                parts[cols].append(row_hashes(t, cols))
+        # In batches: the driver never holds more than one batch of a file's values.
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=LOCAL_BATCH_ROWS, columns=want):
+            t = pa.Table.from_batches([batch]).cast(schema)
+            if t.num_rows:
+                for cols in colsets:
+                    parts[cols].append(row_hashes(t, cols))
     out = {}
     for cols, hs_ in parts.items():
         if not hs_:
