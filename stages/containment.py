@@ -458,6 +458,41 @@ class PairResult:
     detail: str = ""
 
 
+def bottom_k(ds_: np.ndarray, s_: np.ndarray, h: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:
+    """The k smallest distinct h per (ds, s) key, sorted."""
+    key = (ds_.astype(np.int64) << 32) | s_.astype(np.int64)
+    order = np.lexsort((h, key))
+    key, h = key[order], h[order]
+    new = np.ones(len(h), bool)
+    new[1:] = (key[1:] != key[:-1]) | (h[1:] != h[:-1])
+    key, h = key[new], h[new]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], len(key)]
+    return {(int(key[a] >> 32), int(key[a] & 0xFFFFFFFF)): h[a:min(b, a + k)] for a, b in zip(starts, ends)}
+
+
+def partial_sketches(k: int):
+    """mapInArrow function: one partition's bottom-k distinct h1 per (ds, s)."""
+
+    def run(batches):
+        acc: dict[tuple[int, int], np.ndarray] = {}
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            cols = [b.column(i).to_numpy(zero_copy_only=False) for i in range(3)]
+            for key, h in bottom_k(*cols, k).items():
+                acc[key] = np.union1d(acc[key], h)[:k] if key in acc else h
+        if acc:
+            keys = sorted(acc)
+            n = [len(acc[x]) for x in keys]
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.repeat([x[0] for x in keys], n).astype(np.int32)),
+                 pa.array(np.repeat([x[1] for x in keys], n).astype(np.int32)),
+                 pa.array(np.concatenate([acc[x] for x in keys]))], names=["ds", "s", "h1"])
+
+    return run
+
+
 def sketch_verdict(sa: np.ndarray, sb: np.ndarray, k: int, tau: float) -> tuple[bool, float]:
     """(may be contained, estimated fraction) from bottom-k sketches of distinct fingerprints.
 
@@ -583,7 +618,6 @@ def spark_content_check(spark, datasets: list[Dataset], edges: list[tuple[int, i
     """The content check on Spark: one job fingerprints every table the edges need, sketches cut
     the pairs whose contained side is large, one anti-join decides the rest."""
     from pyspark import StorageLevel
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     if not edges:
@@ -615,11 +649,14 @@ def spark_content_check(spark, datasets: list[Dataset], edges: list[tuple[int, i
                 want = sorted({(a, edge_s[(a, b)]) for a, b in big} | {(b, edge_s[(a, b)]) for a, b in big})
                 want_df = spark.createDataFrame(want, "ds int, s int")
                 k = cfg.sketch_size
-                d = fp.join(F.broadcast(want_df), ["ds", "s"]).select("ds", "s", "h1").distinct()
-                w = Window.partitionBy("ds", "s").orderBy("h1")
-                sk = (d.withColumn("r", F.row_number().over(w)).where(F.col("r") <= k)
-                      .groupBy("ds", "s").agg(F.sort_array(F.collect_list("h1")).alias("h")).collect())
-                sketches = {(r["ds"], r["s"]): np.asarray(r["h"], dtype=np.int64) for r in sk}
+                # Each partition keeps its k smallest distinct hashes per (ds, s); the driver merges
+                # them. The bottom k of a union is within the union of the parts' bottom k, so this
+                # is exact, and needs no shuffle.
+                d = fp.join(F.broadcast(want_df), ["ds", "s"]).select("ds", "s", "h1")
+                parts: dict[tuple[int, int], list[np.ndarray]] = {}
+                for r in d.mapInArrow(partial_sketches(k), "ds int, s int, h1 long").toArrow().to_pylist():
+                    parts.setdefault((r["ds"], r["s"]), []).append(r["h1"])
+                sketches = {key: np.unique(np.asarray(v, np.int64))[:k] for key, v in parts.items()}
                 counts["sketched_pairs"] = len(big)
                 for a, b in big:
                     s = edge_s[(a, b)]

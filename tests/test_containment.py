@@ -190,6 +190,17 @@ def test_sketch_never_rejects_a_true_containment():
     assert not ok and 0.2 < est < 0.8
 
 
+def test_bottom_k_matches_numpy():
+    # The per-partition sketch kernel against the plain definition: k smallest distinct per key.
+    rng = np.random.default_rng(1)
+    ds, s = rng.integers(0, 4, 5000), rng.integers(0, 3, 5000)
+    h = rng.integers(-50, 50, 5000) * 10**15
+    got = C.bottom_k(ds, s, h, 7)
+    assert len(got) == 12
+    for (a, b), v in got.items():
+        assert v.tolist() == np.unique(h[(ds == a) & (s == b)])[:7].tolist()
+
+
 def test_driver_check_matches_truth_on_every_pair(lake):
     """The driver's content check, alone, on every schema-compatible pair of the lake (nested
     columns, nulls, dictionaries, tables without statistics included): fractions equal the truth."""
