@@ -346,36 +346,60 @@ def test_zipf_mixture_balanced_sample_entropy(spark, tmp_path):
 
 
 def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
-    """A balanced 10% of 4,000 Debian descriptions: exactly 10%, and far more even over the
-    clusters than the corpus. Vectors: TF-IDF + SVD (cheap; the benchmark also has MiniLM).
+    """A balanced 10% of 4,000 Debian descriptions against a uniform 10% of the same pool, as the
+    curate flow runs it: level-1 clusters, semantic duplicates removed inside each cluster
+    (cos >= 0.9, closest to the centroid kept), then the sample stage. Vectors: TF-IDF + SVD
+    (cheap; the benchmark also has MiniLM).
 
-    The issue also asks for more Debian sections than a uniform 10%: measured here over seeds,
-    that does not hold reliably (sections cut across topics: libs, libdevel, doc, ...), so the
-    section figures are printed for the record, not asserted."""
+    Over 5 seeds the balanced sample has the higher section entropy every time and covers more
+    sections on average (measured: +2.6 sections, entropy +0.03 to +0.21). Without the semantic
+    dedup the comparison is a coin toss: template families (gcc's per-architecture libraries,
+    debcargo's Rust crates) form tight clusters, and balancing hands each of them a full share."""
     hk = pytest.importorskip("thresher.kernels.hkmeans")
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    from thresher.stages.semantic_dedup import greedy_keep, similar_pairs, unit_rows
+
     t = pq.read_table(corpus_path, columns=["id", "text", "section"])
     t = t.take(np.arange(0, t.num_rows, 16))
     sections = np.array(t.column("section").to_pylist())
+    ids = np.array(t.column("id").to_pylist())
     X = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=20000).fit_transform(t.column("text").to_pylist())
     X = TruncatedSVD(128, random_state=0).fit_transform(X).astype(np.float32)
-    model = hk.HierarchicalKMeans(levels=[{"n_clusters": 100}], seed=0, normalize=True).fit(X)
-    ids = t.column("id").to_pylist()
-    files = write_tables(tmp_path, ids, np.asarray(model.labels_)[:, ::-1])
+    V = unit_rows(X)
     budget = len(ids) // 10
-    sel, rem, kept, stats = run_sample(spark, files, budget=budget)
-    assert len(sel) == budget and len(rem) == len(ids) - budget
-    lv1 = stats["levels"]["level_1"]
-    assert lv1["after"]["entropy_of_max"] > max(0.95, lv1["before"]["entropy_of_max"])
-    assert lv1["after"]["gini"] < lv1["before"]["gini"] / 2
-    pos = {i: k for k, i in enumerate(ids)}
-    balanced = sections[[pos[i] for i in sel["id"]]]
-    uniform = sections[np.random.default_rng(0).choice(len(ids), budget, replace=False)]
 
     def h(s):
         return sample.entropy(np.unique(s, return_counts=True)[1])
 
-    print(f"debian 10% of {len(ids)} ({len(set(sections))} sections): balanced {len(set(balanced))} sections "
-          f"(entropy {h(balanced):.3f}), uniform {len(set(uniform))} (entropy {h(uniform):.3f})")
+    results = []
+    for seed in range(5):
+        model = hk.HierarchicalKMeans(levels=[{"n_clusters": 100}], seed=seed, normalize=True).fit(X)
+        lab = np.asarray(model.labels_).reshape(len(ids), -1)[:, 0]
+        dist = np.asarray(model.distances_)
+        alive = np.ones(len(ids), bool)
+        for c in np.unique(lab):
+            m = np.flatnonzero(lab == c)
+            m = m[np.lexsort((ids[m], dist[m]))]  # keep order: closest to the centroid, then id
+            I, J, S = similar_pairs(V[m], 0.9)
+            alive[m] = ~greedy_keep(len(m), I, J, S, 0.9)[0]
+        pool = np.flatnonzero(alive)
+        (tmp_path / f"seed{seed}").mkdir()  # a fresh folder: Spark caches what it read before
+        files = write_tables(tmp_path / f"seed{seed}", ids[pool].tolist(), lab[pool, None], distance=dist[pool])
+        sel, rem, kept, stats = run_sample(spark, files, budget=budget, seed=seed)
+        assert len(sel) == budget and len(rem) == len(pool) - budget
+        if seed == 0:
+            lv1 = stats["levels"]["level_1"]
+            assert lv1["after"]["entropy_of_max"] > max(0.95, lv1["before"]["entropy_of_max"])
+            assert lv1["after"]["gini"] < lv1["before"]["gini"] / 2
+        pos = {i: k for k, i in enumerate(ids)}
+        balanced = sections[[pos[i] for i in sel["id"]]]
+        uniform = sections[np.random.default_rng(seed).choice(pool, budget, replace=False)]
+        results.append((len(set(balanced)), len(set(uniform)), h(balanced), h(uniform)))
+    r = np.array(results)
+    print(f"debian 10% of {len(ids)} docs ({len(set(sections))} sections), seeds 0-4: balanced sections "
+          f"{r[:, 0].tolist()} entropy {np.round(r[:, 2], 3).tolist()}; uniform sections {r[:, 1].tolist()} "
+          f"entropy {np.round(r[:, 3], 3).tolist()}")
+    assert (r[:, 2] > r[:, 3]).all(), r
+    assert r[:, 0].mean() > r[:, 1].mean(), r
