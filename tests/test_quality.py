@@ -157,7 +157,7 @@ def test_classifier_with_text_reference(spark, tmp_path):
 
     t = pq.read_table(DEMO, columns=["id", "text", "section"])
     sec = np.array(t.column("section").to_pylist())
-    pick = np.flatnonzero(np.isin(sec, ["python", "libs", "doc"]))[:300]
+    pick = np.flatnonzero(np.isin(sec, ["python", "libs", "doc"]))[:150]
     t = t.take(pick)
     sec = sec[pick]
     texts = t.column("text").to_pylist()

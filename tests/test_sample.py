@@ -387,14 +387,19 @@ def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
         pool = np.flatnonzero(alive)
         (tmp_path / f"seed{seed}").mkdir()  # a fresh folder: Spark caches what it read before
         files = write_tables(tmp_path / f"seed{seed}", ids[pool].tolist(), lab[pool, None], distance=dist[pool])
-        sel, rem, kept, stats = run_sample(spark, files, budget=budget, seed=seed)
-        assert len(sel) == budget and len(rem) == len(pool) - budget
         if seed == 0:
+            sel, rem, kept, stats = run_sample(spark, files, budget=budget, seed=seed)
+            assert len(sel) == budget and len(rem) == len(pool) - budget
             lv1 = stats["levels"]["level_1"]
             assert lv1["after"]["entropy_of_max"] > max(0.95, lv1["before"]["entropy_of_max"])
             assert lv1["after"]["gini"] < lv1["before"]["gini"] / 2
+            chosen = sel["id"].tolist()
+        else:  # the selection only: one Spark job instead of three
+            out = sample.run(spark, read(spark, files), sample.Config(budget=budget, seed=seed))
+            chosen = [r["id"] for r in out["selection"].select("id").collect()]
+            assert len(chosen) == budget
         pos = {i: k for k, i in enumerate(ids)}
-        balanced = sections[[pos[i] for i in sel["id"]]]
+        balanced = sections[[pos[i] for i in chosen]]
         uniform = sections[np.random.default_rng(seed).choice(pool, budget, replace=False)]
         results.append((len(set(balanced)), len(set(uniform)), h(balanced), h(uniform)))
     r = np.array(results)
