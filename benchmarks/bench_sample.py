@@ -73,25 +73,12 @@ def run(quick: bool):
         yield from _compare(tree, levels, ids, sections, X, model_name, embed_s)
 
 
-def _semdedup_pool(X, lab, dist, ids, eps: float = 0.1) -> np.ndarray:
-    """Rows that survive SemDeDup inside each level-1 cluster (the semantic_dedup stage's kernels)."""
-    from thresher.stages.semantic_dedup import greedy_keep, similar_pairs, unit_rows
-
-    V = unit_rows(X)
-    alive = np.ones(len(ids), bool)
-    for c in np.unique(lab):
-        m = np.flatnonzero(lab == c)
-        m = m[np.lexsort((ids[m], dist[m]))]
-        I, J, S = similar_pairs(V[m], 1 - eps)
-        alive[m] = ~greedy_keep(len(m), I, J, S, 1 - eps)[0]
-    return np.flatnonzero(alive)
-
-
 def _compare(tree, levels, ids, sections, X, model_name, embed_s, seeds=(0, 1, 2)):
     from thresher.flows.config import SparkConfig
     from thresher.flows.spark import get_spark
     from thresher.kernels.hkmeans import HierarchicalKMeans
     from thresher.stages import sample
+    from thresher.stages.semantic_dedup import removed_mask
 
     ids = np.asarray(ids)
     spark = get_spark(SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=8))
@@ -105,7 +92,7 @@ def _compare(tree, levels, ids, sections, X, model_name, embed_s, seeds=(0, 1, 2
             cluster_s.append(time.perf_counter() - t0)
             labels = np.asarray(hk.labels_).reshape(len(ids), -1)
             dist = np.asarray(hk.distances_)
-            pool = _semdedup_pool(X, labels[:, 0], dist, ids) if semdedup else np.arange(len(ids))
+            pool = np.flatnonzero(~removed_mask(X, labels[:, 0], dist, ids, 0.1)) if semdedup else np.arange(len(ids))
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
                 pq.write_table(pa.table({"id": ids[pool], "text": pa.array(["-"] * len(pool))}), tmp / "documents.parquet")

@@ -245,41 +245,6 @@ def band_hashes_ref(sig: np.ndarray, bands: int, rows: int, seed: int) -> np.nda
 
 
 # ------------------------------------------------------------------------------------ Jaccard
-@njit(cache=True, nogil=True)
-def jaccard_sorted(off_a, val_a, off_b, val_b):
-    """Exact Jaccard of document i of A with document i of B (sorted unique sets; merge walk).
-    Two empty sets score 0: with nothing to compare there is no evidence of duplication."""
-    n = off_a.shape[0] - 1
-    out = np.empty(n, np.float64)
-    for d in range(n):
-        i, ie = off_a[d], off_a[d + 1]
-        j, je = off_b[d], off_b[d + 1]
-        na, nb = ie - i, je - j
-        inter = 0
-        while i < ie and j < je:
-            x, y = val_a[i], val_b[j]
-            if x == y:
-                inter += 1
-                i += 1
-                j += 1
-            elif x < y:
-                i += 1
-            else:
-                j += 1
-        union = na + nb - inter
-        out[d] = inter / union if union > 0 else 0.0
-    return out
-
-
-def jaccard_sorted_ref(off_a, val_a, off_b, val_b) -> np.ndarray:
-    out = np.empty(len(off_a) - 1, np.float64)
-    for d in range(len(out)):
-        sa, sb = val_a[off_a[d]:off_a[d + 1]], val_b[off_b[d]:off_b[d + 1]]
-        union = len(np.union1d(sa, sb))
-        out[d] = len(np.intersect1d(sa, sb, assume_unique=True)) / union if union else 0.0
-    return out
-
-
 def signature_agreement(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """MinHash estimate of Jaccard: the share of permutations whose minima agree."""
     est = (sig_a == sig_b).mean(axis=1)
@@ -290,7 +255,8 @@ def signature_agreement(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def jaccard_pairs(offsets, values, ia, ib):
     """Exact Jaccard of set ia[k] with set ib[k], all sets in one flat table (sorted unique
-    segments): pairs index rows of a batch, so no set is copied per pair."""
+    segments, merge walk): pairs index rows of a batch, so no set is copied per pair. Two empty
+    sets score 0: with nothing to compare there is no evidence of duplication."""
     n = ia.shape[0]
     out = np.empty(n, np.float64)
     for k in range(n):

@@ -28,6 +28,7 @@ from pydantic import Field, field_validator
 
 from thresher.flows.config import StageConfig, Strict
 from thresher.flows.errors import StageError
+from thresher.stages.arrow_bytes import binary_rows, binary_values
 
 NAME = "cluster"
 INPUTS = ("embeddings",)
@@ -188,13 +189,6 @@ def _partition_arrays(batches, d: int):
     return ids, np.concatenate(keys), np.ascontiguousarray(np.concatenate(vecs))
 
 
-def _binary_rows(X: np.ndarray) -> pa.Array:
-    """One binary value per row of X (its float32 bytes), without a Python object per row."""
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    offsets = np.arange(len(X) + 1, dtype=np.int32) * (4 * X.shape[1])
-    return pa.Array.from_buffers(pa.binary(), len(X), [None, pa.py_buffer(offsets), pa.py_buffer(X)])
-
-
 def _merge_sorted(rows: list[tuple], m: int) -> list[tuple]:
     rows.sort(key=lambda t: t[:-1])
     return rows[:m]
@@ -299,7 +293,7 @@ class SparkSource:
             sel = idx[idx >= 0]
             yield pa.RecordBatch.from_pydict({
                 "cl": pa.array(cl), "key": pa.array(key[sel]), "id": pa.array([ids[i] for i in sel], pa.string()),
-                "vec": _binary_rows(X[sel])})
+                "vec": binary_rows(X[sel])})
 
         from pyspark.sql import Window
         from pyspark.sql import functions as F
@@ -315,7 +309,7 @@ class SparkSource:
         bc.unpersist()
         # Same order as ArraySource.select: by cluster, then key, then id.
         rows = rows.sort_by([("cl", "ascending"), ("key", "ascending"), ("id", "ascending")])
-        return np.frombuffer(b"".join(rows.column("vec").to_pylist()), np.float32).reshape(-1, d).copy()
+        return binary_values(rows.column("vec"), np.float32)[1].reshape(-1, d).copy()
 
     def init_sample(self, m, salt_):
         from thresher.kernels.hkmeans import mix64

@@ -120,18 +120,15 @@ def with_quality(df, docs, tables: dict, survivor: str):
     return df, False
 
 
-def rank_within(df, group_cols: list[str], survivor: str, has_quality: bool, carry: tuple[str, ...] = ()):
+def rank_within(df, group_cols: list[str], survivor: str, has_quality: bool):
     """Rank each group's rows by the survivor rule (needs `id`, `_length`, `_quality` as the rule
-    asks): adds `_n` (1 for the survivor) and `representative_id`, and `_rep_<c>` for each column
-    in `carry` (the survivor's value). One shuffle, a window over the group that Spark spills to
+    asks): adds `_n` (1 for the survivor) and `representative_id`. One shuffle, a window over the group that Spark spills to
     disk when a group is large; nothing is collected per group."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     w = Window.partitionBy(*group_cols).orderBy(F.col("_rk"))
-    out = (df.withColumn("_rk", rank_key(survivor, has_quality))
-           .withColumn("_n", F.row_number().over(w))
-           .withColumn("representative_id", F.first("id").over(w)))
-    for c in carry:
-        out = out.withColumn(f"_rep_{c}", F.first(c).over(w))
-    return out.drop("_rk")
+    return (df.withColumn("_rk", rank_key(survivor, has_quality))
+            .withColumn("_n", F.row_number().over(w))
+            .withColumn("representative_id", F.first("id").over(w))
+            .drop("_rk"))

@@ -460,6 +460,8 @@ class PairResult:
 
 def bottom_k(ds_: np.ndarray, s_: np.ndarray, h: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:
     """The k smallest distinct h per (ds, s) key, sorted."""
+    if len(h) == 0:
+        return {}
     key = (ds_.astype(np.int64) << 32) | s_.astype(np.int64)
     order = np.lexsort((h, key))
     key, h = key[order], h[order]
@@ -601,10 +603,11 @@ def content_check(spark, datasets: list[Dataset], edges: list[tuple[int, int]], 
                   use_sketch: bool | None = None) -> tuple[dict[tuple[int, int], PairResult], dict]:
     """Decide every edge on content: pairs of small tables in the driver, the rest on Spark.
     Returns per-pair results and step counts."""
-    small = lambda i: datasets[i].num_rows <= cfg.local_max_rows  # noqa: E731
-    local = [e for e in edges if small(e[0]) and small(e[1])]
+    local, remote = [], []
+    for a, b in edges:
+        small = max(datasets[a].num_rows, datasets[b].num_rows) <= cfg.local_max_rows
+        (local if small else remote).append((a, b))
     results = local_content_check(datasets, local, cfg) if local else {}
-    remote = [e for e in edges if not (small(e[0]) and small(e[1]))]
     sresults, counts = spark_content_check(spark, datasets, remote, cfg, use_sketch)
     results.update(sresults)
     counts["local_pairs"] = len(local)
@@ -653,10 +656,8 @@ def spark_content_check(spark, datasets: list[Dataset], edges: list[tuple[int, i
                 # them. The bottom k of a union is within the union of the parts' bottom k, so this
                 # is exact, and needs no shuffle.
                 d = fp.join(F.broadcast(want_df), ["ds", "s"]).select("ds", "s", "h1")
-                parts: dict[tuple[int, int], list[np.ndarray]] = {}
-                for r in d.mapInArrow(partial_sketches(k), "ds int, s int, h1 long").toArrow().to_pylist():
-                    parts.setdefault((r["ds"], r["s"]), []).append(r["h1"])
-                sketches = {key: np.unique(np.asarray(v, np.int64))[:k] for key, v in parts.items()}
+                parts = d.mapInArrow(partial_sketches(k), "ds int, s int, h1 long").toArrow()
+                sketches = bottom_k(*(parts.column(c).to_numpy() for c in ("ds", "s", "h1")), k)
                 counts["sketched_pairs"] = len(big)
                 for a, b in big:
                     s = edge_s[(a, b)]

@@ -446,7 +446,6 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
         encode_s = 0.0
         it = iter(batches)
         while True:
-            t0 = time.perf_counter()
             b = next(it, None)
             if b is not None:
                 ids.extend(b.column(0).to_pylist())
@@ -589,8 +588,8 @@ def run(spark, tables, cfg: Config):
         from pyspark.sql import functions as F
 
         slots = spark.sparkContext.defaultParallelism
-        rows = docs_fp["rows"] if docs_fp else docs.count()
-        want = cfg.partitions or max(1, -(-rows // cfg.docs_per_task))
+        n_docs = docs_fp["rows"] if docs_fp else docs.count()
+        want = cfg.partitions or max(1, -(-n_docs // cfg.docs_per_task))
         # Same rows in the same order in every task whatever the input's partitioning or the
         # cores: batches, and so the vectors' last bits, are reproducible.
         docs = docs.repartition(want, F.xxhash64("id")).sortWithinPartitions("id")

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from thresher.flows.config import StageConfig
 from thresher.flows.errors import ConfigError
+from thresher.stages.arrow_bytes import binary_from_buffers, binary_values
 from thresher.stages.text import NormaliseConfig, ShingleConfig
 
 NAME = "fuzzy_dedup"
@@ -86,11 +87,6 @@ SIGNED = "id string, _length int, s binary, bk array<bigint>"
 _MAX_BINARY = 2**31 - 1  # bytes of one Arrow binary column (int32 offsets)
 
 
-def _binary(byte_off: np.ndarray, data: np.ndarray) -> pa.Array:
-    return pa.Array.from_buffers(pa.binary(), len(byte_off) - 1,
-                                 [None, pa.py_buffer(byte_off.astype(np.int32)), pa.py_buffer(data)])
-
-
 def _row_chunks(byte_off: np.ndarray):
     """Row ranges whose bytes fit one binary column (a batch of huge documents is split)."""
     lo, n = 0, len(byte_off) - 1
@@ -103,25 +99,6 @@ def _row_chunks(byte_off: np.ndarray):
         hi = min(hi, n)
         yield lo, hi
         lo = hi
-
-
-def _table(col: pa.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(element offsets int64[n+1], values) of a binary column holding arrays of `dtype`."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if pa.types.is_large_binary(col.type):
-        odt = np.int64
-    else:
-        odt = np.int32
-    bufs, n = col.buffers(), len(col)
-    o = np.frombuffer(bufs[1], odt, count=n + 1, offset=col.offset * np.dtype(odt).itemsize).astype(np.int64)
-    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    data = data[o[0]:o[-1]]
-    o -= o[0]
-    vals = data.view(dtype)
-    if not vals.flags.aligned:
-        vals = vals.copy()
-    return o // np.dtype(dtype).itemsize, vals
 
 
 def sign_batches(cfg: Config, bands: int, rows: int):
@@ -159,7 +136,7 @@ def sign_batches(cfg: Config, bands: int, rows: int):
             ids = batch.column(0).take(pa.array(has))
             length = pc.fill_null(pc.utf8_length(text), 0).take(pa.array(has)).cast(pa.int32())
             for lo, hi in _row_chunks(byte_off):
-                s = _binary(byte_off[lo:hi + 1] - byte_off[lo], data[byte_off[lo]:byte_off[hi]])
+                s = binary_from_buffers(byte_off[lo:hi + 1] - byte_off[lo], data[byte_off[lo]:byte_off[hi]])
                 keys = pa.ListArray.from_arrays(pa.array(np.arange(hi - lo + 1, dtype=np.int32) * bands),
                                                 pa.array(bk[lo:hi].reshape(-1)))
                 yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), length.slice(lo, hi - lo), s, keys],
@@ -192,7 +169,7 @@ def reference_batches(cfg: Config, out_schema: pa.Schema, drop_reference: bool):
             if n == 0:
                 continue
             g, ids = batch.column(0), batch.column(1)
-            off, val = _table(batch.column(2), np.uint64 if verify else np.uint32)
+            off, val = binary_values(batch.column(2), np.uint64 if verify else np.uint32)
             first = np.ones(n, bool)
             if n > 1:
                 first[1:] = pc.not_equal(g.slice(1), g.slice(0, n - 1)).to_numpy(zero_copy_only=False)

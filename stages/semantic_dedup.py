@@ -117,6 +117,30 @@ def semdedup_ref(V: np.ndarray, eps: float):
     return removed, by
 
 
+def keep_order(ids, distance, quality=None) -> np.ndarray:
+    """The order in which a cluster's documents are considered (earlier ones are kept): highest
+    quality first (missing last) when given, else closest to the centroid; ties by id."""
+    keys = [np.asarray(ids, dtype=object), np.nan_to_num(np.asarray(distance, np.float64), nan=np.inf)]
+    if quality is not None:
+        keys.append(-np.nan_to_num(np.asarray(quality, np.float64), nan=-np.inf))
+    return np.lexsort(keys)
+
+
+def removed_mask(V: np.ndarray, labels: np.ndarray, distance: np.ndarray, ids, eps: float,
+                 block_rows: int = 1024) -> np.ndarray:
+    """In memory, what the stage removes at `eps` with keep=centroid: a boolean per row of V,
+    given each row's level-1 label, distance to its centroid and id. For experiments and
+    benchmarks outside Spark; the stage itself works cluster by cluster in executors."""
+    ids = np.asarray(ids, dtype=object)
+    removed = np.zeros(len(V), bool)
+    for c in np.unique(labels):
+        m = np.flatnonzero(labels == c)
+        m = m[keep_order(ids[m], distance[m])]
+        I, J, S = similar_pairs(unit_rows(V[m]), 1.0 - eps, block_rows)
+        removed[m] = greedy_keep(len(m), I, J, S, 1.0 - eps)[0]
+    return removed
+
+
 def unit_rows(V: np.ndarray) -> np.ndarray:
     V = np.asarray(V, dtype=np.float32)
     nrm = np.linalg.norm(V, axis=1, keepdims=True)
@@ -131,12 +155,9 @@ def dedup_cluster(table: pa.Table, eps: float, report_eps: list[float], use_qual
     """One cluster: the removed documents at `eps`, plus one count row per eps in report_eps."""
     n = table.num_rows
     ids = np.array(table.column("id").to_pylist(), dtype=object)
-    dist = table.column("distance").to_numpy(zero_copy_only=False).astype(np.float64)
-    keys = [ids, np.nan_to_num(dist, nan=np.inf)]
-    if use_quality:
-        q = table.column("_q").to_numpy(zero_copy_only=False).astype(np.float64)
-        keys.append(-np.nan_to_num(q, nan=-np.inf))  # best first, missing last
-    order = np.lexsort(keys)
+    dist = table.column("distance").to_numpy(zero_copy_only=False)
+    q = table.column("_q").to_numpy(zero_copy_only=False) if use_quality else None
+    order = keep_order(ids, dist, q)
     vec = table.column("vector")
     if isinstance(vec, pa.ChunkedArray):
         vec = vec.combine_chunks()

@@ -359,7 +359,7 @@ def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from thresher.stages.semantic_dedup import greedy_keep, similar_pairs, unit_rows
+    from thresher.stages.semantic_dedup import removed_mask
 
     t = pq.read_table(corpus_path, columns=["id", "text", "section"])
     t = t.take(np.arange(0, t.num_rows, 16))
@@ -367,7 +367,6 @@ def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
     ids = np.array(t.column("id").to_pylist())
     X = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=20000).fit_transform(t.column("text").to_pylist())
     X = TruncatedSVD(128, random_state=0).fit_transform(X).astype(np.float32)
-    V = unit_rows(X)
     budget = len(ids) // 10
 
     def h(s):
@@ -378,13 +377,7 @@ def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
         model = hk.HierarchicalKMeans(levels=[{"n_clusters": 100}], seed=seed, normalize=True).fit(X)
         lab = np.asarray(model.labels_).reshape(len(ids), -1)[:, 0]
         dist = np.asarray(model.distances_)
-        alive = np.ones(len(ids), bool)
-        for c in np.unique(lab):
-            m = np.flatnonzero(lab == c)
-            m = m[np.lexsort((ids[m], dist[m]))]  # keep order: closest to the centroid, then id
-            I, J, S = similar_pairs(V[m], 0.9)
-            alive[m] = ~greedy_keep(len(m), I, J, S, 0.9)[0]
-        pool = np.flatnonzero(alive)
+        pool = np.flatnonzero(~removed_mask(X, lab, dist, ids, eps=0.1))
         (tmp_path / f"seed{seed}").mkdir()  # a fresh folder: Spark caches what it read before
         files = write_tables(tmp_path / f"seed{seed}", ids[pool].tolist(), lab[pool, None], distance=dist[pool])
         if seed == 0:

@@ -123,6 +123,10 @@ def test_keep_closest_and_partition_independence(spark, dup_tables):
     assert ra[["id", "by_id"]].equals(rb[["id", "by_id"]])
     d = dict(zip(ids, distance))
     assert all(d[r.by_id] <= d[r.id] for r in ra.itertuples())
+    # The in-memory helper (for experiments and benchmarks) removes what the stage removes.
+    V, level_1 = dup_tables[2], dup_tables[3]
+    mask = sd.removed_mask(V, level_1, np.asarray(distance, np.float32), ids, eps=0.05)
+    assert sorted(np.asarray(ids)[mask].tolist()) == ra["id"].tolist()
 
 
 def test_removed_documents_are_not_considered(spark, dup_tables, tmp_path):

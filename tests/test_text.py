@@ -75,13 +75,14 @@ def test_short_and_empty_documents():
 
 
 def test_jaccard_from_hashes_equals_jaccard_from_strings(corpus_path):
-    from thresher.kernels.minhash import jaccard_sorted
+    from thresher.kernels.minhash import jaccard_pairs
 
     t = pq.read_table(corpus_path, columns=["text"]).slice(0, 400).column("text").combine_chunks()
     a, b = t.slice(0, 200), t.slice(1, 200)  # neighbours by id: many related packages
     oa, va = shingle_sets(a)
     ob, vb = shingle_sets(b)
-    got = jaccard_sorted(oa, va, ob, vb)
+    off = np.concatenate([oa, oa[-1] + ob[1:]])
+    got = jaccard_pairs(off, np.concatenate([va, vb]), np.arange(200), np.arange(200, 400))
     want = []
     for x, y in zip(a.to_pylist(), b.to_pylist()):
         sx, sy = shingle_strings(x), shingle_strings(y)
