@@ -69,7 +69,7 @@ def exact_inertia(X, C) -> float:
 def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int) -> dict:
     import faiss
 
-    from thresher.kernels.backend import pick_backend
+    from thresher.kernels.backend import CPUBackend, pick_backend
     from thresher.kernels.hkmeans import ArraySource, lloyd
 
     from thresher.kernels import kmeans_cpu as cpu
@@ -84,8 +84,23 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int) -> dict:
     be = pick_backend()
     flops = 2.0 * n * k * d * iters
 
+    shares = []
+
     def ours():
-        return lloyd(ArraySource(X, be), C0, iters)
+        src = ArraySource(X, be)
+        C = np.ascontiguousarray(C0)
+        shares.clear()
+        for _ in range(iters):  # hkmeans.lloyd's loop, keeping each pass's screened share
+            res = src.lloyd_pass(C, 0)
+            C = cpu.centroids_from(res.sums, res.counts, src.scale, C)
+            shares.append(round(src.P.cache["screened_share"], 3))
+        return C
+
+    # The same kernels with every row screened every iteration: what the bounds save.
+    dense_be = CPUBackend(be.matmul, prune=False)
+
+    def dense():
+        return lloyd(ArraySource(X, dense_be), C0, iters)
 
     def peer():
         km = faiss.Kmeans(d, k, niter=iters, seed=1, max_points_per_centroid=n, min_points_per_centroid=1,
@@ -94,8 +109,8 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int) -> dict:
         return km.centroids
 
     lloyd(ArraySource(X[: 4 * k], be), C0, 1)  # compile/warm outside the timings
-    t_ours, t_peer = [], []
-    C_ours = C_peer = None
+    t_ours, t_peer, t_dense = [], [], []
+    C_ours = C_peer = C_dense = None
     for _ in range(repeat):
         t0 = time.perf_counter()
         C_ours = ours()
@@ -103,14 +118,23 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int) -> dict:
         t0 = time.perf_counter()
         C_peer = peer()
         t_peer.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        C_dense = dense()
+        t_dense.append(time.perf_counter() - t0)
+    if not np.array_equal(C_ours, C_dense):
+        raise AssertionError("lloyd: pruned and dense iterations gave different centroids")
     i_ours, i_peer = exact_inertia(X, C_ours), exact_inertia(X, C_peer)
     empty = int((np.bincount(cpu.assign(X, C_ours)[0], minlength=k) == 0).sum())
     ts, tp = statistics.median(t_ours), statistics.median(t_peer)
     return record(f"lloyd_{n}x{d}_k{k}_{iters}it", ts, "faiss-cpu Kmeans", tp,
-                  backend=be.name, repeats=repeat, thresher_gflops=round(flops / ts / 1e9, 1),
+                  backend=be.name, repeats=repeat, thresher_dense_equivalent_gflops=round(flops / ts / 1e9, 1),
                   faiss_gflops=round(flops / tp / 1e9, 1), inertia_thresher=round(i_ours, 3),
                   inertia_faiss=round(i_peer, 3), empty_clusters_thresher=empty, inertia_rel_diff=round((i_ours - i_peer) / i_peer, 6),
                   all_thresher_s=[round(t, 2) for t in t_ours], all_faiss_s=[round(t, 2) for t in t_peer],
+                  thresher_dense_s=round(statistics.median(t_dense), 2),
+                  thresher_dense_gflops=round(flops / statistics.median(t_dense) / 1e9, 1),
+                  dense_same_centroids=True, screened_share_per_iter=shares,
+                  load_avg_1m=round(os.getloadavg()[0], 2),
                   **matmul_peaks())
 
 

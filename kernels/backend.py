@@ -69,17 +69,59 @@ class Points:
 
 
 class CPUBackend:
-    """numba kernels; the screening product in fp32 (BLAS) or bf16 (torch, oneDNN)."""
+    """numba kernels; the screening product in fp32 (BLAS) or bf16 (torch, oneDNN).
 
-    def __init__(self, matmul: str = "fp32"):
+    Repeated assignments of the same points (Lloyd iterations) screen only the rows whose
+    label the bounds of the previous assignment cannot vouch for (kmeans_cpu.bound_check);
+    `prune=False` screens every row every time. Labels and distances are the same either way.
+    """
+
+    # Above this share of rows left to screen, screening them all beats gathering them.
+    GATHER_MAX = 0.6
+
+    def __init__(self, matmul: str = "fp32", prune: bool = True):
         self.matmul = matmul
+        self.prune = prune
         self.name = "numba-cpu" + ("+bf16" if matmul == "bf16" else "")
 
-    def assign(self, P: Points, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _screen(self, P: Points, C: np.ndarray, rows: np.ndarray | None = None):
+        """(labels, float64 d2, lower bound on the squared distance to any other centroid) of
+        all rows, or of `rows` only."""
         # bf16 pays off only for real products; tiny d or k would overflow its wider windows.
-        if self.matmul == "bf16" and len(P) >= 256 and P.X.shape[1] >= 32 and len(C) >= 32:
-            return assign_bf16(P, C)
-        return cpu.assign(P.X, C, P.norms, shift=P.shift, xs=P.Xs)
+        m = len(P) if rows is None else len(rows)
+        if self.matmul == "bf16" and m >= 256 and P.X.shape[1] >= 32 and len(C) >= 32:
+            return assign_bf16(P, C, rows=rows, with_bounds=True)
+        if rows is None:
+            return cpu.assign_lb(P.X, C, P.norms, shift=P.shift, xs=P.Xs)
+        return cpu.assign_lb(P.X[rows], C, P.norms[rows], shift=P.shift, xs=P.Xs[rows])
+
+    def assign(self, P: Points, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        C = np.ascontiguousarray(C, dtype=np.float32)
+        n = len(P)
+        st = P.cache.get("bounds") if self.prune else None
+        if st is None or st["C"].shape != C.shape or n == 0:
+            lab, d2, lb2 = self._screen(P, C)
+            lb = np.sqrt(np.maximum(lb2, 0.0))
+            screened = n
+        else:
+            lab, lb = st["labels"], st["lb"]
+            _, top, m1, m2 = cpu.moves(st["C"], C)
+            d2 = np.empty(n, np.float64)
+            keep = np.empty(n, np.bool_)
+            cpu.bound_check(P.X, C, lab, lb, top, m1, m2, d2, keep)
+            rows = np.flatnonzero(~keep)
+            screened = len(rows)
+            if screened > self.GATHER_MAX * n:
+                lab, d2, lb2 = self._screen(P, C)
+                lb = np.sqrt(np.maximum(lb2, 0.0))
+            elif screened:
+                la, da, lba = self._screen(P, C, rows)
+                lab[rows], d2[rows], lb[rows] = la, da, np.sqrt(np.maximum(lba, 0.0))
+        if self.prune:
+            P.cache["bounds"] = {"C": C.copy(), "labels": lab, "lb": lb}
+        P.cache["screened_share"] = screened / n if n else 0.0
+        # A copy: the bounds' labels must not change under the caller.
+        return lab.copy(), d2.astype(np.float32)
 
     def update(self, X, labels, k, scale):
         return cpu.update(X, labels, k, scale)
@@ -136,19 +178,25 @@ def _bf16_coef(d: int) -> float:
     return cpu.screen_coef(d, BF16_UNIT, BF16_UNIT)
 
 
-def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int = 8 << 20
-                ) -> tuple[np.ndarray, np.ndarray]:
+def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int = 8 << 20,
+                rows: np.ndarray | None = None, with_bounds: bool = False):
     """Screen with a bf16 product (bf16 inputs and output, fp32 accumulation), then decide the
-    rows whose best and runners-up are within the bf16 error bound in exact arithmetic."""
+    rows whose best and runners-up are within the bf16 error bound in exact arithmetic.
+    (labels, float32 d2) of every row, or of `rows`; with_bounds: (labels, float64 d2, lower
+    bound on the squared distance to every other centroid)."""
     import torch
 
-    X = P.X
     C = np.ascontiguousarray(C, dtype=np.float32)
-    n, d = X.shape
     Xb = P.cache.get("bf16")
     if Xb is None:
         Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
         P.cache["bf16"] = Xb
+    if rows is None:
+        X, xnorm = P.X, P.norms
+    else:
+        X, xnorm = P.X[rows], P.norms[rows]
+        Xb = Xb.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)))
+    n, d = X.shape
     Cs = C - P.shift
     Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()
     cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
@@ -157,6 +205,7 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
     labels = np.empty(n, np.int32)
     d2 = np.empty(n, np.float64)
     ncand = np.empty(n, np.int32)
+    lb = np.empty(n, np.float64)
     # Keep a block's score tile near max_tile_bytes whatever k is.
     block = max(64, min(block, (max_tile_bytes // 2) // max(1, len(C))))
     # One tile for all blocks: a fresh one each time costs page faults on every block.
@@ -165,6 +214,8 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
         e = min(n, s + block)
         out = tile[: e - s]
         torch.mm(Xb[s:e], Cb, out=out)
-        cpu.select_from_bf16(out.view(torch.int16).numpy(), s, X, C, cn64, P.norms, cmax, coef, labels, d2, ncand)
+        cpu.select_from_bf16(out.view(torch.int16).numpy(), s, X, C, cn64, xnorm, cmax, coef, labels, d2, ncand, lb)
     P.cache["bf16_exact_checks"] = float(ncand.mean()) if n else 0.0
+    if with_bounds:
+        return labels, d2, lb
     return labels, d2.astype(np.float32)

@@ -10,6 +10,13 @@ BLAS builds, Spark partitions or the screening precision, and it equals the refe
 Centroid sums are int64 fixed point: each value is rounded once to a multiple of 1/scale, after
 which addition is exact and associative, so per-thread and per-partition partial sums reduce
 to the same bits in any order.
+
+Every screening pass also leaves a lower bound on each row's distance to all centroids but its
+own (from the second-smallest screened score, less the error window). Across Lloyd iterations
+`bound_check` carries it forward by the triangle inequality (less the most any other centroid
+moved) and keeps a row's label without a product when its exact distance to its own, moved,
+centroid is still below the bound: that label is then provably the unique nearest, so skipping
+changes nothing in the result (Hamerly's bound, made exact for screened products).
 """
 
 from __future__ import annotations
@@ -101,14 +108,21 @@ def _decide(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
 
 
 @njit(parallel=True, cache=True)
-def _scan_tile(T, j0, kk, cn, vmin, W, cand, candv, ncand, over):
-    """Fold one (rows, centroid-chunk) tile of dot products into each row's candidates."""
+def _scan_tile(T, j0, kk, cn, vmin, W, cand, candv, ncand, over, m2):
+    """Fold one (rows, centroid-chunk) tile of dot products into each row's candidates; `m2`
+    keeps each row's second-smallest screened score (vmin is the smallest)."""
     for i in prange(T.shape[0]):
         lo = np.inf
+        lo2 = np.inf
         for jj in range(kk):
             v = cn[j0 + jj] - 2.0 * np.float64(T[i, jj])
             if v < lo:
+                lo2 = lo
                 lo = v
+            elif v < lo2:
+                lo2 = v
+        # Second smallest of {vmin, m2} and {lo, lo2}.
+        m2[i] = min(max(vmin[i], lo), min(m2[i], lo2))
         if lo > vmin[i] + W[i]:
             continue
         # Tighten the bound first so only this tile's near-best centroids are pushed.
@@ -128,7 +142,7 @@ def _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
 
 
 @njit(cache=True)
-def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
+def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2, lb):
     # Row blocks run one after the other so that each product gets all of BLAS's threads
     # (BLAS called from inside numba's parallel loop oversubscribes the cores); the scan of a
     # tile is the parallel part. Only one (block, chunk) tile of scores exists at a time.
@@ -146,11 +160,16 @@ def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2):
         candv = np.empty((m, MAXC), np.float64)
         ncand = np.zeros(m, np.int32)
         over = np.zeros(m, np.bool_)
+        m2 = np.full(m, np.inf)
         Xb = np.ascontiguousarray(Xs[s:e])
         for ch in range(nch):
             T = np.dot(Xb, Cchunks[ch])
-            _scan_tile(T, ch * kc, min(kc, k - ch * kc), cn, vmin, W, cand, candv, ncand, over)
+            _scan_tile(T, ch * kc, min(kc, k - ch * kc), cn, vmin, W, cand, candv, ncand, over, m2)
         _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
+        for i in range(m):
+            # Every centroid but one scores >= m2 on screen, so >= m2 - W/2 exactly; W is
+            # twice the product's bound, and taking all of it leaves room for roundings.
+            lb[s + i] = xnorm[s + i] * xnorm[s + i] + m2[i] - W[i]
 
 
 @njit(cache=True, fastmath={"nnan", "ninf", "nsz"})
@@ -174,11 +193,24 @@ def _bf16_scores(bits, cn32, wide, out):
     return wide.view(np.float32)[0]
 
 
+@njit(cache=True, fastmath={"nnan", "ninf", "nsz"})
+def _second_min(sc, lo):
+    """Second-smallest value of sc, whose smallest is lo (lo itself when it occurs twice)."""
+    n_lo = 0
+    m = np.float32(np.inf)
+    for j in range(sc.shape[0]):
+        x = sc[j]
+        n_lo += x == lo
+        m = min(m, x if x > lo else np.float32(np.inf))
+    return lo if n_lo > 1 else m
+
+
 @njit(parallel=True, cache=True)
-def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand):
+def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand, lb):
     """Rows s0.. of X given their bf16 dot products (raw bits, (m, k) int16) from a product
     whose error bound is `coef`: the row's best screened score, then the exact distance of
-    every centroid within the window of it. Returns nothing; `ncand` counts the exact checks."""
+    every centroid within the window of it. Returns nothing; `ncand` counts the exact checks,
+    `lb` gets a lower bound on the row's squared distance to every centroid but its own."""
     m, k = Sbits.shape
     cn32 = cn.astype(np.float32)
     cmax2 = cmax * cmax
@@ -217,21 +249,29 @@ def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand):
             labels[s0 + i] = best
             d2[s0 + i] = bd
             ncand[s0 + i] = cnt
+            # All but one centroid screen at >= the second-smallest score; the whole window
+            # (twice the one-sided error, plus the roundings) comes off it.
+            lb[s0 + i] = xn * xn + np.float64(_second_min(sc, lo)) - (lim - np.float64(lo))
 
 
 @njit(parallel=True, cache=True)
-def _assign_direct(X, C, labels, d2):
+def _assign_direct(X, C, labels, d2, lb):
     # Few dimensions: a product would cost more in tile traffic than the distances themselves.
     for i in prange(X.shape[0]):
         best = -1
         bd = np.inf
+        sd = np.inf
         for j in range(C.shape[0]):
             dd = _d2(X[i], C[j])
             if dd < bd:
+                sd = bd
                 bd = dd
                 best = j
+            elif dd < sd:
+                sd = dd
         labels[i] = best
         d2[i] = bd
+        lb[i] = sd
 
 
 def norms(X: np.ndarray) -> np.ndarray:
@@ -256,6 +296,15 @@ def assign(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, block:
     """Nearest centroid (int32, lowest index on ties) and squared distance (float32) per row.
     `shift`: screen in coordinates X - shift (with `xs` = X - shift and `xnorm` its norms when
     the caller has them)."""
+    labels, d2, _ = assign_lb(X, C, xnorm, block, kc, shift, xs)
+    return labels, d2.astype(np.float32)
+
+
+def assign_lb(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, block: int = 2048,
+              kc: int = 1024, shift: np.ndarray | None = None, xs: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`assign`, with float64 squared distances, plus a lower bound on each row's squared
+    distance to every centroid but its own (+inf with a single centroid)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     C = np.ascontiguousarray(C, dtype=np.float32)
     n, d = X.shape
@@ -272,12 +321,45 @@ def assign(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, block:
     cmax = float(np.sqrt(cn64.max())) if len(C) else 0.0
     labels = np.empty(n, np.int32)
     d2 = np.empty(n, np.float64)
+    lb = np.empty(n, np.float64)
     if n and d <= DIRECT_MAX_D:
-        _assign_direct(X, C, labels, d2)
+        _assign_direct(X, C, labels, d2, lb)
     elif n:
         _assign_fp32(Xs, X, C, chunk_centroids(Cs, min(kc, max(16, len(C)))), cn64, xnorm, cmax,
-                     screen_coef(d, UNIT_FP32), block, labels, d2)
-    return labels, d2.astype(np.float32)
+                     screen_coef(d, UNIT_FP32), block, labels, d2, lb)
+    return labels, d2, lb
+
+
+# ------------------------------------------------------------------------------ bounds
+# A kept row's exact distance must sit this far (relative) below its bound: room for the
+# float64 roundings of the distances, moves and square roots on either side.
+BOUND_MARGIN = 1e-7
+
+
+@njit(parallel=True, cache=True)
+def bound_check(X, C, labels, lb, top, move1, move2, u2, keep):
+    """One Lloyd step of bounds. `lb` (distances, updated in place): a lower bound on each row's
+    distance to every centroid but labels[i], valid for the centroids before they moved by
+    `move`; it drops by the largest move of any other centroid (move1 of centroid `top`, else
+    move2). `u2` gets the exact squared distance to the row's own, moved, centroid; `keep` says
+    whether that centroid is still, provably, the unique nearest."""
+    for i in prange(X.shape[0]):
+        a = labels[i]
+        l = lb[i] - (move2 if a == top else move1)
+        lb[i] = l
+        dd = _d2(X[i], C[a])
+        u2[i] = dd
+        lim = l * (1.0 - BOUND_MARGIN)
+        keep[i] = lim > 0.0 and dd < lim * lim
+
+
+def moves(C_old: np.ndarray, C_new: np.ndarray) -> tuple[np.ndarray, int, float, float]:
+    """Each centroid's move (float64 Euclidean), the index of the largest and the two largest
+    (the second is the largest over the others; 0 with a single centroid)."""
+    mv = np.sqrt(((C_new.astype(np.float64) - C_old.astype(np.float64)) ** 2).sum(1))
+    top = int(np.argmax(mv))
+    second = float(np.max(np.delete(mv, top))) if len(mv) > 1 else 0.0
+    return mv, top, float(mv[top]), second
 
 
 # ------------------------------------------------------------------------------ update

@@ -109,3 +109,20 @@ def farthest_ref(d2: np.ndarray, m: int) -> np.ndarray:
 
 def inertia_ref(X: np.ndarray, C: np.ndarray) -> float:
     return float(assign_ref(X, C)[1].astype(np.float64).sum())
+
+
+def second_ref(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Each row's second-smallest squared distance (what the screening lower bounds bound)."""
+    D = distances_ref(X, C)
+    if D.shape[1] < 2:
+        return np.full(len(X), np.inf)
+    return np.partition(D, 1, axis=1)[:, 1]
+
+
+def bound_check_ref(X, C, labels, lb, top, move1, move2, margin):
+    """kmeans_cpu.bound_check: the carried bound, the exact squared distance to the own
+    centroid, and whether the own centroid is provably still the unique nearest."""
+    l = np.asarray(lb, dtype=np.float64) - np.where(labels == top, move2, move1)
+    u2 = ((np.asarray(X, np.float64) - np.asarray(C, np.float64)[labels]) ** 2).sum(1)
+    lim = l * (1.0 - margin)
+    return l, u2, (lim > 0) & (u2 < lim * lim)

@@ -111,6 +111,72 @@ def test_lloyd_iterations_match_reference():
     np.testing.assert_allclose(C, Cr, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("matmul,d", [("fp32", 2), ("fp32", 48), ("bf16", 64)])
+def test_screening_lower_bounds_hold(matmul, d):
+    if matmul == "bf16" and not B.has_bf16_matmul():
+        pytest.skip("no bf16 matrix units on this CPU")
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(60, d))
+    # Embedding-like rows (unit norm) around 60 centres, and a centroid near each centre.
+    X = centres[rng.integers(0, 60, 3000)] + 0.1 * rng.normal(size=(3000, d))
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    C = (centres / np.linalg.norm(centres, axis=1, keepdims=True) + 0.01 * rng.normal(size=(60, d))).astype(np.float32)
+    C = np.vstack([C, C[:3]])  # duplicates: the second-best distance equals the best
+    lab, d2, lb2 = B.CPUBackend(matmul, prune=False)._screen(B.Points(X), C)
+    lr, dr = R.assign_ref(X, C)
+    np.testing.assert_array_equal(lab, lr)
+    sec = R.second_ref(X, C)
+    assert (lb2 <= sec * (1 + 1e-9)).all()
+    # ... and not vacuous: the rows whose own centroid has no twin get a bound above their
+    # own distance.
+    single = lr >= 3
+    assert single.sum() > 2000 and (lb2[single] > dr[single]).all()
+    assert (lb2[~single] <= dr[~single] * (1 + 1e-6)).all()
+
+
+def test_bound_check_matches_reference():
+    rng = np.random.default_rng(4)
+    X = blobs(2000, 24, 10, seed=4)
+    C = X[:30].copy()
+    lab = rng.integers(0, 30, 2000).astype(np.int32)
+    lb = rng.uniform(0, 8, 2000)
+    lb_k = lb.copy()
+    u2 = np.empty(2000)
+    keep = np.empty(2000, np.bool_)
+    K.bound_check(X, C, lab, lb_k, 7, 0.5, 0.25, u2, keep)
+    l, ur, kr = R.bound_check_ref(X, C, lab, lb, 7, 0.5, 0.25, K.BOUND_MARGIN)
+    np.testing.assert_allclose(lb_k, l, rtol=0, atol=0)
+    np.testing.assert_allclose(u2, ur, rtol=1e-12)
+    np.testing.assert_array_equal(keep, kr)
+    assert 0 < keep.sum() < len(keep)
+    mv, top, m1, m2 = K.moves(C, C + np.arange(30, dtype=np.float32)[:, None] / 100)
+    assert top == 29 and np.isclose(m1, 0.29 * np.sqrt(24)) and np.isclose(m2, 0.28 * np.sqrt(24))
+
+
+@pytest.mark.parametrize("matmul,d", [("fp32", 2), ("fp32", 48), ("bf16", 64)])
+def test_pruned_lloyd_assignments_equal_reference(matmul, d):
+    if matmul == "bf16" and not B.has_bf16_matmul():
+        pytest.skip("no bf16 matrix units on this CPU")
+    X = blobs(3000, d, 20, seed=d, spread=1.0)
+    P = B.Points(X)
+    be = B.CPUBackend(matmul)
+    C = X[:40].copy()
+    scale = K.fixed_scale(len(X), np.abs(X).max())
+    shares = []
+    for it in range(8):
+        if it == 5:
+            # One centroid jumps onto a far point: its new neighbours must move to it.
+            C[3] = X[np.argmax(R.assign_ref(X, C)[1])]
+        lab, d2 = be.assign(P, C)
+        lr, dr = R.assign_ref(X, C)
+        np.testing.assert_array_equal(lab, lr)
+        np.testing.assert_allclose(d2, dr, rtol=1e-6, atol=1e-6)
+        shares.append(P.cache["screened_share"])
+        s, c = K.update(X, lab, len(C), scale)
+        C = K.centroids_from(s, c, scale, C)
+    assert shares[0] == 1.0 and min(shares) < 0.6, shares
+
+
 CUDA_SIM = textwrap.dedent("""
     import numpy as np
     from thresher.kernels import kmeans_cuda as G, kmeans_cpu as K, kmeans_ref as R
