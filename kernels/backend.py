@@ -105,10 +105,10 @@ class CPUBackend:
             screened = n
         else:
             lab, lb = st["labels"], st["lb"]
-            _, top, m1, m2 = cpu.moves(st["C"], C)
+            _, tops, rest = cpu.moves(st["C"], C)
             d2 = np.empty(n, np.float64)
             keep = np.empty(n, np.bool_)
-            cpu.bound_check(P.X, C, lab, lb, top, m1, m2, d2, keep)
+            cpu.bound_check(P.X, C, lab, lb, tops, rest, d2, keep)
             rows = np.flatnonzero(~keep)
             screened = len(rows)
             if screened > self.GATHER_MAX * n:

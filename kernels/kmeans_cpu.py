@@ -337,15 +337,19 @@ BOUND_MARGIN = 1e-7
 
 
 @njit(parallel=True, cache=True)
-def bound_check(X, C, labels, lb, top, move1, move2, u2, keep):
+def bound_check(X, C, labels, lb, tops, rest, u2, keep):
     """One Lloyd step of bounds. `lb` (distances, updated in place): a lower bound on each row's
-    distance to every centroid but labels[i], valid for the centroids before they moved by
-    `move`; it drops by the largest move of any other centroid (move1 of centroid `top`, else
-    move2). `u2` gets the exact squared distance to the row's own, moved, centroid; `keep` says
-    whether that centroid is still, provably, the unique nearest."""
+    distance to every centroid but labels[i], valid before the centroids moved. The few
+    centroids that moved most (`tops`) get their exact distance instead; every other centroid
+    moved at most `rest`, so the bound drops by that. `u2` gets the exact squared distance to the
+    row's own, moved, centroid; `keep` says whether it is still, provably, the unique nearest."""
     for i in prange(X.shape[0]):
         a = labels[i]
-        l = lb[i] - (move2 if a == top else move1)
+        l = lb[i] - rest
+        for q in range(tops.shape[0]):
+            j = tops[q]
+            if j != a:
+                l = min(l, np.sqrt(_d2(X[i], C[j])))
         lb[i] = l
         dd = _d2(X[i], C[a])
         u2[i] = dd
@@ -353,13 +357,21 @@ def bound_check(X, C, labels, lb, top, move1, move2, u2, keep):
         keep[i] = lim > 0.0 and dd < lim * lim
 
 
-def moves(C_old: np.ndarray, C_new: np.ndarray) -> tuple[np.ndarray, int, float, float]:
-    """Each centroid's move (float64 Euclidean), the index of the largest and the two largest
-    (the second is the largest over the others; 0 with a single centroid)."""
+# At most this many of the largest movers are measured exactly in bound_check.
+MAX_TOPS = 8
+
+
+def moves(C_old: np.ndarray, C_new: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each centroid's move (float64 Euclidean), the centroids that moved far more than the rest
+    (at most MAX_TOPS; a few outliers would otherwise loosen every row's bound), and the largest
+    move among the rest."""
     mv = np.sqrt(((C_new.astype(np.float64) - C_old.astype(np.float64)) ** 2).sum(1))
-    top = int(np.argmax(mv))
-    second = float(np.max(np.delete(mv, top))) if len(mv) > 1 else 0.0
-    return mv, top, float(mv[top]), second
+    order = np.argsort(-mv, kind="stable")
+    if len(mv) <= MAX_TOPS:
+        return mv, order.astype(np.int64), 0.0
+    ref = mv[order[MAX_TOPS]]
+    b = int((mv[order[:MAX_TOPS]] > 2.0 * ref).sum())
+    return mv, order[:b].astype(np.int64), float(mv[order[b]])
 
 
 # ------------------------------------------------------------------------------ update

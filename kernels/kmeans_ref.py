@@ -119,10 +119,15 @@ def second_ref(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return np.partition(D, 1, axis=1)[:, 1]
 
 
-def bound_check_ref(X, C, labels, lb, top, move1, move2, margin):
-    """kmeans_cpu.bound_check: the carried bound, the exact squared distance to the own
-    centroid, and whether the own centroid is provably still the unique nearest."""
-    l = np.asarray(lb, dtype=np.float64) - np.where(labels == top, move2, move1)
-    u2 = ((np.asarray(X, np.float64) - np.asarray(C, np.float64)[labels]) ** 2).sum(1)
+def bound_check_ref(X, C, labels, lb, tops, rest, margin):
+    """kmeans_cpu.bound_check: the carried bound (exact distances to the `tops` centroids, the
+    old bound less `rest` for the others), the exact squared distance to the own centroid, and
+    whether the own centroid is provably still the unique nearest."""
+    X64, C64 = np.asarray(X, np.float64), np.asarray(C, np.float64)
+    l = np.asarray(lb, dtype=np.float64) - rest
+    for j in tops:
+        dj = np.sqrt(((X64 - C64[j]) ** 2).sum(1))
+        l = np.where(labels != j, np.minimum(l, dj), l)
+    u2 = ((X64 - C64[labels]) ** 2).sum(1)
     lim = l * (1.0 - margin)
     return l, u2, (lim > 0) & (u2 < lim * lim)

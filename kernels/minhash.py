@@ -286,3 +286,45 @@ def jaccard_pairs_ref(offsets, values, ia, ib) -> np.ndarray:
         union = len(np.union1d(sa, sb))
         out[k] = len(np.intersect1d(sa, sb, assume_unique=True)) / union if union else 0.0
     return out
+
+
+# ------------------------------------------------------------------------------------ components
+# Used by the dedup graph (stages/components.py): one Spark partition's edges contracted in
+# place before the distributed rounds, so most components are finished without a shuffle.
+@njit(cache=True, nogil=True)
+def min_roots(a, b, n):
+    """Smallest node of each node's component in the graph of edges (a[k], b[k]) over nodes
+    0..n-1: union-find whose union keeps the smaller root, so every root is its set's minimum."""
+    parent = np.arange(n)
+    for k in range(a.shape[0]):
+        x, y = a[k], b[k]
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        while parent[y] != y:
+            parent[y] = parent[parent[y]]
+            y = parent[y]
+        if x < y:
+            parent[y] = x
+        elif y < x:
+            parent[x] = y
+    for i in range(n):
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        parent[i] = r
+    return parent
+
+
+def min_roots_ref(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Min-label propagation with pointer jumping: every node takes the smallest label among
+    itself and its neighbours until nothing changes."""
+    lab = np.arange(n)
+    while True:
+        new = lab.copy()
+        np.minimum.at(new, a, lab[b])
+        np.minimum.at(new, b, lab[a])
+        new = new[new]
+        if np.array_equal(new, lab):
+            return lab
+        lab = new

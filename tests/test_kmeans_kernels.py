@@ -140,17 +140,23 @@ def test_bound_check_matches_reference():
     C = X[:30].copy()
     lab = rng.integers(0, 30, 2000).astype(np.int32)
     lb = rng.uniform(0, 8, 2000)
-    lb_k = lb.copy()
-    u2 = np.empty(2000)
-    keep = np.empty(2000, np.bool_)
-    K.bound_check(X, C, lab, lb_k, 7, 0.5, 0.25, u2, keep)
-    l, ur, kr = R.bound_check_ref(X, C, lab, lb, 7, 0.5, 0.25, K.BOUND_MARGIN)
-    np.testing.assert_allclose(lb_k, l, rtol=0, atol=0)
-    np.testing.assert_allclose(u2, ur, rtol=1e-12)
-    np.testing.assert_array_equal(keep, kr)
-    assert 0 < keep.sum() < len(keep)
-    mv, top, m1, m2 = K.moves(C, C + np.arange(30, dtype=np.float32)[:, None] / 100)
-    assert top == 29 and np.isclose(m1, 0.29 * np.sqrt(24)) and np.isclose(m2, 0.28 * np.sqrt(24))
+    for tops in (np.array([], np.int64), np.array([7, 2], np.int64)):
+        lb_k = lb.copy()
+        u2 = np.empty(2000)
+        keep = np.empty(2000, np.bool_)
+        K.bound_check(X, C, lab, lb_k, tops, 0.5, u2, keep)
+        l, ur, kr = R.bound_check_ref(X, C, lab, lb, tops, 0.5, K.BOUND_MARGIN)
+        np.testing.assert_allclose(lb_k, l, rtol=1e-12)
+        np.testing.assert_allclose(u2, ur, rtol=1e-12)
+        np.testing.assert_array_equal(keep, kr)
+        assert 0 < keep.sum() < len(keep)
+    # Two centroids move far more than the others: they are the ones measured exactly.
+    step = np.full((30, 1), 0.01, np.float32)
+    step[[4, 9]] = 1.0
+    mv, tops, rest = K.moves(C, C + step)
+    assert sorted(tops) == [4, 9] and np.isclose(rest, 0.01 * np.sqrt(24), rtol=1e-5)
+    mv, tops, rest = K.moves(C, C + 0.01)  # even moves: no outliers, a plain bound
+    assert len(tops) == 0 and np.isclose(rest, mv.max())
 
 
 @pytest.mark.parametrize("matmul,d", [("fp32", 2), ("fp32", 48), ("bf16", 64)])
