@@ -146,7 +146,7 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
 HK_MASTER = "local-cluster[2,1,2048]"
 
 
-def bench_hierarchical_spark(n: int, d: int, master: str = HK_MASTER) -> dict:
+def bench_hierarchical_spark(n: int, d: int, master: str = HK_MASTER, prune: bool = True) -> dict:
     """The cluster stage on n x d through the Spark path (levels 1000/100/10 with resampling).
     With the default master (2 executor JVMs of 1 core and 2 GB, beside the driver JVM) the
     driver's memory (its Python and its JVM) is measured apart from the executors'. The data
@@ -174,8 +174,11 @@ def bench_hierarchical_spark(n: int, d: int, master: str = HK_MASTER) -> dict:
             del vec, part
         gc.collect()
         pa.default_memory_pool().release_unused()
-        spark = get_spark(SparkConfig(master=master, driver_memory="2g", shuffle_partitions=8,
-                                      conf={"spark.executor.memory": "2g"} if master.startswith("local-cluster") else {}))
+        conf = {"spark.executor.memory": "2g"} if master.startswith("local-cluster") else {}
+        if not prune:  # the k-means bounds off, in the driver and in every executor
+            os.environ["THRESHER_KMEANS_PRUNE"] = "0"
+            conf["spark.executorEnv.THRESHER_KMEANS_PRUNE"] = "0"
+        spark = get_spark(SparkConfig(master=master, driver_memory="2g", shuffle_partitions=8, conf=conf))
         # Level 1 sized for a 2-core machine: each Lloyd pass is 2 n k d (0.77 TFLOP at 1M).
         cfg = cluster.Config(levels=[{"n_clusters": 1_000, "n_iters": 10, "n_resampling_steps": 2, "sample_size": 10},
                                      {"n_clusters": 100, "n_iters": 20, "n_resampling_steps": 5, "sample_size": 5},
@@ -196,13 +199,14 @@ def bench_hierarchical_spark(n: int, d: int, master: str = HK_MASTER) -> dict:
     return {"bench": f"hkmeans_spark_{n}x{d}", "thresher_s": round(wall, 1), "peer": None, "peer_s": None,
             "ratio": None, "quality": {"master": master, "level_seconds": stats.get("level_seconds"),
                                        "spark_passes": stats.get("spark_passes"), "backend": stats.get("backend"),
+                                       "bounds": prune, "level1_screened_share": stats.get("level1_screened_share"),
                                        "peak_rss_mb": mem.peak, "driver_python_before_mb": before,
                                        "clusters_per_level": stats.get("clusters_per_level"),
                                        "empty_clusters_per_level": stats.get("empty_clusters_per_level"),
                                        "load_avg_1m": round(os.getloadavg()[0], 2)}}
 
 
-def hierarchical_sweep(ns, d: int = 384, master: str = HK_MASTER) -> dict:
+def hierarchical_sweep(ns, d: int = 384, master: str = HK_MASTER, prune: bool = True) -> dict:
     """bench_hierarchical_spark at each n, each in a fresh Python (so no JVM or allocator carries
     memory from one size to the next), and how the driver's peaks change with n."""
     import json
@@ -212,7 +216,7 @@ def hierarchical_sweep(ns, d: int = 384, master: str = HK_MASTER) -> dict:
     runs = []
     for n in ns:
         code = ("import json; from benchmarks.bench_kmeans import bench_hierarchical_spark as b; "
-                f"print('RESULT ' + json.dumps(b({int(n)}, {int(d)}, {master!r})))")
+                f"print('RESULT ' + json.dumps(b({int(n)}, {int(d)}, {master!r}, {bool(prune)})))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parent.parent)
         if proc.returncode:
@@ -281,3 +285,5 @@ def run(quick: bool = False):
     if gpu is not None:
         yield gpu
     yield hierarchical_sweep([250_000, 500_000, 1_000_000])
+    # What the bounds save on the Spark path: the smallest size again with them off.
+    yield hierarchical_sweep([250_000], prune=False)

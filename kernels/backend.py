@@ -79,9 +79,11 @@ class CPUBackend:
     # Above this share of rows left to screen, screening them all beats gathering them.
     GATHER_MAX = 0.6
 
-    def __init__(self, matmul: str = "fp32", prune: bool = True):
+    def __init__(self, matmul: str = "fp32", prune: bool | None = None):
         self.matmul = matmul
-        self.prune = prune
+        # THRESHER_KMEANS_PRUNE=0 turns the bounds off everywhere (executors too, through
+        # spark.executorEnv): for measuring what they save, or ruling them out.
+        self.prune = os.environ.get("THRESHER_KMEANS_PRUNE", "1") != "0" if prune is None else prune
         self.name = "numba-cpu" + ("+bf16" if matmul == "bf16" else "")
 
     def _screen(self, P: Points, C: np.ndarray, rows: np.ndarray | None = None):

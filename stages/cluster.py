@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from typing import Literal
 
 import numpy as np
@@ -189,6 +190,43 @@ def _partition_arrays(batches, d: int):
     return ids, np.concatenate(keys), np.ascontiguousarray(np.concatenate(vecs))
 
 
+# The bounds each partition's last assignment left (kmeans_cpu.bound_check), kept in this Python
+# worker between Spark passes. A task that lands in the worker that ran its partition last time
+# screens only the rows the bounds cannot vouch for; any other task screens them all. The labels
+# are the same either way, so where a task runs changes speed, never results.
+_WORKER_BOUNDS: dict = {}
+
+
+def _partition_points(token: str, keys: np.ndarray, X: np.ndarray):
+    """Points of this partition with the bounds of its previous pass in this worker, if any,
+    and the slot to keep the new ones in (None outside a Spark task)."""
+    from pyspark import TaskContext
+
+    from thresher.kernels.backend import Points
+
+    P = Points(X)
+    ctx = TaskContext.get()
+    if ctx is None or len(keys) == 0:
+        return P, None
+    for k in [k for k in _WORKER_BOUNDS if k[0] != token]:  # an earlier run's: free them
+        del _WORKER_BOUNDS[k]
+    slot = (token, ctx.partitionId())
+    # The rows must be the very same, in the same order: keys are hashed ids.
+    fp = (len(keys), int(keys[0]), int(keys[-1]), int(np.bitwise_xor.reduce(keys)),
+          int(np.add.reduce(keys * np.arange(1, len(keys) + 1, dtype=np.uint64))))
+    held = _WORKER_BOUNDS.get(slot)
+    if held is not None and held[0] == fp:
+        P.cache["bounds"] = held[1]
+    return P, (slot, fp)
+
+
+def _keep_bounds(P, slot) -> int:
+    """Keep P's bounds for the partition's next pass; returns the rows this pass screened."""
+    if slot is not None and "bounds" in P.cache:
+        _WORKER_BOUNDS[slot[0]] = (slot[1], P.cache["bounds"])
+    return int(round(P.cache.get("screened_share", 1.0) * len(P)))
+
+
 def _merge_sorted(rows: list[tuple], m: int) -> list[tuple]:
     rows.sort(key=lambda t: t[:-1])
     return rows[:m]
@@ -220,6 +258,9 @@ class SparkSource:
         self.scale = cpu.fixed_scale(n, maxabs)
         self.pref = (backend, dtype)
         self.passes = 0
+        # Names this source's bounds in the executors' Python workers.
+        self.token = uuid.uuid4().hex
+        self.screened: list[float] = []  # share of rows screened, per Lloyd pass
 
     def _run(self, fn, schema: str):
         self.passes += 1
@@ -228,24 +269,25 @@ class SparkSource:
     def lloyd_pass(self, C, n_far):
         from thresher.kernels.hkmeans import PassResult
 
-        d, scale, pref = self.d, self.scale, self.pref
+        d, scale, pref, token = self.d, self.scale, self.pref, self.token
         bc = self.spark.sparkContext.broadcast(np.asarray(C, dtype=np.float32))
 
         def fn(batches):
             from thresher.kernels import kmeans_cpu as cpu
-            from thresher.kernels.backend import Points
 
             be = _executor_backend(pref)
-            ids, _, X = _partition_arrays(batches, d)
+            ids, keys, X = _partition_arrays(batches, d)
             if not ids:
                 return
             Cb = bc.value
-            lab, d2 = be.assign(Points(X), Cb)
+            P, slot = _partition_points(token, keys, X)
+            lab, d2 = be.assign(P, Cb)
+            screened = _keep_bounds(P, slot)
             sums, counts = be.update(X, lab, len(Cb), scale)
             far = cpu.farthest(d2, n_far)
             yield pa.RecordBatch.from_pydict({
                 "sums": [sums.tobytes()], "counts": [counts.tobytes()],
-                "inertia": [float(d2.astype(np.float64).sum())],
+                "inertia": [float(d2.astype(np.float64).sum())], "screened": [screened],
                 "far_d2": [d2[far].astype(np.float64).tobytes()],
                 "far_ids": pa.array([[ids[i] for i in far]], pa.list_(pa.string())),
                 "far_vecs": [X[far].tobytes()]})
@@ -256,37 +298,41 @@ class SparkSource:
             fd = np.frombuffer(r["far_d2"], np.float64)
             fv = np.frombuffer(r["far_vecs"], np.float32).reshape(-1, d)
             return (np.frombuffer(r["sums"], np.int64).reshape(k, d), np.frombuffer(r["counts"], np.int64),
-                    r["inertia"], [(-fd[i], r["far_ids"][i], fv[i]) for i in range(len(fd))])
+                    r["inertia"], [(-fd[i], r["far_ids"][i], fv[i]) for i in range(len(fd))], r["screened"])
 
         def merge(a, b):
             # Integer sums: exact in any order, so the tree's shape cannot change the result.
-            return a[0] + b[0], a[1] + b[1], a[2] + b[2], _merge_sorted(a[3] + b[3], n_far)
+            return a[0] + b[0], a[1] + b[1], a[2] + b[2], _merge_sorted(a[3] + b[3], n_far), a[4] + b[4]
 
         self.passes += 1
         # Partials are added up in the executors (a tree), so the driver holds one k x d sum,
         # not one per partition.
-        sums, counts, inertia, far = (self.blocks.mapInArrow(fn, "sums binary, counts binary, inertia double, far_d2 binary, far_ids array<string>, far_vecs binary")
-                                      .rdd.map(unpack).treeReduce(merge, depth=2))
+        sums, counts, inertia, far, screened = (
+            self.blocks.mapInArrow(fn, "sums binary, counts binary, inertia double, screened long, far_d2 binary, "
+                                       "far_ids array<string>, far_vecs binary")
+            .rdd.map(unpack).treeReduce(merge, depth=2))
         bc.unpersist()
+        self.screened.append(round(screened / self.n, 4))
         fv = np.array([t[-1] for t in far], np.float32).reshape(-1, d)
         return PassResult(sums, counts, inertia, fv)
 
     def select(self, C, r, mode, salt_):
         from thresher.kernels.hkmeans import mix64
 
-        d, pref = self.d, self.pref
+        d, pref, token = self.d, self.pref, self.token
         bc = self.spark.sparkContext.broadcast(np.asarray(C, dtype=np.float32))
 
         def fn(batches):
             from thresher.kernels import kmeans_cpu as cpu
-            from thresher.kernels.backend import Points
 
             be = _executor_backend(pref)
             ids, keys, X = _partition_arrays(batches, d)
             if not ids:
                 return
             Cb = bc.value
-            lab, d2 = be.assign(Points(X), Cb)
+            P, slot = _partition_points(token, keys, X)
+            lab, d2 = be.assign(P, Cb)
+            _keep_bounds(P, slot)
             key = d2.astype(np.float64) if mode == "closest" else mix64(keys, salt_).astype(np.float64)
             idx = cpu.topr(key, lab.astype(np.int64), len(Cb), r)
             cl = np.repeat(np.arange(len(Cb), dtype=np.int32), r)[idx.ravel() >= 0]
@@ -408,6 +454,9 @@ def run(spark, tables, cfg: Config):
             stats["level_seconds"] = times
             clusters = _clusters_spark(spark, blocks, d, C1, parents, (cfg.backend, cfg.dtype))
             stats["spark_passes"] = src.passes + 1
+            # Share of level-1 rows each Lloyd pass screened (the others kept their label by
+            # their bounds); the final counting pass included.
+            stats["level1_screened_share"] = src.screened
             labels = None
         sizes = [_level1_sizes(labels, counts1 if labels is None else None, len(cents[0]))]
         for p, c in zip(parents, cents[1:]):
