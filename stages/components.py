@@ -1,11 +1,12 @@
 """Connected components and survivor choice on Spark DataFrames (no driver-side graph).
 
-Connected components use the large-star / small-star rounds of Kiveris et al., "Connected
-Components in MapReduce and Beyond" (SoCC 2014): O(log^2 n) rounds whatever the diameter, each
-round two group-bys and two joins, run as one Spark job. The edge list is checkpointed every
-round, so lineage stays short and each round reads the previous one from storage; only two
-numbers per round (observed during that job: was its input a forest of stars yet?) reach the
-driver.
+Connected components: each partition's edges are first contracted where they lie (a
+union-find over that partition alone, in the executor, so small graphs finish without a
+shuffle), then the large-star / small-star rounds of Kiveris et al., "Connected Components in
+MapReduce and Beyond" (SoCC 2014) join what spans partitions: O(log^2 n) rounds whatever the
+diameter, each round two aggregations run as one Spark job. The edge list is checkpointed every
+round, so lineage stays short; one number per round (observed during that job: was its input a
+forest of stars yet?) reaches the driver.
 
 Node keys can be any orderable type (string ids here): every choice is a minimum, so the result
 does not depend on partitioning or arrival order.
@@ -37,53 +38,90 @@ def materialise(df, reliable: bool = False):
     return out
 
 
-def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: int = 64, reliable: bool = False):
+def contract_batches(batches):
+    """mapInArrow function over (a, b) edges: the partition's own components, found by the
+    union-find kernel, as edges (node, smallest node of its local component), node > root.
+    The output has the input's connectivity (each edge is replaced by links to a common root)
+    and is a forest of stars within the partition. Holds one partition's edges in memory."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from thresher.kernels.minhash import min_roots
+
+    batches = [b for b in batches if b.num_rows]
+    if not batches:
+        return
+    t = pa.Table.from_batches(batches)
+    a, b = t.column(0).combine_chunks(), t.column(1).combine_chunks()
+    # Node numbers in id order (Arrow and Spark both order strings by their UTF-8 bytes), so
+    # the kernel's smallest number is the smallest id.
+    nodes = pc.unique(pa.concat_arrays([a, b]))
+    nodes = nodes.take(pc.sort_indices(nodes))
+    ia = pc.index_in(a, value_set=nodes).to_numpy().astype(np.int64)
+    ib = pc.index_in(b, value_set=nodes).to_numpy().astype(np.int64)
+    root = min_roots(ia, ib, len(nodes))
+    child = np.flatnonzero(root != np.arange(len(nodes)))
+    if len(child):
+        yield pa.RecordBatch.from_arrays([nodes.take(pa.array(child)), nodes.take(pa.array(root[child]))], names=["a", "b"])
+
+
+def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: int = 64, reliable: bool = False,
+                         contract_partitions: int | None = None):
     """Label every node that has an edge with the smallest node of its component.
 
     Returns (DataFrame(node, label), rounds). Nodes without edges are not listed (they are
     their own component).
 
-    One Spark job per round. The round's own large-star step observes whether its input was
-    already a forest of stars rooted at their minima (every node has at most one parent and no
-    parent has a parent); such an input comes out of the round unchanged, so the loop stops
-    there without a separate check job.
+    First each partition's edges are contracted where they lie (contract_batches: a union-find
+    over that partition only, in the executor), which leaves a forest of stars per partition;
+    components that span partitions are then joined by large-star / small-star rounds, each
+    one Spark job of two aggregations (no joins). A round observes whether its input was
+    already a forest of stars rooted at their minima (no node has two parents, no parent has a
+    parent); such an input comes out unchanged, so the loop stops there without a separate
+    check job. Every choice is a minimum, so the result does not depend on partitioning.
+
+    `contract_partitions`: merge the edges' partitions (no shuffle) into that many before the
+    contraction. Each contraction task holds its partition's edges, so this bounds memory per
+    task; with one partition the contraction alone is the answer and no round runs.
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    # Canonical orientation a > b (b is a's parent); self loops carry no information.
-    e = (edges.where(F.col(src) != F.col(dst))
-         .select(F.greatest(src, dst).alias("a"), F.least(src, dst).alias("b"))
-         .distinct())
-    e = materialise(e, reliable)
+    # Self loops carry no information; the rest is contracted partition by partition.
+    e = edges.select(F.col(src).alias("a"), F.col(dst).alias("b")).where(F.col("a") != F.col("b"))
+    if contract_partitions is not None and contract_partitions < e.rdd.getNumPartitions():
+        e = e.coalesce(contract_partitions)
+    # One partition: its contraction holds every edge, so the output is the final star forest.
+    single = e.rdd.getNumPartitions() == 1
+    e = materialise(e.mapInArrow(contract_batches, "a string, b string"), reliable)
     rounds = 0
     # Observed metrics of a job that processed no rows cannot be read back (Spark asserts).
-    stars = e.isEmpty()
+    stars = single or e.isEmpty()
     while not stars:
         rounds += 1
         if rounds > max_rounds:
             raise StageError(f"connected components did not converge in {max_rounds} rounds (fuzzy_dedup.max_cc_rounds)")
-        parents, grandparents = Observation(f"cc_parents_{rounds}"), Observation(f"cc_grandparents_{rounds}")
-        # Large star: m(u) = min(N(u) u {u}); each larger neighbour v of u links to m(u).
-        # With a > b on every edge, u's smaller neighbours are the b's of its edges as `a`, so
-        # m(u) is one group-by away, and each edge (a, b) is seen from its smaller end b.
-        mins = (e.groupBy("a").agg(F.min("b").alias("m"), F.count(F.lit(1)).alias("np"))
-                .observe(parents, F.coalesce(F.max("np"), F.lit(0)).alias("most")))
-        # Repeated edges are left for the small star's distinct: one shuffle fewer per round.
-        lj = (e.join(mins.select(F.col("a").alias("b"), "m"), "b", "left")
-              .observe(grandparents, F.count(F.col("m")).alias("n")))
-        ls = lj.select("a", F.coalesce("m", "b").alias("b"))
+        bad = Observation(f"cc_stars_{rounds}")
+        # Large star: each node u sees all its neighbours; every larger neighbour v links to
+        # m(u) = min(N(u) u {u}). Edges have a > b, so listing them both ways gives N(u).
+        both = e.select(F.col("a").alias("u"), F.col("b").alias("v")).unionByName(
+            e.select(F.col("b").alias("u"), F.col("a").alias("v")))
+        nb = (both.groupBy("u").agg(F.min("v").alias("mv"),
+                                    F.collect_set(F.when(F.col("v") < F.col("u"), F.col("v"))).alias("lo"),
+                                    F.collect_set(F.when(F.col("v") > F.col("u"), F.col("v"))).alias("hi"))
+              .observe(bad, F.sum(((F.size("lo") > 1) | ((F.size("lo") > 0) & (F.size("hi") > 0))).cast("long")).alias("n")))
+        ls = nb.select(F.explode("hi").alias("a"), F.least("u", "mv").alias("b"))
         # Small star: each node u and its smaller neighbours all link to the smallest of them.
-        mins2 = ls.groupBy("a").agg(F.min("b").alias("m"))
-        j = ls.join(mins2, "a")
-        ss = (j.where(F.col("b") != F.col("m")).select(F.col("b").alias("a"), F.col("m").alias("b"))
-              .unionByName(mins2.select("a", F.col("m").alias("b")))
-              .distinct())
-        nxt = materialise(ss, reliable)
-        stars = parents.get["most"] <= 1 and grandparents.get["n"] == 0
+        sm = ls.groupBy("a").agg(F.collect_set("b").alias("lo")).select("a", "lo", F.array_min("lo").alias("m"))
+        ss = sm.select(F.explode(F.array_union("lo", F.array("a"))).alias("a"), "m").where(F.col("a") != F.col("m"))
+        nxt = materialise(ss.select("a", F.col("m").alias("b")), reliable)
+        stars = bad.get["n"] == 0
         e = nxt
         log.debug("components round %d done (input was a star forest: %s)", rounds, stars)
-    # A forest of stars: every node points at its component's smallest node.
+    # A forest of stars (repeated edges possible): every node points at its component's
+    # smallest node.
+    e = e.distinct()
     roots = e.select(F.col("b").alias("node")).distinct().withColumn("label", F.col("node"))
     labels = e.select(F.col("a").alias("node"), F.col("b").alias("label")).unionByName(roots)
     return labels, rounds

@@ -8,8 +8,10 @@
 3. Verification (default): each hub's candidates are gathered with their sets, hub first, and
    the exact Jaccard of each with the hub comes from one kernel call per Arrow batch; pairs
    below `threshold` are dropped and counted.
-4. Connected components of the verified pairs (stages/components.py, large-star/small-star,
-   one Spark job per round).
+4. Connected components of the verified pairs (stages/components.py): each partition's edges
+   contracted in its executor (union-find over that partition), then large-star/small-star
+   rounds, one Spark job each, for what spans partitions; up to `cc_task_edges` verified
+   edges sit in one partition and need no round.
 5. One survivor per component by `survivor` (ties by id): members sorted by the rule, the
    survivor first, each compared with it by the same kernel; the others go to `removed` with
    reason `near_duplicate`, by_id the survivor, score their Jaccard with it.
@@ -55,6 +57,9 @@ class Config(StageConfig):
     verify: bool = True
     survivor: Literal["longest", "quality", "smallest_id"] = "longest"
     max_cc_rounds: int = Field(64, ge=1)
+    # Verified edges per connected-components contraction task (one Python worker holds that
+    # many id pairs); up to this many edges, components need no distributed round at all.
+    cc_task_edges: int = Field(1_000_000, ge=1)
     # local: intermediate tables live on the executors (fast); reliable: also written to the
     # checkpoint folder, so a lost executor does not lose them (clusters).
     checkpoint: Literal["local", "reliable"] = "local"
@@ -281,7 +286,8 @@ def run_with_pairs(spark, tables, cfg: Config):
 
     # 4. Components, 5. survivors: each component's members sorted by the survivor rule, the
     # survivor first, and every member compared with it by the same kernel.
-    labels, rounds = connected_components(edges.select("a", "b"), "a", "b", cfg.max_cc_rounds, reliable)
+    labels, rounds = connected_components(edges.select("a", "b"), "a", "b", cfg.max_cc_rounds, reliable,
+                                          contract_partitions=max(1, -(-(n_ok if cfg.verify else n_cand) // cfg.cc_task_edges)))
     t3 = time.perf_counter()
     members = labels.join(signed.select(F.col("id").alias("node"), "_length", "s"), "node").select(
         F.col("node").alias("id"), F.col("label").alias("g"), "_length", "s")

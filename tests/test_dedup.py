@@ -208,7 +208,8 @@ def test_shipped_dedup_config():
 
 def test_connected_components_match_union_find(spark):
     """Random sparse graph, a long chain (diameter 40) and a node with two parents that are
-    not otherwise linked (a member of two LSH hubs' buckets) against a plain union-find."""
+    not otherwise linked (a member of two LSH hubs' buckets) against a plain union-find, on one
+    partition and on several."""
     from thresher.stages.components import connected_components
 
     rng = random.Random(3)
@@ -231,14 +232,18 @@ def test_connected_components_match_union_find(spark):
         groups.setdefault(find(x), []).append(x)
     want = {f"{x:05d}": f"{min(g):05d}" for g in groups.values() for x in g}
     df = spark.createDataFrame([(f"{a:05d}", f"{b:05d}") for a, b in edges], "src string, dst string")
-    labels, rounds = connected_components(df)
-    got = labels.collect()
-    assert {r["node"]: r["label"] for r in got} == want and len(got) == len(want)
-    assert 2 <= rounds <= 12
+    # One partition: the in-executor contraction alone gives the answer. Five (edges of a
+    # component scattered over them): contraction, then distributed rounds join the parts.
+    for parts, contract in ((1, None), (5, None), (5, 2)):
+        labels, rounds = connected_components(df.repartition(parts), contract_partitions=contract)
+        got = labels.collect()
+        assert {r["node"]: r["label"] for r in got} == want and len(got) == len(want), (parts, contract)
+        assert rounds == 0 if parts == 1 else 1 <= rounds <= 12
     # Alone, the two-parent node is no star forest yet: one round links the parents.
     two = spark.createDataFrame([("x", "h1"), ("x", "h2")], "src string, dst string")
-    labels, rounds = connected_components(two)
-    assert sorted(tuple(r) for r in labels.collect()) == [("h1", "h1"), ("h2", "h1"), ("x", "h1")]
+    for parts in (1, 2):
+        labels, rounds = connected_components(two.repartition(parts))
+        assert sorted(tuple(r) for r in labels.collect()) == [("h1", "h1"), ("h2", "h1"), ("x", "h1")]
 
 
 def test_reference_batches_carry_groups_across_batches():

@@ -147,3 +147,19 @@ def test_estimates_agree_with_datasketch(sample):
     some = (truth > 0) & (truth < 1)
     assert np.abs((ours - truth)[some] / se[some]).max() < 4.5
     assert (ours[truth == 0] == 0).all() and (ours[truth == 1] == 1).all()
+
+
+def test_min_roots_twin():
+    """Union-find against min-label propagation: random graphs, isolated nodes, self loops,
+    repeated edges and a long chain entered from its far end."""
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        n = int(rng.integers(1, 400))
+        m = int(rng.integers(0, 2 * n))
+        a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+        if trial % 5 == 0:  # chain n-1 -> ... -> 0, listed from the top
+            a = np.concatenate([a, np.arange(n - 1, 0, -1)])
+            b = np.concatenate([b, np.arange(n - 2, -1, -1)])
+        got = K.min_roots(a, b, n)
+        np.testing.assert_array_equal(got, K.min_roots_ref(a, b, n))
+        assert (got <= np.arange(n)).all() and (got[got] == got).all()
