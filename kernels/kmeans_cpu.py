@@ -464,30 +464,46 @@ def centroids_from(sums: np.ndarray, counts: np.ndarray, scale: float, old: np.n
 def _kpp_loop(X, first, draws, L, chunk):
     """The greedy k-means++ loop with its random numbers drawn beforehand. Candidate potentials
     are summed per fixed chunk of points, then over chunks in order, so the choice does not
-    depend on the number of threads."""
+    depend on the number of threads.
+
+    A point whose nearest centre so far is j cannot get closer to a candidate at distance
+    >= 2 * (its distance to j) from j (triangle inequality), so its distance to that candidate
+    is not computed: the centre-to-candidate distances (chosen x L per step) replace most of the
+    point-to-candidate ones. A margin keeps the skipped values exactly the ones the full
+    computation would give (it would have kept the old minimum too)."""
     n = X.shape[0]
     k = draws.shape[0] // L + 1
     chosen = np.empty(k, np.int64)
     chosen[0] = first
     closest = np.empty(n)
+    near = np.zeros(n, np.int64)  # which chosen centre gives `closest`
     for i in prange(n):
         closest[i] = _d2(X[i], X[first])
     nch = (n + chunk - 1) // chunk
     newd = np.empty((n, L))
     part = np.empty((nch, L))
     cand = np.empty(L, np.int64)
+    cc = np.empty((k, L))
     for c in range(1, k):
         cum = np.cumsum(closest)
         for l in range(L):
             cand[l] = min(np.searchsorted(cum, draws[(c - 1) * L + l] * cum[n - 1]), n - 1)
+        for j in prange(c):
+            for l in range(L):
+                cc[j, l] = np.sqrt(_d2(X[chosen[j]], X[cand[l]]))
         for q in prange(nch):
             for l in range(L):
                 part[q, l] = 0.0
             for i in range(q * chunk, min(n, (q + 1) * chunk)):
+                ci = closest[i]
+                reach = 2.0 * np.sqrt(ci) * (1.0 + 1e-9)
+                j = near[i]
                 for l in range(L):
-                    v = _d2(X[i], X[cand[l]])
-                    if closest[i] < v:
-                        v = closest[i]
+                    v = ci
+                    if cc[j, l] < reach:
+                        v = _d2(X[i], X[cand[l]])
+                        if ci < v:
+                            v = ci
                     newd[i, l] = v
                     part[q, l] += v
         best = 0
@@ -501,7 +517,9 @@ def _kpp_loop(X, first, draws, L, chunk):
                 best = l
         chosen[c] = cand[best]
         for i in range(n):
-            closest[i] = newd[i, best]
+            if newd[i, best] < closest[i]:
+                closest[i] = newd[i, best]
+                near[i] = c
     return chosen
 
 
