@@ -133,6 +133,12 @@ def shingle_hashes(arr, shingle: ShingleConfig | None = None, norm: NormaliseCon
 
     seed = seed64(seed)
     shingle = shingle or ShingleConfig()
+    norm = norm or NormaliseConfig()
+    if shingle.kind == "word" and norm.collapse_whitespace:
+        # Words are split on every character the collapse would replace (and on U+001C-U+001F
+        # besides, either way), and empty tokens are dropped, so collapsing first cannot
+        # change a word shingle: the regex pass is skipped (half of the shingling time).
+        norm = norm.model_copy(update={"collapse_whitespace": False})
     text = _as_array(arr) if normalised else normalise(arr, norm)
     if shingle.kind == "word":
         data, spans, doc_off = _tokens(text)

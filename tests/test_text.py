@@ -96,3 +96,24 @@ def test_text_hash128_groups_normalised_equals():
     assert h1[0] == h1[1] == h1[3] and h2[0] == h2[1] == h2[3]
     assert h1[2] != h1[1] and h2[2] != h2[1]
     assert h1.dtype == np.int64
+
+
+def test_word_shingles_skip_the_whitespace_collapse_without_changing_a_hash(corpus_path):
+    """Word shingles split on every character the collapse would replace, so shingling the
+    collapsed text and shingling without the collapse give the same hashes: every Unicode
+    whitespace and separator, runs of them, the information separators U+001C-U+001F, and
+    corpus texts."""
+    import sys
+
+    ws = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF and chr(c).isspace()]
+    ws += ["\u200b", "\u2028\u2029", "\x0b\x85", "\u3000 \u3000"]
+    texts = [f"one{w}two{w}{w}three four{w} five six{w}" for w in ws] + TEXTS
+    texts += pq.read_table(corpus_path, columns=["text"]).slice(0, 300).column("text").to_pylist()
+    arr = pa.array(texts)
+    for norm in (NormaliseConfig(), NormaliseConfig(strip_punctuation=True, lowercase=False)):
+        for n in (1, 3, 5):
+            sc = ShingleConfig(n=n)
+            o1, h1 = shingle_hashes(arr, sc, norm)
+            o2, h2 = shingle_hashes(normalise(arr, norm), sc, normalised=True)
+            np.testing.assert_array_equal(o1, o2)
+            np.testing.assert_array_equal(h1, h2)
