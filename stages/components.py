@@ -38,32 +38,38 @@ def materialise(df, reliable: bool = False):
     return out
 
 
-def contract_batches(batches):
+def contract_batches(labels: bool = False):
     """mapInArrow function over (a, b) edges: the partition's own components, found by the
-    union-find kernel, as edges (node, smallest node of its local component), node > root.
+    union-find kernel, as edges (a: node, b: smallest node of its local component), a > b.
     The output has the input's connectivity (each edge is replaced by links to a common root)
-    and is a forest of stars within the partition. Holds one partition's edges in memory."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    and is a forest of stars within the partition. With `labels`, every node is listed, roots
+    too, as (node, label). Holds one partition's edges in memory."""
+    names = ["node", "label"] if labels else ["a", "b"]
 
-    from thresher.kernels.minhash import min_roots
+    def fn(batches):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-    batches = [b for b in batches if b.num_rows]
-    if not batches:
-        return
-    t = pa.Table.from_batches(batches)
-    a, b = t.column(0).combine_chunks(), t.column(1).combine_chunks()
-    # Node numbers in id order (Arrow and Spark both order strings by their UTF-8 bytes), so
-    # the kernel's smallest number is the smallest id.
-    nodes = pc.unique(pa.concat_arrays([a, b]))
-    nodes = nodes.take(pc.sort_indices(nodes))
-    ia = pc.index_in(a, value_set=nodes).to_numpy().astype(np.int64)
-    ib = pc.index_in(b, value_set=nodes).to_numpy().astype(np.int64)
-    root = min_roots(ia, ib, len(nodes))
-    child = np.flatnonzero(root != np.arange(len(nodes)))
-    if len(child):
-        yield pa.RecordBatch.from_arrays([nodes.take(pa.array(child)), nodes.take(pa.array(root[child]))], names=["a", "b"])
+        from thresher.kernels.minhash import min_roots
+
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        t = pa.Table.from_batches(batches)
+        a, b = t.column(0).combine_chunks(), t.column(1).combine_chunks()
+        # Node numbers in id order (Arrow and Spark both order strings by their UTF-8 bytes),
+        # so the kernel's smallest number is the smallest id.
+        nodes = pc.unique(pa.concat_arrays([a, b]))
+        nodes = nodes.take(pc.sort_indices(nodes))
+        ia = pc.index_in(a, value_set=nodes).to_numpy().astype(np.int64)
+        ib = pc.index_in(b, value_set=nodes).to_numpy().astype(np.int64)
+        root = min_roots(ia, ib, len(nodes))
+        keep = np.arange(len(nodes)) if labels else np.flatnonzero(root != np.arange(len(nodes)))
+        if len(keep):
+            yield pa.RecordBatch.from_arrays([nodes.take(pa.array(keep)), nodes.take(pa.array(root[keep]))], names=names)
+
+    return fn
 
 
 def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: int = 64, reliable: bool = False,
@@ -92,12 +98,13 @@ def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: 
     e = edges.select(F.col(src).alias("a"), F.col(dst).alias("b")).where(F.col("a") != F.col("b"))
     if contract_partitions is not None and contract_partitions < e.rdd.getNumPartitions():
         e = e.coalesce(contract_partitions)
-    # One partition: its contraction holds every edge, so the output is the final star forest.
-    single = e.rdd.getNumPartitions() == 1
-    e = materialise(e.mapInArrow(contract_batches, "a string, b string"), reliable)
+    if e.rdd.getNumPartitions() == 1:
+        # One partition: its contraction sees every edge, so it labels every node itself.
+        return e.mapInArrow(contract_batches(labels=True), "node string, label string"), 0
+    e = materialise(e.mapInArrow(contract_batches(), "a string, b string"), reliable)
     rounds = 0
     # Observed metrics of a job that processed no rows cannot be read back (Spark asserts).
-    stars = single or e.isEmpty()
+    stars = e.isEmpty()
     while not stars:
         rounds += 1
         if rounds > max_rounds:
