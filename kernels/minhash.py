@@ -96,6 +96,72 @@ def hash_spans_ref(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, seed:
     return _fmix_ref(h ^ lengths.astype(U64))
 
 
+@njit(inline="always")
+def _space_bytes(data, i, end):
+    """Bytes of the whitespace character starting at data[i] (0: not whitespace). The set is
+    Arrow's utf8_split_whitespace: ASCII 9-13, 28-32, U+0085, U+00A0, U+1680, U+2000-U+200A,
+    U+2028, U+2029, U+202F, U+205F, U+3000 (valid UTF-8 in, so a lead byte never matches a
+    continuation byte)."""
+    b = data[i]
+    if b < 0x80:
+        return 1 if (9 <= b <= 13 or 28 <= b <= 32) else 0
+    if b == 0xC2 and i + 1 < end:
+        return 2 if (data[i + 1] == 0x85 or data[i + 1] == 0xA0) else 0
+    if 0xE1 <= b <= 0xE3 and i + 2 < end:
+        b1, b2 = data[i + 1], data[i + 2]
+        if b == 0xE1:
+            return 3 if (b1 == 0x9A and b2 == 0x80) else 0
+        if b == 0xE3:
+            return 3 if (b1 == 0x80 and b2 == 0x80) else 0
+        if b1 == 0x80 and (b2 <= 0x8A or b2 == 0xA8 or b2 == 0xA9 or b2 == 0xAF):
+            return 3
+        if b1 == 0x81 and b2 == 0x9F:
+            return 3
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def split_whitespace(data, offsets):
+    """Word byte spans of each document data[offsets[d]:offsets[d+1]] split on Unicode
+    whitespace (runs count once, no empty words). Returns (starts, ends, doc_offsets).
+    Two passes (count, then fill) so the outputs are allocated once at their size."""
+    ndoc = offsets.shape[0] - 1
+    doc_off = np.empty(ndoc + 1, np.int64)
+    doc_off[0] = 0
+    starts = np.empty(0, np.int64)
+    ends = np.empty(0, np.int64)
+    for fill in range(2):
+        if fill:
+            starts = np.empty(doc_off[ndoc], np.int64)
+            ends = np.empty(doc_off[ndoc], np.int64)
+        k = 0
+        for d in range(ndoc):
+            i, end, inword = offsets[d], offsets[d + 1], False
+            while i < end:
+                b = data[i]
+                # Printable ASCII (most bytes) is never a space: skip the full test.
+                w = 0 if 32 < b < 0x80 else _space_bytes(data, i, end)
+                if w:
+                    if inword:
+                        if fill:
+                            ends[k] = i
+                        k += 1
+                        inword = False
+                    i += w
+                else:
+                    if not inword:
+                        if fill:
+                            starts[k] = i
+                        inword = True
+                    i += 1
+            if inword:
+                if fill:
+                    ends[k] = end
+                k += 1
+            doc_off[d + 1] = k
+    return starts, ends, doc_off
+
+
 # ------------------------------------------------------------------------------------ word n-grams
 @njit(cache=True, nogil=True)
 def ngram_hashes(tok_hash, doc_offsets, n, seed):

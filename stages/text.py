@@ -87,8 +87,19 @@ def text_hash128(arr, cfg: NormaliseConfig | None = None, seed: int = 0) -> tupl
     return h1.view(np.int64), h2.view(np.int64)
 
 
-def _tokens(norm: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Token byte spans (starts, ends) and each document's token offsets."""
+def _tokens(norm: pa.Array) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """(UTF-8 bytes, token byte spans (starts, ends), each document's token offsets): one
+    kernel pass over Arrow's buffers, no list array (the Arrow path below is its reference)."""
+    from thresher.kernels.minhash import split_whitespace
+
+    off, data = string_buffers(norm)
+    starts, ends, doc_off = split_whitespace(data, off)
+    return data, (starts, ends), doc_off
+
+
+def _tokens_arrow(norm: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference twin of _tokens: Arrow's utf8_split_whitespace. Token byte spans (starts,
+    ends) or their offsets, and each document's token offsets."""
     toks = pc.utf8_split_whitespace(norm)
     if toks.null_count:
         toks = pc.fill_null(toks, pa.scalar([], toks.type))

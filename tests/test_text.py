@@ -117,3 +117,36 @@ def test_word_shingles_skip_the_whitespace_collapse_without_changing_a_hash(corp
             o2, h2 = shingle_hashes(normalise(arr, norm), sc, normalised=True)
             np.testing.assert_array_equal(o1, o2)
             np.testing.assert_array_equal(h1, h2)
+
+
+def test_tokens_kernel_matches_arrow_split(corpus_path):
+    """The word-splitting kernel against Arrow's utf8_split_whitespace: every whitespace
+    character alone, in runs and at the ends, other multi-byte characters sharing their lead
+    bytes, empty and null texts, and corpus texts (as byte spans of the same buffer)."""
+    import sys
+
+    from thresher.stages.text import _tokens, _tokens_arrow
+
+    chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF and chr(c).isspace()]
+    chars += ["\u2001", "\u200b", "\u2030", "\u2060", "\u1681", "\u3001", "\u00a1", "\u0100", "é", "日本"]
+    texts = [f"{w}a{w}{w}bc d{w}" for w in chars] + ["", None, "   ", "x", " x ", "\u3000\u3000"]
+    texts += pq.read_table(corpus_path, columns=["text"]).slice(0, 500).column("text").to_pylist()
+    arr = pa.array(texts, pa.string())
+    data, (starts, ends), doc_off = _tokens(arr)
+    want = [_arrow_words(t) for t in texts]
+    got = [[bytes(data[s:e]).decode() for s, e in zip(starts[doc_off[d]:doc_off[d + 1]], ends[doc_off[d]:doc_off[d + 1]])]
+           for d in range(len(texts))]
+    assert got == want
+    ref_data, spans, ref_off = _tokens_arrow(arr)
+    rs, re_ = spans if isinstance(spans, tuple) else (spans[:-1], spans[1:])
+    np.testing.assert_array_equal(doc_off, ref_off)
+    assert [bytes(ref_data[s:e]) for s, e in zip(rs, re_)] == [bytes(data[s:e]) for s, e in zip(starts, ends)]
+
+
+def _arrow_words(t):
+    """Arrow's own split of one text, empty words dropped (the reference the kernel follows)."""
+    import pyarrow.compute as pc
+
+    if t is None:
+        return []
+    return [w for w in pc.utf8_split_whitespace(pa.array([t])).to_pylist()[0] if w]
