@@ -130,17 +130,11 @@ def model_fingerprint(path: Path) -> str:
 
 def cpu_bf16() -> str | None:
     """The CPU feature that makes bf16 matmul fast here (amx_bf16, avx512_bf16), or None."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    for f in ("amx_bf16", "avx512_bf16"):
-                        if f in flags:
-                            return f
-                    break
-    except OSError:
-        pass
+    from thresher.kernels.backend import cpu_flags
+
+    for f in ("amx_bf16", "avx512_bf16"):
+        if f in cpu_flags():
+            return f
     try:
         import torch
 
