@@ -87,17 +87,22 @@ def connected_components(edges, src: str = "src", dst: str = "dst", max_rounds: 
     parent); such an input comes out unchanged, so the loop stops there without a separate
     check job. Every choice is a minimum, so the result does not depend on partitioning.
 
-    `contract_partitions`: merge the edges' partitions (no shuffle) into that many before the
-    contraction. Each contraction task holds its partition's edges, so this bounds memory per
-    task; with one partition the contraction alone is the answer and no round runs.
+    `contract_partitions`: spread the edges over that many partitions before the contraction
+    (merged without a shuffle when there are more). Each contraction task holds its
+    partition's edges, so this bounds memory per task; with one partition the contraction
+    alone is the answer and no round runs.
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     # Self loops carry no information; the rest is contracted partition by partition.
     e = edges.select(F.col(src).alias("a"), F.col(dst).alias("b")).where(F.col("a") != F.col("b"))
-    if contract_partitions is not None and contract_partitions < e.rdd.getNumPartitions():
-        e = e.coalesce(contract_partitions)
+    if contract_partitions is not None:
+        have = e.rdd.getNumPartitions()
+        if contract_partitions < have:
+            e = e.coalesce(contract_partitions)
+        elif contract_partitions > have:  # a task must not hold more edges than asked
+            e = e.repartition(contract_partitions)
     if e.rdd.getNumPartitions() == 1:
         # One partition: its contraction sees every edge, so it labels every node itself.
         return e.mapInArrow(contract_batches(labels=True), "node string, label string"), 0

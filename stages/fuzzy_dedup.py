@@ -60,6 +60,8 @@ class Config(StageConfig):
     # Verified edges per connected-components contraction task (one Python worker holds that
     # many id pairs); up to this many edges, components need no distributed round at all.
     cc_task_edges: int = Field(1_000_000, ge=1)
+    # Largest node count whose component labels are broadcast to the survivor join.
+    broadcast_labels: int = Field(1_000_000, ge=0)
     # local: intermediate tables live on the executors (fast); reliable: also written to the
     # checkpoint folder, so a lost executor does not lose them (clusters).
     checkpoint: Literal["local", "reliable"] = "local"
@@ -286,9 +288,14 @@ def run_with_pairs(spark, tables, cfg: Config):
 
     # 4. Components, 5. survivors: each component's members sorted by the survivor rule, the
     # survivor first, and every member compared with it by the same kernel.
+    n_edges = n_ok if cfg.verify else n_cand
     labels, rounds = connected_components(edges.select("a", "b"), "a", "b", cfg.max_cc_rounds, reliable,
-                                          contract_partitions=max(1, -(-(n_ok if cfg.verify else n_cand) // cfg.cc_task_edges)))
+                                          contract_partitions=max(1, -(-n_edges // cfg.cc_task_edges)))
     t3 = time.perf_counter()
+    # Components hold at most 2 x edges nodes: while that is small, the labels go to every
+    # task and the per-document table is read where it lies instead of shuffled by id.
+    if 2 * n_edges <= cfg.broadcast_labels:
+        labels = F.broadcast(labels)
     members = labels.join(signed.select(F.col("id").alias("node"), "_length", "s"), "node").select(
         F.col("node").alias("id"), F.col("label").alias("g"), "_length", "s")
     members, _ = with_quality(members, docs, tables, cfg.survivor)

@@ -175,12 +175,15 @@ def test_accuracy_and_partition_independence(spark, corpus_path):
     assert len(truth) > 300
     rows = list(zip(ids, texts))
     results = []
-    for parts in (1, 5):
-        out, scored = FD.run_with_pairs(spark, {"documents": _df(spark, rows, parts)}, FD.Config(seed=0))
+    # The second run also takes the paths for big graphs: components contracted in several
+    # tasks and joined by distributed rounds, labels joined without a broadcast.
+    for parts, big in ((1, {}), (5, {"cc_task_edges": 100, "broadcast_labels": 0})):
+        out, scored = FD.run_with_pairs(spark, {"documents": _df(spark, rows, parts)}, FD.Config(seed=0, **big))
         edges = {tuple(sorted((r["a"], r["b"]))) for r in scored.where("j >= 0.7").collect()}
         dups = sorted(tuple(r) for r in out["duplicates"].collect())
         results.append((edges, dups, sorted(tuple(r) for r in out["removed"].collect()), out["stats"]))
     assert results[0][:3] == results[1][:3]
+    assert results[0][3]["cc_rounds"] == 0 and results[1][3]["cc_rounds"] >= 1
     edges, dups, _, stats = results[0]
     precision = len(edges & truth) / len(edges)
     comp = {r[0]: r[1] for r in dups}
