@@ -58,7 +58,8 @@ class Config(StageConfig):
     survivor: Literal["longest", "quality", "smallest_id"] = "longest"
     max_cc_rounds: int = Field(64, ge=1)
     # Verified edges per connected-components contraction task (one Python worker holds that
-    # many id pairs); up to this many edges, components need no distributed round at all.
+    # many id pairs: about 340 MB at a million); up to this many edges, components need no
+    # distributed round at all.
     cc_task_edges: int = Field(1_000_000, ge=1)
     # Largest node count whose component labels are broadcast to the survivor join.
     broadcast_labels: int = Field(1_000_000, ge=0)
