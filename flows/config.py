@@ -40,6 +40,10 @@ class SparkConfig(Strict):
     shuffle_partitions: int = Field(8, ge=1)
     arrow_batch_rows: int = Field(2048, ge=1)
     ui: bool = False
+    # Start the driver JVM from a class-data-sharing archive of the classes Spark loads (written
+    # by the first start, about 200 MB under THRESHER_CACHE_DIR or ~/.cache/thresher): the
+    # session starts about 2 s sooner.
+    class_data_sharing: bool = True
     conf: dict[str, str] = Field(default_factory=dict)
 
 

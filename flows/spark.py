@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 
 from thresher.flows.config import SparkConfig
 
@@ -40,12 +42,97 @@ def get_spark(cfg: SparkConfig | None = None):
     )
     if host:
         b = b.config("spark.driver.host", host).config("spark.driver.bindAddress", host)
-    for k, v in cfg.conf.items():
+    conf = dict(cfg.conf)
+    cds = cds_options() if cfg.class_data_sharing and os.environ.get("THRESHER_CDS", "1") != "0" else None
+    if cds:
+        conf["spark.driver.extraJavaOptions"] = " ".join(filter(None, [conf.get("spark.driver.extraJavaOptions"), cds]))
+    for k, v in conf.items():
         b = b.config(k, v)
     spark = b.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+# An archive younger than this may still be being written by its JVM's exit.
+_CDS_SETTLE_S = 10.0
+_CDS_KEEP = 4
+
+
+def cds_dir() -> Path:
+    return Path(os.environ.get("THRESHER_CACHE_DIR") or Path.home() / ".cache" / "thresher")
+
+
+def cds_options(now: float | None = None) -> str | None:
+    """JVM options for class data sharing (JDK 13+ dynamic archives).
+
+    With an archive for this pyspark and JVM: map it (-XX:SharedArchiveFile). Without: this
+    start records one, written when its JVM exits (-XX:ArchiveClassesAtExit) under a name of its
+    own, so concurrent first starts never write the same file; a later start promotes a settled
+    one to the shared name. A JVM that finds an archive it cannot use starts without it (the
+    default -Xshare:auto), so a stale or damaged archive costs the saving, never the run.
+    """
+    try:
+        return _cds_options(now)
+    except OSError:  # an unwritable cache, or a file another start moved away meanwhile
+        return None
+
+
+def _cds_options(now):
+    import hashlib
+    import time
+    import uuid
+
+    import pyspark
+
+    base = cds_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    java = os.path.realpath(os.path.join(os.environ["JAVA_HOME"], "bin", "java")) if os.environ.get("JAVA_HOME") \
+        else os.path.realpath(shutil.which("java") or "java")
+    # The archive holds the classpath it was made with (the jars inside this pyspark install):
+    # another install or JVM gets its own.
+    tag = hashlib.sha1(f"{pyspark.__version__}|{os.path.dirname(pyspark.__file__)}|{java}".encode()).hexdigest()[:12]
+    final = base / f"spark-{pyspark.__version__}-{tag}.jsa"
+    now = time.time() if now is None else now
+    if not final.exists():
+        parts = sorted((p for p in base.glob(f"{final.stem}.*.part") if now - p.stat().st_mtime > _CDS_SETTLE_S
+                        and p.stat().st_size > 0), key=lambda p: p.stat().st_mtime)
+        if parts:
+            # A damaged archive crashes the JVM that maps it (a truncated one does): only one a
+            # JVM has just mapped cleanly becomes the shared archive.
+            if _archive_maps(java, parts[-1]):
+                os.replace(parts[-1], final)
+            else:
+                parts[-1].unlink(missing_ok=True)
+            for p in parts[:-1]:
+                p.unlink(missing_ok=True)
+            for p in base.glob("spark-*.part"):  # left by other installs or versions
+                if now - p.stat().st_mtime > 3600:
+                    p.unlink(missing_ok=True)
+            # Keep the archives of the few most recently used installs (about 150 MB each).
+            for p in sorted(base.glob("spark-*.jsa"), key=lambda p: p.stat().st_mtime)[:-_CDS_KEEP]:
+                if p != final:
+                    p.unlink(missing_ok=True)
+    # The JVM lists every class it leaves out of the archive (signed jars): noise, not errors.
+    quiet = "-Xlog:cds*=off"
+    if final.exists():
+        os.utime(final)  # last use, for the pruning above
+        return f"-XX:SharedArchiveFile={final} {quiet}"
+    if any(now - p.stat().st_mtime <= _CDS_SETTLE_S for p in base.glob(f"{final.stem}.*.part")):
+        return None  # another start has just written one: the next start promotes it
+    return f"-XX:ArchiveClassesAtExit={base / f'{final.stem}.{uuid.uuid4().hex[:12]}.part'} {quiet}"
+
+
+def _archive_maps(java: str, archive: Path) -> bool:
+    import subprocess
+
+    try:
+        r = subprocess.run([java, f"-XX:SharedArchiveFile={archive}", "-Xshare:auto", "-Xlog:cds*=off",
+                            "-XX:-CreateCoredumpOnCrash", "-XX:ErrorFile=/dev/null", "-version"],
+                           capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
 
 
 def loopback_host(master: str) -> str | None:
