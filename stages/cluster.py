@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -190,16 +193,24 @@ def _partition_arrays(batches, d: int):
     return ids, np.concatenate(keys), np.ascontiguousarray(np.concatenate(vecs))
 
 
-# The bounds each partition's last assignment left (kmeans_cpu.bound_check), kept in this Python
-# worker between Spark passes. A task that lands in the worker that ran its partition last time
-# screens only the rows the bounds cannot vouch for; any other task screens them all. The labels
-# are the same either way, so where a task runs changes speed, never results.
-_WORKER_BOUNDS: dict = {}
+# The bounds each partition's last assignment left (kmeans_cpu.bound_check) are kept between
+# Spark passes in a file on the executor's local disk (12 bytes a row), so whichever Python
+# worker of that executor runs the partition next reads them back. A task without them (another
+# executor, a lost file) screens every row: where a task runs changes speed, never labels.
+_BOUNDS_DIR = "thresher-kmeans-bounds"
+_BOUNDS_STALE_S = 3600.0
+
+
+def bounds_dir(token: str | None = None) -> Path:
+    import tempfile
+
+    base = Path(tempfile.gettempdir()) / _BOUNDS_DIR
+    return base / token if token else base
 
 
 def _partition_points(token: str, keys: np.ndarray, X: np.ndarray):
-    """Points of this partition with the bounds of its previous pass in this worker, if any,
-    and the slot to keep the new ones in (None outside a Spark task)."""
+    """Points of this partition with the bounds of its previous pass on this executor, if any,
+    and where to keep the new ones (None outside a Spark task)."""
     from pyspark import TaskContext
 
     from thresher.kernels.backend import Points
@@ -208,22 +219,35 @@ def _partition_points(token: str, keys: np.ndarray, X: np.ndarray):
     ctx = TaskContext.get()
     if ctx is None or len(keys) == 0:
         return P, None
-    for k in [k for k in _WORKER_BOUNDS if k[0] != token]:  # an earlier run's: free them
-        del _WORKER_BOUNDS[k]
-    slot = (token, ctx.partitionId())
     # The rows must be the very same, in the same order: keys are hashed ids.
-    fp = (len(keys), int(keys[0]), int(keys[-1]), int(np.bitwise_xor.reduce(keys)),
-          int(np.add.reduce(keys * np.arange(1, len(keys) + 1, dtype=np.uint64))))
-    held = _WORKER_BOUNDS.get(slot)
-    if held is not None and held[0] == fp:
-        P.cache["bounds"] = held[1]
-    return P, (slot, fp)
+    with np.errstate(over="ignore"):
+        fp = np.array([len(keys), keys[0], keys[-1], np.bitwise_xor.reduce(keys),
+                       np.add.reduce(keys * np.arange(1, len(keys) + 1, dtype=np.uint64))], np.uint64)
+    path = bounds_dir(token) / f"{ctx.partitionId()}.npz"
+    try:
+        with np.load(path) as z:
+            if np.array_equal(z["fp"], fp) and z["labels"].shape == (len(keys),):
+                P.cache["bounds"] = {"C": z["C"], "labels": z["labels"].copy(), "lb": z["lb"].copy()}
+    except (OSError, KeyError, ValueError):
+        pass
+    return P, (path, fp)
 
 
 def _keep_bounds(P, slot) -> int:
     """Keep P's bounds for the partition's next pass; returns the rows this pass screened."""
     if slot is not None and "bounds" in P.cache:
-        _WORKER_BOUNDS[slot[0]] = (slot[1], P.cache["bounds"])
+        path, fp = slot
+        b = P.cache["bounds"]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.parent.iterdir():  # runs that ended without cleaning up
+                if old != path.parent and time.time() - old.stat().st_mtime > _BOUNDS_STALE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, fp=fp, C=b["C"], labels=b["labels"], lb=b["lb"])
+            os.replace(tmp, path)
+        except OSError:
+            pass  # no bounds next time: the pass screens every row
     return int(round(P.cache.get("screened_share", 1.0) * len(P)))
 
 
@@ -420,6 +444,7 @@ def run(spark, tables, cfg: Config):
     packed = (emb.sortWithinPartitions("id")
               .mapInArrow(_pack_fn(d, normalize, cfg.block_rows), PACK_SCHEMA)
               .persist(StorageLevel.MEMORY_AND_DISK))
+    token = None
     try:
         meta = packed.select("kind", "n", "maxabs", "reason").collect()
         n = sum(r["n"] for r in meta if r["kind"] == "block")
@@ -446,6 +471,7 @@ def run(spark, tables, cfg: Config):
             stats["level_seconds"] = hk.level_seconds_
         else:
             src = SparkSource(spark, blocks, n, d, maxabs, cfg.backend, cfg.dtype)
+            token = src.token
             t0 = time.perf_counter()
             C1 = fit_level(src, levels[0], seed, 1, cfg.init_sample, cfg.empty_clusters)
             counts1 = src.lloyd_pass(C1, 0).counts
@@ -469,6 +495,8 @@ def run(spark, tables, cfg: Config):
         # On Spark, `clusters` still derives from the packed blocks: writing it packs them once
         # more instead of holding the whole cache through the stages that follow.
         packed.unpersist()
+        if token:  # this machine's executors' bounds files (others age out, see _keep_bounds)
+            shutil.rmtree(bounds_dir(token), ignore_errors=True)
 
 
 def _level1_sizes(labels, counts, k):

@@ -163,16 +163,19 @@ def test_cluster_stage_same_result_in_memory_and_on_spark_whatever_the_partition
     docs = spark.createDataFrame([(i, "t") for i in ids + ["bad-nan", "bad-dim", "bad-null"]], "id string, text string")
 
     outs = []
+    left = set(cluster.bounds_dir().glob("*/*.npz"))  # other runs' (a killed one's) files
     for parts, mem in [(1, 0), (4, 0), (3, 10 ** 6)]:
         res = cluster.run(spark, {"embeddings": emb.repartition(parts), "documents": docs},
                           _stage_cfg(in_memory_max_rows=mem))
         assert res["stats"]["level1"] == ("memory" if mem else "spark")
         if not mem:
-            # Executors keep each partition's bounds between passes, so the second pass already
-            # leaves some rows unscreened (a fresh start screens them all); the results below
-            # are still identical to the in-memory ones.
+            # Executors keep each partition's bounds between passes (on local disk, so any worker
+            # of the executor finds them), so the second pass already leaves some rows
+            # unscreened (a fresh start screens them all); the results below are still
+            # identical to the in-memory ones. The stage removes the files when it ends.
             shares = res["stats"]["level1_screened_share"]
             assert shares[0] == 1.0 and shares[1] < 1.0, shares
+            assert set(cluster.bounds_dir().glob("*/*.npz")) <= left
         assert res["stats"]["set_aside"] == {"non_finite": 1, "wrong_dimension": 1, "null_vector": 1}
         schemas.validate("clusters", res["clusters"].toArrow().schema, "clusters")
         schemas.validate("centroids", res["centroids"].toArrow().schema, "centroids")
