@@ -16,7 +16,8 @@
    survivor first, each compared with it by the same kernel; the others go to `removed` with
    reason `near_duplicate`, by_id the survivor, score their Jaccard with it.
 
-Nothing per document reaches the driver: it receives counts and the LSH parameters only.
+Per document, the driver receives at most the component labels of up to `broadcast_labels`
+nodes, for a broadcast join; otherwise counts and the LSH parameters only.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class Config(StageConfig):
     # many id pairs: about 340 MB at a million); up to this many edges, components need no
     # distributed round at all.
     cc_task_edges: int = Field(1_000_000, ge=1)
-    # Largest node count whose component labels are broadcast to the survivor join.
-    broadcast_labels: int = Field(1_000_000, ge=0)
+    # Largest node count whose component labels are broadcast to the survivor join. A broadcast
+    # passes through the driver (about 60 bytes a node with Debian-like ids), so this caps what
+    # the driver holds; above it the join shuffles instead.
+    broadcast_labels: int = Field(200_000, ge=0)
     # local: intermediate tables live on the executors (fast); reliable: also written to the
     # checkpoint folder, so a lost executor does not lose them (clusters).
     checkpoint: Literal["local", "reliable"] = "local"
