@@ -87,23 +87,24 @@ class CPUBackend:
         self.name = "numba-cpu" + ("+bf16" if matmul == "bf16" else "")
 
     def _screen(self, P: Points, C: np.ndarray, rows: np.ndarray | None = None):
-        """(labels, float64 d2, lower bound on the squared distance to any other centroid) of
-        all rows, or of `rows` only."""
+        """(labels, float64 d2, lower bound on the distance to any other centroid) of all rows,
+        or of `rows` only."""
         # bf16 pays off only for real products; tiny d or k would overflow its wider windows.
         m = len(P) if rows is None else len(rows)
         if self.matmul == "bf16" and m >= 256 and P.X.shape[1] >= 32 and len(C) >= 32:
-            return assign_bf16(P, C, rows=rows, with_bounds=True)
-        if rows is None:
-            return cpu.assign_lb(P.X, C, P.norms, shift=P.shift, xs=P.Xs)
-        return cpu.assign_lb(P.X[rows], C, P.norms[rows], shift=P.shift, xs=P.Xs[rows])
+            lab, d2, lb2 = assign_bf16(P, C, rows=rows, with_bounds=True)
+        elif rows is None:
+            lab, d2, lb2 = cpu.assign_lb(P.X, C, P.norms, shift=P.shift, xs=P.Xs)
+        else:
+            lab, d2, lb2 = cpu.assign_lb(P.X[rows], C, P.norms[rows], shift=P.shift, xs=P.Xs[rows])
+        return lab, d2, np.sqrt(np.maximum(lb2, 0.0))
 
     def assign(self, P: Points, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         C = np.ascontiguousarray(C, dtype=np.float32)
         n = len(P)
         st = P.cache.get("bounds") if self.prune else None
         if st is None or st["C"].shape != C.shape or n == 0:
-            lab, d2, lb2 = self._screen(P, C)
-            lb = np.sqrt(np.maximum(lb2, 0.0))
+            lab, d2, lb = self._screen(P, C)
             screened = n
         else:
             lab, lb = st["labels"], st["lb"]
@@ -114,11 +115,9 @@ class CPUBackend:
             rows = np.flatnonzero(~keep)
             screened = len(rows)
             if screened > self.GATHER_MAX * n:
-                lab, d2, lb2 = self._screen(P, C)
-                lb = np.sqrt(np.maximum(lb2, 0.0))
+                lab, d2, lb = self._screen(P, C)
             elif screened:
-                la, da, lba = self._screen(P, C, rows)
-                lab[rows], d2[rows], lb[rows] = la, da, np.sqrt(np.maximum(lba, 0.0))
+                lab[rows], d2[rows], lb[rows] = self._screen(P, C, rows)
         if self.prune:
             P.cache["bounds"] = {"C": C.copy(), "labels": lab, "lb": lb}
         P.cache["screened_share"] = screened / n if n else 0.0

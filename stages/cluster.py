@@ -239,10 +239,11 @@ def _keep_bounds(P, slot) -> int:
         path, fp = slot
         b = P.cache["bounds"]
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for old in path.parent.parent.iterdir():  # runs that ended without cleaning up
-                if old != path.parent and time.time() - old.stat().st_mtime > _BOUNDS_STALE_S:
-                    shutil.rmtree(old, ignore_errors=True)
+            if not path.parent.exists():  # this run's first file here: sweep once, not every pass
+                path.parent.mkdir(parents=True, exist_ok=True)
+                for old in path.parent.parent.iterdir():  # runs that ended without cleaning up
+                    if old != path.parent and time.time() - old.stat().st_mtime > _BOUNDS_STALE_S:
+                        shutil.rmtree(old, ignore_errors=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
             np.savez(tmp, fp=fp, C=b["C"], labels=b["labels"], lb=b["lb"])
             os.replace(tmp, path)
@@ -282,7 +283,7 @@ class SparkSource:
         self.scale = cpu.fixed_scale(n, maxabs)
         self.pref = (backend, dtype)
         self.passes = 0
-        # Names this source's bounds in the executors' Python workers.
+        # Names this source's bounds files on the executors (see _keep_bounds).
         self.token = uuid.uuid4().hex
         self.screened: list[float] = []  # share of rows screened, per Lloyd pass
 
