@@ -1,80 +1,221 @@
 """numba-cuda k-means kernels: assignment and centroid update (references in kmeans_ref.py).
 
-Assignment: one thread per point, centroids streamed through shared memory in (TK x TD) tiles,
-scores `||c||^2 - 2 x.c` accumulated in fp32. The kernel keeps the best and second-best score;
-rows whose two are closer than the fp32 error bound are decided again on the host in exact
-arithmetic (kmeans_cpu), so labels equal the CPU backends' labels.
+Assignment is a register-tiled fp32 product fused with the argmin: a block owns BM points and
+streams the centroids through shared memory in (BK x BN) tiles; each thread accumulates an
+RM x RN patch of dot products in registers and folds it into its points' best and second-best
+score `||c||^2 - 2 x.c` before the next centroid tile, so no (n, k) matrix is ever written.
+The threads sharing a point merge their (best, index, second) triples at the end.
 
-Update: points grouped by cluster on the host (a stable counting order), then one thread per
-(cluster, dimension) sums its column in int64 fixed point: no atomics, and the same bits as
-the CPU kernels.
+Labels equal the CPU backends' labels, as in kmeans_cpu: a row whose best and second-best scores
+are further apart than the fp32 error bound has a unique nearest centroid and only its float64
+distance is computed; the other rows (near-ties) are decided by a second kernel that compares
+float64 distances to every centroid, lowest index on exact ties. Both run on the device; the
+host receives labels and distances.
+
+Update: points grouped by cluster (a stable counting order), then one block per cluster sums
+its rows in int64 fixed point: no atomics, and the same bits as the CPU kernels.
 
 Runs on a GPU, or on the CPU with NUMBA_ENABLE_CUDASIM=1 (tests; slow, so keep sizes tiny).
+benchmarks/gpu_check.py checks the kernels on a real device and times them against torch.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
-from numba import cuda, float32, float64
+from numba import cuda, float32, float64, int32
 
 from thresher.kernels import kmeans_cpu as cpu
 
-TPB = 128   # threads (points) per block
-TK = 16     # centroids per shared tile
-TD = 32     # dimensions per shared tile
+BK = 16      # dimensions per shared tile
+THREADS = 256
+TX = 16      # threads across the centroids of a tile; THREADS // TX across the points
+AMB_THREADS = 128
+
+
+def _make_assign(RM: int, RN: int):
+    """The fused assignment kernel for RM x RN register patches (BM = 16 RM points a block,
+    BN = 16 RN centroids a tile). Sizes are compile-time constants so the patch stays in
+    registers; gpu_check.py compares patch sizes on the device."""
+    TY = THREADS // TX
+    BM = TY * RM
+    BN = TX * RN
+    # Rows padded by 4 words: the transposing stores would otherwise all hit one shared-memory
+    # bank, and 4 keeps each row 16-byte aligned so a thread's patch loads as 128-bit words.
+    LDX = BM + 4
+    LDC = BN + 4
+    XLOADS = (BM * BK + THREADS - 1) // THREADS
+    CLOADS = (BN * BK + THREADS - 1) // THREADS
+    NACC = RM * RN  # local array sizes must be plain constants for numba
+
+    @cuda.jit
+    def kernel(X, shift, Cs, cn, out_j, out_v1, out_v2):
+        sX = cuda.shared.array((BK, LDX), float32)
+        sC = cuda.shared.array((BK, LDC), float32)
+        mV1 = cuda.shared.array((BM, TX), float32)
+        mV2 = cuda.shared.array((BM, TX), float32)
+        mJ = cuda.shared.array((BM, TX), int32)
+        acc = cuda.local.array(NACC, float32)
+        xr = cuda.local.array(RM, float32)
+        cr = cuda.local.array(RN, float32)
+        v1 = cuda.local.array(RM, float32)
+        v2 = cuda.local.array(RM, float32)
+        bj = cuda.local.array(RM, int32)
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = tid // TX
+        n = X.shape[0]
+        d = X.shape[1]
+        k = Cs.shape[0]
+        p0 = cuda.blockIdx.x * BM
+        for a in range(RM):
+            v1[a] = math.inf
+            v2[a] = math.inf
+            bj[a] = -1
+        for j0 in range(0, k, BN):
+            for q in range(NACC):
+                acc[q] = 0.0
+            for d0 in range(0, d, BK):
+                # Consecutive threads read consecutive dimensions of one row: coalesced.
+                for q in range(XLOADS):
+                    e = tid + THREADS * q
+                    if e < BM * BK:
+                        r = e // BK
+                        c = e % BK
+                        p = p0 + r
+                        dd = d0 + c
+                        # Centred in fp32, exactly as the host's Points.Xs: the error bound
+                        # below is stated for the centred coordinates.
+                        sX[c, r] = X[p, dd] - shift[dd] if p < n and dd < d else float32(0.0)
+                for q in range(CLOADS):
+                    e = tid + THREADS * q
+                    if e < BN * BK:
+                        r = e // BK
+                        c = e % BK
+                        j = j0 + r
+                        dd = d0 + c
+                        sC[c, r] = Cs[j, dd] if j < k and dd < d else float32(0.0)
+                cuda.syncthreads()
+                for kk in range(BK):
+                    # Contiguous patches (vector loads); a warp reads 2 distinct X patches
+                    # (broadcast) and 16 consecutive C patches.
+                    for a in range(RM):
+                        xr[a] = sX[kk, ty * RM + a]
+                    for b in range(RN):
+                        cr[b] = sC[kk, tx * RN + b]
+                    for a in range(RM):
+                        for b in range(RN):
+                            acc[a * RN + b] += xr[a] * cr[b]
+                cuda.syncthreads()
+            # A thread meets its centroids in increasing index order, so `<` keeps the lowest
+            # index on equal scores, and an equal score lands in v2 (gap 0: decided exactly).
+            for a in range(RM):
+                for b in range(RN):
+                    j = j0 + tx * RN + b
+                    if j < k:
+                        v = cn[j] - float32(2.0) * acc[a * RN + b]
+                        if v < v1[a]:
+                            v2[a] = v1[a]
+                            v1[a] = v
+                            bj[a] = j
+                        elif v < v2[a]:
+                            v2[a] = v
+        for a in range(RM):
+            r = ty * RM + a
+            mV1[r, tx] = v1[a]
+            mV2[r, tx] = v2[a]
+            mJ[r, tx] = bj[a]
+        cuda.syncthreads()
+        if tid < BM:
+            p = p0 + tid
+            B1 = mV1[tid, 0]
+            B2 = mV2[tid, 0]
+            BJ = mJ[tid, 0]
+            for t in range(1, TX):
+                a1 = mV1[tid, t]
+                aj = mJ[tid, t]
+                if a1 < B1 or (a1 == B1 and aj < BJ and aj >= 0):
+                    B2 = min(B1, mV2[tid, t])
+                    B1 = a1
+                    BJ = aj
+                else:
+                    B2 = min(B2, a1)
+            if p < n:
+                out_j[p] = BJ
+                out_v1[p] = B1
+                out_v2[p] = B2
+
+    kernel.BM = BM
+    return kernel
+
+
+ASSIGN_KERNELS: dict[tuple[int, int], object] = {}
+
+
+def assign_kernel(rm: int = 8, rn: int = 4):
+    key = (rm, rn)
+    if key not in ASSIGN_KERNELS:
+        ASSIGN_KERNELS[key] = _make_assign(rm, rn)
+    return ASSIGN_KERNELS[key]
+
+
+@cuda.jit(device=True)
+def _exact_d2(X, C, i, j):
+    s = 0.0
+    for t in range(X.shape[1]):
+        v = float64(X[i, t]) - float64(C[j, t])
+        s += v * v
+    return s
 
 
 @cuda.jit
-def _assign_kernel(XT, C, cn, out_j, out_v1, out_v2):
-    """XT is (d, n) so that neighbouring threads read neighbouring addresses."""
-    sC = cuda.shared.array((TK, TD), float32)
-    acc = cuda.local.array(TK, float32)
+def _finish_kernel(X, C, norms, lab, v1, v2, coef, cmax, tail, d2, amb):
+    """Rows whose screened gap clears the error window: float64 distance to their centroid.
+    The others are flagged for _decide_kernel."""
     i = cuda.grid(1)
-    tx = cuda.threadIdx.x
-    d = XT.shape[0]
-    n = XT.shape[1]
-    k = C.shape[0]
-    v1 = math.inf
-    v2 = math.inf
-    bj = -1
-    for k0 in range(0, k, TK):
-        for l in range(TK):
-            acc[l] = 0.0
-        for d0 in range(0, d, TD):
-            q = tx
-            while q < TK * TD:
-                r = q // TD
-                c = q % TD
-                if k0 + r < k and d0 + c < d:
-                    sC[r, c] = C[k0 + r, d0 + c]
-                else:
-                    sC[r, c] = 0.0
-                q += cuda.blockDim.x
-            cuda.syncthreads()
-            if i < n:
-                for c in range(TD):
-                    if d0 + c < d:
-                        xv = XT[d0 + c, i]
-                        for l in range(TK):
-                            acc[l] += xv * sC[l, c]
-            cuda.syncthreads()
-        if i < n:
-            for l in range(TK):
-                j = k0 + l
-                if j < k:
-                    v = cn[j] - 2.0 * acc[l]
-                    if v < v1:
-                        v2 = v1
-                        v1 = v
-                        bj = j
-                    elif v < v2:
-                        v2 = v
-    if i < n:
-        out_j[i] = bj
-        out_v1[i] = v1
-        out_v2[i] = v2
+    if i < X.shape[0]:
+        W = 2.0 * (coef * float64(norms[i]) * cmax + tail)
+        if float64(v2[i]) - float64(v1[i]) > W:
+            d2[i] = _exact_d2(X, C, i, lab[i])
+            amb[i] = 0
+        else:
+            amb[i] = 1
+
+
+@cuda.jit
+def _decide_kernel(X, C, rows, lab, d2):
+    """One block per flagged row: float64 distances to every centroid, lowest index on ties."""
+    sd = cuda.shared.array(AMB_THREADS, float64)
+    sj = cuda.shared.array(AMB_THREADS, int32)
+    i = rows[cuda.blockIdx.x]
+    t = cuda.threadIdx.x
+    bd = math.inf
+    bjj = -1
+    j = t
+    while j < C.shape[0]:
+        dd = _exact_d2(X, C, i, j)
+        if dd < bd:  # j rises within a thread: `<` keeps the lowest index
+            bd = dd
+            bjj = j
+        j += AMB_THREADS
+    sd[t] = bd
+    sj[t] = bjj
+    cuda.syncthreads()
+    s = AMB_THREADS // 2
+    while s > 0:
+        if t < s:
+            od = sd[t + s]
+            oj = sj[t + s]
+            if od < sd[t] or (od == sd[t] and oj >= 0 and (sj[t] < 0 or oj < sj[t])):
+                sd[t] = od
+                sj[t] = oj
+        cuda.syncthreads()
+        s //= 2
+    if t == 0:
+        lab[i] = sj[0]
+        d2[i] = sd[0]
 
 
 @cuda.jit
@@ -91,46 +232,67 @@ def _update_kernel(X, order, off, scale, sums):
         t += cuda.blockDim.x
 
 
-def _points_device(P):
-    """The point set on the device, transposed once and cached on the Points object."""
+# The point set of the last assignment, so that update() on the same array reuses its device
+# copy instead of sending the whole level again every iteration.
+_LAST: list = [None]
+
+
+def _device(P):
+    """Device copies of a backend.Points set: the rows, their centring shift and norms."""
     dev = P.cache.get("cuda")
     if dev is None:
-        dev = cuda.to_device(np.ascontiguousarray(P.Xs.T))
+        shift = P.shift if P.shift is not None else np.zeros(P.X.shape[1], np.float32)
+        dev = {"X": cuda.to_device(P.X), "shift": cuda.to_device(np.ascontiguousarray(shift, np.float32)),
+               "norms": cuda.to_device(np.ascontiguousarray(P.norms, np.float64))}
         P.cache["cuda"] = dev
+    _LAST[0] = weakref.ref(P)
     return dev
+
+
+def window_terms(d: int, cn64: np.ndarray) -> tuple[float, float, float]:
+    """(coef, cmax, tail) of the per-row window W = 2 (coef ||x|| cmax + tail): the fp32
+    product's bound (kmeans_cpu.screen_coef), plus the roundings of ||c||^2 to fp32 and of
+    the score's subtraction."""
+    cmax = float(np.sqrt(cn64.max())) if len(cn64) else 0.0
+    coef = cpu.screen_coef(d, cpu.UNIT_FP32)
+    # ||c||^2 rounded to fp32, and `cn - 2 acc` rounded once more (|cn| + 2|acc| <= 3 cmax^2
+    # when ||x|| <= cmax; the coef term covers the rest since it scales with ||x||).
+    tail = 4 * cpu.UNIT_FP32 * cmax * cmax
+    return coef + 2 * cpu.UNIT_FP32, cmax, tail
+
+
+def assign_device(P, C: np.ndarray, rm: int = 8, rn: int = 4):
+    """Labels (int32) and float64 squared distances, as device arrays, plus the count of rows
+    decided by the exact pass."""
+    n, d = P.X.shape
+    C = np.ascontiguousarray(C, dtype=np.float32)
+    Cs = np.ascontiguousarray(C - (P.shift if P.shift is not None else 0), dtype=np.float32)
+    cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
+    dev = _device(P)
+    lab = cuda.device_array(n, dtype=np.int32)
+    d2 = cuda.device_array(n, dtype=np.float64)
+    if n == 0:
+        return lab, d2, 0
+    v1 = cuda.device_array(n, dtype=np.float32)
+    v2 = cuda.device_array(n, dtype=np.float32)
+    amb = cuda.device_array(n, dtype=np.uint8)
+    kern = assign_kernel(rm, rn)
+    kern[(n + kern.BM - 1) // kern.BM, THREADS](dev["X"], dev["shift"], cuda.to_device(Cs),
+                                                cuda.to_device(cn64.astype(np.float32)), lab, v1, v2)
+    coef, cmax, tail = window_terms(d, cn64)
+    Cd = cuda.to_device(C)
+    _finish_kernel[(n + 255) // 256, 256](dev["X"], Cd, dev["norms"], lab, v1, v2, coef, cmax, tail, d2, amb)
+    rows = np.flatnonzero(amb.copy_to_host()).astype(np.int32)
+    if len(rows):
+        _decide_kernel[len(rows), AMB_THREADS](dev["X"], Cd, cuda.to_device(rows), lab, d2)
+    return lab, d2, len(rows)
 
 
 def assign(P, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels (int32) and squared distances (float32) for a backend.Points set."""
-    X = P.X
-    n, d = X.shape
-    C = np.ascontiguousarray(C, dtype=np.float32)
-    Cs = np.ascontiguousarray(C - P.shift, dtype=np.float32)
-    cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
-    XT = _points_device(P)
-    j = cuda.device_array(n, dtype=np.int32)
-    v1 = cuda.device_array(n, dtype=np.float32)
-    v2 = cuda.device_array(n, dtype=np.float32)
-    blocks = (n + TPB - 1) // TPB
-    _assign_kernel[blocks, TPB](XT, cuda.to_device(Cs), cuda.to_device(cn64.astype(np.float32)), j, v1, v2)
-    lab = j.copy_to_host()
-    a = v1.copy_to_host().astype(np.float64)
-    b = v2.copy_to_host().astype(np.float64)
-    # fp32 accumulation bound, plus the rounding of ||c||^2 to fp32.
-    cmax = float(np.sqrt(cn64.max())) if len(C) else 0.0
-    W = 2.0 * (cpu.screen_coef(d, cpu.UNIT_FP32) * P.norms * cmax + 4 * cpu.UNIT_FP32 * cmax * cmax)
-    amb = np.flatnonzero(~(b - a > W))
-    d2 = np.empty(n, np.float32)
-    sure = np.ones(n, bool)
-    sure[amb] = False
-    if sure.any():
-        diff = X[sure] - C[lab[sure]]
-        d2[sure] = np.einsum("ij,ij->i", diff, diff, dtype=np.float64).astype(np.float32)
-    if len(amb):
-        la, da = cpu.assign(X[amb], C)
-        lab[amb] = la
-        d2[amb] = da
-    return lab.astype(np.int32), d2
+    lab, d2, namb = assign_device(P, C)
+    P.cache["cuda_exact_rows"] = namb
+    return lab.copy_to_host(), d2.copy_to_host().astype(np.float32)
 
 
 def update(X: np.ndarray, labels: np.ndarray, k: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -142,8 +304,9 @@ def update(X: np.ndarray, labels: np.ndarray, k: int, scale: float) -> tuple[np.
     order = np.argsort(np.where(valid, labels, k), kind="stable")[: int(valid.sum())]
     off = np.zeros(k + 1, np.int64)
     np.cumsum(counts, out=off[1:])
+    last = _LAST[0]() if _LAST[0] is not None else None
+    Xd = last.cache["cuda"]["X"] if last is not None and last.X is X and "cuda" in last.cache else cuda.to_device(X)
     sums = cuda.device_array((k, X.shape[1]), dtype=np.int64)
-    _update_kernel[k, min(128, max(32, X.shape[1]))](cuda.to_device(X), cuda.to_device(order), cuda.to_device(off),
+    _update_kernel[k, min(128, max(32, X.shape[1]))](Xd, cuda.to_device(order), cuda.to_device(off),
                                                       float(scale), sums)
     return sums.copy_to_host(), counts
-

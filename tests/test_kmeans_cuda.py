@@ -20,16 +20,31 @@ CUDA_SIM = textwrap.dedent("""
     X = rng.normal(size=(70, 9)).astype(np.float32)
     C = np.vstack([X[:6], X[:2]])          # duplicated centroids: ties go to the lower index
     X[60:66] = X[:6]
-    lab, d2 = G.assign(Points(X), C)
+    P = Points(X)
+    lab, d2 = G.assign(P, C)
     lr, dr = R.assign_ref(X, C)
     assert (lab == lr).all(), (lab, lr)
     assert np.allclose(d2, dr, rtol=1e-5, atol=1e-5)
+    # Rows 0, 1, 60, 61 sit on a duplicated centroid: a zero gap, decided by the exact kernel.
+    assert P.cache["cuda_exact_rows"] >= 4, P.cache["cuda_exact_rows"]
     s = K.fixed_scale(len(X), np.abs(X).max())
-    sums, counts = G.update(X, lr, 8, s)
+    sums, counts = G.update(P.X, lr, 8, s)   # the device copy of the assignment is reused
     cs, cc = K.update(X, lr, 8, s)
     assert (sums == cs).all() and (counts == cc).all()
     sr, cr = R.update_ref(X, lr, 8)
     assert np.allclose(sums / s, sr, atol=1e-6)
+
+    # Several point blocks, centroid tiles and dimension steps, none of them full, on small
+    # patches (2 x 2: 32 points a block, 32 centroids a tile) to keep the simulator quick.
+    X = (rng.normal(size=(75, 37)) + 3).astype(np.float32)
+    C = np.vstack([X[:40] + 0.01 * rng.normal(size=(40, 37)).astype(np.float32), X[:3]])
+    C[41] = C[1]                            # an exact tie across two tiles
+    P = Points(X)
+    labd, d2d, namb = G.assign_device(P, C, rm=2, rn=2)
+    lr, dr = R.assign_ref(X, C)
+    assert (labd.copy_to_host() == lr).all()
+    assert np.allclose(d2d.copy_to_host(), dr, rtol=1e-5, atol=1e-6)
+    assert namb >= 1
     print("ok")
 """)
 
