@@ -11,12 +11,16 @@ Centroid sums are int64 fixed point: each value is rounded once to a multiple of
 which addition is exact and associative, so per-thread and per-partition partial sums reduce
 to the same bits in any order.
 
-Every screening pass also leaves a lower bound on each row's distance to all centroids but its
-own (from the second-smallest screened score, less the error window). Across Lloyd iterations
-`bound_check` carries it forward by the triangle inequality (less the most any other centroid
-moved) and keeps a row's label without a product when its exact distance to its own, moved,
-centroid is still below the bound: that label is then provably the unique nearest, so skipping
-changes nothing in the result (Hamerly's bound, made exact for screened products).
+Every screening pass also leaves, per row, a small candidate set (the centroids whose screened
+score is below a threshold, at most a few) and a lower bound on the row's distance to every
+centroid outside it (from the smallest score above the threshold, less the error window).
+Across Lloyd iterations `bound_check` carries the bound forward by the triangle inequality
+(less the most any non-candidate moved), measures the candidates exactly, and keeps the nearest
+of them without a product when its distance is still below the bound: it is then provably the
+nearest of all, so skipping changes nothing in the result. With one candidate this is Hamerly's
+bound, made exact for screened products; more candidates keep it useful where the runner-up
+is almost as near as the nearest (real embeddings, large k), and let a row change label among
+its candidates without a product.
 """
 
 from __future__ import annotations
@@ -219,53 +223,158 @@ def _second_min(sc, lo):
     return box[0]
 
 
+# Thresholds tried for a row's candidate set, in units of its screening window above its best
+# score: 2^(q/2), q = 0..12 (the window itself up to 64 windows).
+LADDER = 2.0 ** (np.arange(13) / 2.0)
+
+
+@njit(cache=True)
+def _count_le(sc, t):
+    c = 0
+    for j in range(sc.shape[0]):
+        c += sc[j] <= t
+    return c
+
+
+@njit(cache=True)
+def _min_above(sc, t):
+    """Smallest value of sc above t (+inf if none), on the integer keys so the loop vectorises."""
+    oi = sc.view(np.int32)
+    box = np.empty(1, np.float32)
+    box[0] = t
+    tk = _okey(box.view(np.int32)[0])
+    m = np.int32(0x7FFFFFFF)
+    for j in range(sc.shape[0]):
+        x = _okey(oi[j])
+        m = min(m, x if x > tk else np.int32(0x7FFFFFFF))
+    box.view(np.int32)[0] = _okey(m)
+    return box[0]
+
+
+@njit(cache=True)
+def _up32(v):
+    """Smallest float32 >= v."""
+    r = np.float32(v)
+    if np.float64(r) < v:
+        r = np.nextafter(r, np.float32(np.inf))
+    return r
+
+
 @njit(parallel=True, cache=True)
-def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, labels, d2, ncand, lb):
+def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, ladder, labels, d2, ncand, lb, cand):
     """Rows s0.. of X given their bf16 dot products (raw bits, (m, k) int16) from a product
     whose error bound is `coef`: the row's best screened score, then the exact distance of
-    every centroid within the window of it. Returns nothing; `ncand` counts the exact checks,
-    `lb` gets a lower bound on the row's squared distance to every centroid but its own."""
+    every centroid within the window of it. `ncand` counts the exact checks.
+
+    Candidate sets for the bounds: `cand` (rows s0.., -1 padded) gets the (at most
+    cand.shape[1]) centroids with the smallest screened scores, cut where the scores strictly
+    rise so that the set is exactly those at or below a threshold; `lb` a lower bound on the
+    row's squared distance to every centroid outside the set (from the smallest score above
+    it). The cut is found without a sort: `ladder` (thresholds in windows above the best
+    score) is bisected with vectorised counts, and the few scores under the first rung that
+    holds too many are sorted. When even the window holds too many, the set is the label alone
+    and the bound comes from the second-smallest score (Hamerly's single bound, which is also
+    what a one-column `cand` always gets)."""
     m, k = Sbits.shape
+    mc = cand.shape[1]
+    nbuf = 4 * mc
     cn32 = cn.astype(np.float32)
     cmax2 = cmax * cmax
     rows = 32
     span = 64
+    R = ladder.shape[0]
     for c in prange((m + rows - 1) // rows):
         wide = np.empty(k, np.uint32)
         sc = np.empty(k, np.float32)
+        bj = np.empty(nbuf, np.int32)
+        bv = np.empty(nbuf, np.float32)
         for i in range(c * rows, min(m, (c + 1) * rows)):
             lo = _bf16_scores(Sbits[i], cn32, wide, sc)
             xn = xnorm[s0 + i]
             # The product's bound for the best and for a candidate, plus the fp32 roundings of
             # ||c||^2 and of each score (relative 2^-24 of |cn| + |2 s| each, counted 4 times).
-            lim = np.float64(lo) + 2.0 * coef * xn * cmax + 4.0 * UNIT_FP32 * (cmax2 + 2.0 * xn * cmax)
-            lim32 = np.float32(lim)
-            if np.float64(lim32) < lim:
-                lim32 = np.nextafter(lim32, np.float32(np.inf))
+            win = 2.0 * coef * xn * cmax + 4.0 * UNIT_FP32 * (cmax2 + 2.0 * xn * cmax)
+            lim32 = _up32(np.float64(lo) + win)
+            # tg: the threshold of the pass below. Rung a holds at most mc scores, rung b more
+            # (unless a == b, the top); when rung b holds few, they are gathered and sorted.
+            tg = lim32
+            ok = mc > 1 and _count_le(sc, lim32) <= mc
+            exact = False
+            if ok:
+                a = 0
+                b = R - 1
+                cb = _count_le(sc, _up32(np.float64(lo) + win * ladder[b]))
+                if cb <= mc:
+                    a = b
+                while b - a > 1:
+                    h = (a + b) // 2
+                    ch = _count_le(sc, _up32(np.float64(lo) + win * ladder[h]))
+                    if ch <= mc:
+                        a = h
+                    else:
+                        b = h
+                        cb = ch
+                exact = a < b and cb <= nbuf
+                tg = _up32(np.float64(lo) + win * ladder[b if exact else a])
             best = -1
             bd = np.inf
             cnt = 0
-            # Candidates are few: a vectorised count per span, and a scan only of spans with one.
+            nb = 0
+            # Few scores pass: a vectorised count per span, and a scan only of spans with one.
             for j0 in range(0, k, span):
                 j1 = min(k, j0 + span)
                 hit = 0
                 for j in range(j0, j1):
-                    hit += sc[j] <= lim32
+                    hit += sc[j] <= tg
                 if hit == 0:
                     continue
                 for j in range(j0, j1):
-                    if sc[j] <= lim32:
-                        dd = _d2(X[s0 + i], C[j])
-                        cnt += 1
-                        if dd < bd:
-                            bd = dd
-                            best = j
+                    if sc[j] <= tg:
+                        if ok:
+                            bj[nb] = j
+                            bv[nb] = sc[j]
+                            nb += 1
+                        if sc[j] <= lim32:
+                            dd = _d2(X[s0 + i], C[j])
+                            cnt += 1
+                            if dd < bd:
+                                bd = dd
+                                best = j
             labels[s0 + i] = best
             d2[s0 + i] = bd
             ncand[s0 + i] = cnt
-            # All but one centroid screen at >= the second-smallest score; the whole window
-            # (twice the one-sided error, plus the roundings) comes off it.
-            lb[s0 + i] = xn * xn + np.float64(_second_min(sc, lo)) - (lim - np.float64(lo))
+            if exact:
+                # Insertion sort by score; gathered in index order, so ties stay by index.
+                for p in range(1, nb):
+                    v = bv[p]
+                    jj = bj[p]
+                    q = p - 1
+                    while q >= 0 and bv[q] > v:
+                        bv[q + 1] = bv[q]
+                        bj[q + 1] = bj[q]
+                        q -= 1
+                    bv[q + 1] = v
+                    bj[q + 1] = jj
+                # The longest prefix of at most mc that the next score strictly exceeds (the
+                # window's scores alone are one, as rung 0 holds at most mc).
+                nm = mc
+                while bv[nm - 1] == bv[nm]:
+                    nm -= 1
+                nxt = bv[nm]
+            elif ok:
+                nm = nb
+                nxt = _min_above(sc, tg)
+            else:
+                bj[0] = best
+                nm = 1
+                nxt = _second_min(sc, lo)
+            for q in range(nm):
+                cand[s0 + i, q] = bj[q]
+            for q in range(nm, mc):
+                cand[s0 + i, q] = -1
+            # Every centroid outside the set screens at >= nxt; the whole window (twice the
+            # one-sided error, plus the roundings) comes off it.
+            lb[s0 + i] = xn * xn + np.float64(nxt) - win
 
 
 @njit(parallel=True, cache=True)
@@ -351,24 +460,39 @@ BOUND_MARGIN = 1e-7
 
 
 @njit(parallel=True, cache=True)
-def bound_check(X, C, labels, lb, tops, rest, u2, keep):
-    """One Lloyd step of bounds. `lb` (distances, updated in place): a lower bound on each row's
-    distance to every centroid but labels[i], valid before the centroids moved. The few
-    centroids that moved most (`tops`) get their exact distance instead; every other centroid
-    moved at most `rest`, so the bound drops by that. `u2` gets the exact squared distance to the
-    row's own, moved, centroid; `keep` says whether it is still, provably, the unique nearest."""
+def bound_check(X, C, cand, labels, lb, tops, rest, u2, keep):
+    """One Lloyd step of bounds. `cand`: each row's candidate set (-1 padded); `lb` (distances,
+    updated in place): a lower bound on the row's distance to every centroid outside its set,
+    valid before the centroids moved. The few centroids that moved most (`tops`) get their
+    exact distance instead; every other centroid moved at most `rest`, so the bound drops by
+    that. `labels` and `u2` get the row's nearest candidate (exact float64 distances, lowest
+    index on ties) and its squared distance; `keep` says whether it is still, provably, the
+    nearest of all centroids (then it is the label a full assignment gives)."""
+    mc = cand.shape[1]
     for i in prange(X.shape[0]):
-        a = labels[i]
         l = lb[i] - rest
         for q in range(tops.shape[0]):
             j = tops[q]
-            if j != a:
+            inside = False
+            for p in range(mc):
+                inside |= cand[i, p] == j
+            if not inside:
                 l = min(l, np.sqrt(_d2(X[i], C[j])))
         lb[i] = l
-        dd = _d2(X[i], C[a])
-        u2[i] = dd
+        best = -1
+        bd = np.inf
+        for p in range(mc):
+            j = cand[i, p]
+            if j < 0:
+                break
+            dd = _d2(X[i], C[j])
+            if dd < bd or (dd == bd and j < best):
+                bd = dd
+                best = j
+        labels[i] = best
+        u2[i] = bd
         lim = l * (1.0 - BOUND_MARGIN)
-        keep[i] = lim > 0.0 and dd < lim * lim
+        keep[i] = lim > 0.0 and bd < lim * lim
 
 
 # At most this many of the largest movers are measured exactly in bound_check.

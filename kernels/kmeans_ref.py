@@ -111,23 +111,37 @@ def inertia_ref(X: np.ndarray, C: np.ndarray) -> float:
     return float(assign_ref(X, C)[1].astype(np.float64).sum())
 
 
-def second_ref(X: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Each row's second-smallest squared distance (what the screening lower bounds bound)."""
+def outside_ref(X: np.ndarray, C: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Each row's smallest squared distance to a centroid outside its candidate set (row of S,
+    -1 padded): what the screening lower bounds bound. +inf when S holds every centroid."""
     D = distances_ref(X, C)
-    if D.shape[1] < 2:
-        return np.full(len(X), np.inf)
-    return np.partition(D, 1, axis=1)[:, 1]
+    S = np.asarray(S)
+    for q in range(S.shape[1]):
+        r = np.flatnonzero(S[:, q] >= 0)
+        D[r, S[r, q]] = np.inf
+    return D.min(1) if D.shape[1] else np.full(len(X), np.inf)
 
 
-def bound_check_ref(X, C, labels, lb, tops, rest, margin):
-    """kmeans_cpu.bound_check: the carried bound (exact distances to the `tops` centroids, the
-    old bound less `rest` for the others), the exact squared distance to the own centroid, and
-    whether the own centroid is provably still the unique nearest."""
+def bound_check_ref(X, C, S, lb, tops, rest, margin):
+    """kmeans_cpu.bound_check: the nearest candidate (exact float64 distance, lowest index on
+    ties) of each row's set S (-1 padded), the carried bound on the distance to every centroid
+    outside S (exact distances to the `tops` centroids, the old bound less `rest` for the
+    others), the candidate's squared distance, and whether it is provably the nearest of all."""
     X64, C64 = np.asarray(X, np.float64), np.asarray(C, np.float64)
+    S = np.asarray(S)
+    n = len(X64)
+    labels = np.full(n, -1, np.int32)
+    u2 = np.full(n, np.inf)
+    for q in range(S.shape[1]):
+        j = S[:, q]
+        ok = j >= 0
+        dq = np.full(n, np.inf)
+        dq[ok] = ((X64[ok] - C64[j[ok]]) ** 2).sum(1)
+        better = ok & ((dq < u2) | ((dq == u2) & (j < labels)))
+        labels[better], u2[better] = j[better], dq[better]
     l = np.asarray(lb, dtype=np.float64) - rest
     for j in tops:
         dj = np.sqrt(((X64 - C64[j]) ** 2).sum(1))
-        l = np.where(labels != j, np.minimum(l, dj), l)
-    u2 = ((X64 - C64[labels]) ** 2).sum(1)
+        l = np.where((S == j).any(1), l, np.minimum(l, dj))
     lim = l * (1.0 - margin)
-    return l, u2, (lim > 0) & (u2 < lim * lim)
+    return labels, l, u2, (lim > 0) & (u2 < lim * lim)

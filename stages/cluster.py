@@ -194,7 +194,8 @@ def _partition_arrays(batches, d: int):
 
 
 # The bounds each partition's last assignment left (kmeans_cpu.bound_check) are kept between
-# Spark passes in a file on the executor's local disk (12 bytes a row), so whichever Python
+# Spark passes in a file on the executor's local disk (label, bound and candidate set: 12 + 2 m
+# bytes a row for k < 32768, m = CPUBackend.CANDIDATES, so 28 at m = 8), so whichever Python
 # worker of that executor runs the partition next reads them back. A task without them (another
 # executor, a lost file) screens every row: where a task runs changes speed, never labels.
 _BOUNDS_DIR = "thresher-kmeans-bounds"
@@ -227,7 +228,8 @@ def _partition_points(token: str, keys: np.ndarray, X: np.ndarray):
     try:
         with np.load(path) as z:
             if np.array_equal(z["fp"], fp) and z["labels"].shape == (len(keys),):
-                P.cache["bounds"] = {"C": z["C"], "labels": z["labels"].copy(), "lb": z["lb"].copy()}
+                P.cache["bounds"] = {"C": z["C"], "labels": z["labels"].copy(), "lb": z["lb"].copy(),
+                                     "cand": z["cand"].astype(np.int32)}
     except (OSError, KeyError, ValueError):
         pass
     return P, (path, fp)
@@ -245,7 +247,9 @@ def _keep_bounds(P, slot) -> int:
                     if old != path.parent and time.time() - old.stat().st_mtime > _BOUNDS_STALE_S:
                         shutil.rmtree(old, ignore_errors=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, fp=fp, C=b["C"], labels=b["labels"], lb=b["lb"])
+            cand = b["cand"]
+            np.savez(tmp, fp=fp, C=b["C"], labels=b["labels"], lb=b["lb"],
+                     cand=cand.astype(np.int16) if len(b["C"]) <= np.iinfo(np.int16).max else cand)
             os.replace(tmp, path)
         except OSError:
             pass  # no bounds next time: the pass screens every row

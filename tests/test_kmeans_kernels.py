@@ -107,8 +107,8 @@ def test_lloyd_iterations_match_reference():
     np.testing.assert_allclose(C, Cr, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("matmul,d", [("fp32", 2), ("fp32", 48), ("bf16", 64)])
-def test_screening_lower_bounds_hold(matmul, d):
+@pytest.mark.parametrize("matmul,d,m", [("fp32", 2, 8), ("fp32", 48, 8), ("bf16", 64, 1), ("bf16", 64, 8)])
+def test_screening_lower_bounds_hold(matmul, d, m):
     if matmul == "bf16" and not B.has_bf16_matmul():
         pytest.skip("no bf16 matrix units on this CPU")
     rng = np.random.default_rng(11)
@@ -118,35 +118,55 @@ def test_screening_lower_bounds_hold(matmul, d):
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     C = (centres / np.linalg.norm(centres, axis=1, keepdims=True) + 0.01 * rng.normal(size=(60, d))).astype(np.float32)
     C = np.vstack([C, C[:3]])  # duplicates: the second-best distance equals the best
-    lab, d2, lb = B.CPUBackend(matmul, prune=False)._screen(B.Points(X), C)
+    lab, d2, lb, cand = B.CPUBackend(matmul, prune=False, candidates=m)._screen(B.Points(X), C)
     lb2 = lb ** 2
     lr, dr = R.assign_ref(X, C)
     np.testing.assert_array_equal(lab, lr)
-    sec = R.second_ref(X, C)
-    assert (lb2 <= sec * (1 + 1e-9)).all()
-    # ... and not vacuous: the rows whose own centroid has no twin get a bound above their
-    # own distance.
+    # The bound holds for every centroid outside the row's candidate set, which holds the label.
+    assert cand.shape == (3000, m) and ((cand == lab[:, None]).sum(1) == 1).all()
+    assert (lb2 <= R.outside_ref(X, C, cand) * (1 + 1e-9)).all()
     single = lr >= 3
-    assert single.sum() > 2000 and (lb2[single] > dr[single]).all()
-    assert (lb2[~single] <= dr[~single] * (1 + 1e-6)).all()
+    if matmul == "fp32" or m == 1:
+        # One candidate (Hamerly's bound): rows whose own centroid has no twin get a bound
+        # above their own distance, the others cannot.
+        assert (cand[:, 1:] == -1).all()
+        assert single.sum() > 2000 and (lb2[single] > dr[single]).all()
+        assert (lb2[~single] <= dr[~single] * (1 + 1e-6)).all()
+    else:
+        # Several: the twins are candidates together, so their rows get a useful bound too;
+        # the sets fill up to m where the scores allow.
+        assert (cand[~single] == lr[~single, None] + 60).any(1).all()
+        assert (lb2 > dr).all() and (cand >= 0).sum(1).max() == m
 
 
 def test_bound_check_matches_reference():
     rng = np.random.default_rng(4)
     X = blobs(2000, 24, 10, seed=4)
     C = X[:30].copy()
-    lab = rng.integers(0, 30, 2000).astype(np.int32)
+    C[29] = C[5]  # an exact tie between two candidates: the lower index wins
     lb = rng.uniform(0, 8, 2000)
-    for tops in (np.array([], np.int64), np.array([7, 2], np.int64)):
-        lb_k = lb.copy()
-        u2 = np.empty(2000)
-        keep = np.empty(2000, np.bool_)
-        K.bound_check(X, C, lab, lb_k, tops, 0.5, u2, keep)
-        l, ur, kr = R.bound_check_ref(X, C, lab, lb, tops, 0.5, K.BOUND_MARGIN)
-        np.testing.assert_allclose(lb_k, l, rtol=1e-12)
-        np.testing.assert_allclose(u2, ur, rtol=1e-12)
-        np.testing.assert_array_equal(keep, kr)
-        assert 0 < keep.sum() < len(keep)
+    for m in (1, 5):
+        cand = np.stack([rng.permutation(30)[:m] for _ in range(2000)]).astype(np.int32)
+        cand[rng.random((2000, m)) < 0.3] = -1  # -1 pads the sets that are not full ...
+        cand[:, 0] = np.where(cand[:, 0] < 0, rng.integers(0, 30, 2000), cand[:, 0])
+        cand = np.sort(np.where(cand < 0, 99, cand), axis=1)  # ... after the members
+        cand[cand == 99] = -1
+        if m > 1:
+            cand[:40] = -1
+            cand[:40, :2] = [29, 5]
+        for tops in (np.array([], np.int64), np.array([7, 2], np.int64)):
+            lb_k = lb.copy()
+            lab = np.empty(2000, np.int32)
+            u2 = np.empty(2000)
+            keep = np.empty(2000, np.bool_)
+            K.bound_check(X, C, cand, lab, lb_k, tops, 0.5, u2, keep)
+            lr, l, ur, kr = R.bound_check_ref(X, C, cand, lb, tops, 0.5, K.BOUND_MARGIN)
+            np.testing.assert_array_equal(lab, lr)
+            np.testing.assert_allclose(lb_k, l, rtol=1e-12)
+            np.testing.assert_allclose(u2, ur, rtol=1e-12)
+            np.testing.assert_array_equal(keep, kr)
+            assert 0 < keep.sum() < len(keep)
+    assert (lab[:40] == 5).all()
     # Two centroids move far more than the others: they are the ones measured exactly.
     step = np.full((30, 1), 0.01, np.float32)
     step[[4, 9]] = 1.0
@@ -178,6 +198,36 @@ def test_pruned_lloyd_assignments_equal_reference(matmul, d):
         s, c = K.update(X, lab, len(C), scale)
         C = K.centroids_from(s, c, scale, C)
     assert shares[0] == 1.0 and min(shares) < 0.6, shares
+
+
+def test_candidate_bounds_give_dense_labels_on_poorly_separated_data():
+    """Unit vectors around 120 centres with noise larger than the centres' spacing (like real
+    embeddings at large k): every pruned Lloyd assignment equals the dense one bit for bit,
+    and candidate sets screen fewer rows than the single (Hamerly) bound."""
+    if not B.has_bf16_matmul():
+        pytest.skip("no bf16 matrix units on this CPU")
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(120, 64))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    X = centres[rng.integers(0, 120, 6000)] + 1.2 / 8 * rng.normal(size=(6000, 64))
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    C0 = X[K.kmeanspp(X, 60, 1)]
+    scale = K.fixed_scale(len(X), np.abs(X).max())
+    dense, Pd = B.CPUBackend("bf16", prune=False), B.Points(X)
+    screened = {}
+    for m in (1, 8):
+        be, P, C = B.CPUBackend("bf16", candidates=m), B.Points(X), C0.copy()
+        screened[m] = []
+        for _ in range(12):
+            lab, d2 = be.assign(P, C)
+            ld, dd = dense.assign(Pd, C)
+            np.testing.assert_array_equal(lab, ld)
+            np.testing.assert_array_equal(d2, dd)
+            np.testing.assert_array_equal(lab, R.assign_ref(X, C)[0])
+            screened[m].append(P.cache["screened_share"])
+            s, c = K.update(X, lab, len(C), scale)
+            C = K.centroids_from(s, c, scale, C)
+    assert sum(screened[8]) < 0.85 * sum(screened[1]), screened
 
 
 def test_backend_pick_is_logged(caplog):
