@@ -1,10 +1,10 @@
 """numba-cuda k-means kernels: assignment and centroid update (references in kmeans_ref.py).
 
 Assignment is a register-tiled fp32 product fused with the argmin: a block owns BM points and
-streams the centroids through shared memory in (BK x BN) tiles; each thread accumulates an
-RM x RN patch of dot products in registers and folds it into its points' best and second-best
-score `||c||^2 - 2 x.c` before the next centroid tile, so no (n, k) matrix is ever written.
-The threads sharing a point merge their (best, index, second) triples at the end.
+streams the centroids through shared memory in (BK x BN) tiles, double-buffered; each thread
+accumulates an RM x RN patch of dot products in registers and folds it into its points' best and
+second-best score `||c||^2 - 2 x.c` when a centroid tile is complete, so no (n, k) matrix is ever
+written. The threads sharing a point merge their (best, index, second) triples at the end.
 
 Labels equal the CPU backends' labels, as in kmeans_cpu: a row whose best and second-best scores
 are further apart than the fp32 error bound has a unique nearest centroid and only its float64
@@ -16,7 +16,8 @@ Update: points grouped by cluster (a stable counting order), then one block per 
 its rows in int64 fixed point: no atomics, and the same bits as the CPU kernels.
 
 Runs on a GPU, or on the CPU with NUMBA_ENABLE_CUDASIM=1 (tests; slow, so keep sizes tiny).
-benchmarks/gpu_check.py checks the kernels on a real device and times them against torch.
+benchmarks/gpu_check.py checks the kernels on a real device and times them against torch;
+benchmarks/GPU_NOTES.md has what each version measured.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 import weakref
 
 import numpy as np
-from numba import cuda, float32, float64, int32
+from numba import cuda, float32, float64, int32, uint64
 
 from thresher.kernels import kmeans_cpu as cpu
 
@@ -43,23 +44,33 @@ def _make_assign(RM: int, RN: int):
     BM = TY * RM
     BN = TX * RN
     # Rows padded by 4 words: the transposing stores would otherwise all hit one shared-memory
-    # bank, and 4 keeps each row 16-byte aligned so a thread's patch loads as 128-bit words.
+    # bank, and 4 keeps each row 16-byte aligned.
     LDX = BM + 4
     LDC = BN + 4
-    XLOADS = (BM * BK + THREADS - 1) // THREADS
-    CLOADS = (BN * BK + THREADS - 1) // THREADS
-    NACC = RM * RN  # local array sizes must be plain constants for numba
+    SX = BK * LDX
+    SC = BK * LDC
+    XL = BM * BK // THREADS   # tile words each thread fetches
+    CL = BN * BK // THREADS
+    NACC = RM * RN            # array sizes must be plain constants for numba
+    SX2 = 2 * SX
+    SC2 = 2 * SC
+    # The final merge reuses the tile buffers: best and second scores in sX, indices in sC.
+    assert 2 * BM * TX <= 2 * SX and BM * TX <= 2 * SC and XL * THREADS == BM * BK and CL * THREADS == BN * BK
 
     @cuda.jit
     def kernel(X, shift, Cs, cn, out_j, out_v1, out_v2):
-        sX = cuda.shared.array((BK, LDX), float32)
-        sC = cuda.shared.array((BK, LDC), float32)
-        mV1 = cuda.shared.array((BM, TX), float32)
-        mV2 = cuda.shared.array((BM, TX), float32)
-        mJ = cuda.shared.array((BM, TX), int32)
+        # Two buffers of each tile: the next step's tile is fetched from global memory into
+        # registers while this step's is multiplied, so one barrier a step and the loads'
+        # latency hides behind the arithmetic.
+        sX = cuda.shared.array(SX2, float32)
+        sC = cuda.shared.array(SC2, float32)
         acc = cuda.local.array(NACC, float32)
         xr = cuda.local.array(RM, float32)
         cr = cuda.local.array(RN, float32)
+        xr2 = cuda.local.array(RM, float32)
+        cr2 = cuda.local.array(RN, float32)
+        px = cuda.local.array(XL, float32)
+        pc = cuda.local.array(CL, float32)
         v1 = cuda.local.array(RM, float32)
         v2 = cuda.local.array(RM, float32)
         bj = cuda.local.array(RM, int32)
@@ -70,74 +81,123 @@ def _make_assign(RM: int, RN: int):
         d = X.shape[1]
         k = Cs.shape[0]
         p0 = cuda.blockIdx.x * BM
+        nd = (d + BK - 1) // BK
+        nsteps = ((k + BN - 1) // BN) * nd
         for a in range(RM):
             v1[a] = math.inf
             v2[a] = math.inf
             bj[a] = -1
-        for j0 in range(0, k, BN):
-            for q in range(NACC):
-                acc[q] = 0.0
-            for d0 in range(0, d, BK):
-                # Consecutive threads read consecutive dimensions of one row: coalesced.
-                for q in range(XLOADS):
+        for q in range(NACC):
+            acc[q] = 0.0
+        # Consecutive threads fetch consecutive dimensions of one row: coalesced.
+        for q in range(XL):
+            e = tid + THREADS * q
+            p = p0 + e // BK
+            dd = e % BK
+            # Centred in fp32, exactly as the host's Points.Xs: the error bound is stated for
+            # the centred coordinates.
+            px[q] = X[p, dd] - shift[dd] if p < n and dd < d else float32(0.0)
+        for q in range(CL):
+            e = tid + THREADS * q
+            j = e // BK
+            dd = e % BK
+            pc[q] = Cs[j, dd] if j < k and dd < d else float32(0.0)
+        for q in range(XL):
+            e = tid + THREADS * q
+            sX[(e % BK) * LDX + e // BK] = px[q]
+        for q in range(CL):
+            e = tid + THREADS * q
+            sC[(e % BK) * LDC + e // BK] = pc[q]
+        cuda.syncthreads()
+        for s in range(nsteps):
+            cur = s % 2
+            t = s + 1
+            if t < nsteps:
+                j0n = (t // nd) * BN
+                d0n = (t % nd) * BK
+                for q in range(XL):
                     e = tid + THREADS * q
-                    if e < BM * BK:
-                        r = e // BK
-                        c = e % BK
-                        p = p0 + r
-                        dd = d0 + c
-                        # Centred in fp32, exactly as the host's Points.Xs: the error bound
-                        # below is stated for the centred coordinates.
-                        sX[c, r] = X[p, dd] - shift[dd] if p < n and dd < d else float32(0.0)
-                for q in range(CLOADS):
+                    p = p0 + e // BK
+                    dd = d0n + e % BK
+                    px[q] = X[p, dd] - shift[dd] if p < n and dd < d else float32(0.0)
+                for q in range(CL):
                     e = tid + THREADS * q
-                    if e < BN * BK:
-                        r = e // BK
-                        c = e % BK
-                        j = j0 + r
-                        dd = d0 + c
-                        sC[c, r] = Cs[j, dd] if j < k and dd < d else float32(0.0)
-                cuda.syncthreads()
-                for kk in range(BK):
-                    # Contiguous patches (vector loads); a warp reads 2 distinct X patches
-                    # (broadcast) and 16 consecutive C patches.
-                    for a in range(RM):
-                        xr[a] = sX[kk, ty * RM + a]
-                    for b in range(RN):
-                        cr[b] = sC[kk, tx * RN + b]
-                    for a in range(RM):
-                        for b in range(RN):
-                            acc[a * RN + b] += xr[a] * cr[b]
-                cuda.syncthreads()
-            # A thread meets its centroids in increasing index order, so `<` keeps the lowest
-            # index on equal scores, and an equal score lands in v2 (gap 0: decided exactly).
+                    j = j0n + e // BK
+                    dd = d0n + e % BK
+                    pc[q] = Cs[j, dd] if j < k and dd < d else float32(0.0)
+            # Unsigned offsets: numba wraps negative signed indices, and those selects (in
+            # 64-bit arithmetic, per load) cost more than the FMAs and hide the patches'
+            # contiguity from the compiler, which then cannot use 128-bit loads.
+            bx = uint64(cur * SX + ty * RM)
+            bc = uint64(cur * SC + tx * RN)
+            # Two register sets, ping-pong: row kk+1's patches load while row kk's FMAs
+            # run, so shared-memory latency hides inside one warp.
             for a in range(RM):
+                xr[a] = sX[bx + uint64(a)]
+            for b in range(RN):
+                cr[b] = sC[bc + uint64(b)]
+            for kk in range(0, BK, 2):
+                ox = bx + uint64((kk + 1) * LDX)
+                oc = bc + uint64((kk + 1) * LDC)
+                for a in range(RM):
+                    xr2[a] = sX[ox + uint64(a)]
                 for b in range(RN):
-                    j = j0 + tx * RN + b
-                    if j < k:
-                        v = cn[j] - float32(2.0) * acc[a * RN + b]
-                        if v < v1[a]:
-                            v2[a] = v1[a]
-                            v1[a] = v
-                            bj[a] = j
-                        elif v < v2[a]:
-                            v2[a] = v
+                    cr2[b] = sC[oc + uint64(b)]
+                for a in range(RM):
+                    for b in range(RN):
+                        acc[a * RN + b] += xr[a] * cr[b]
+                if kk + 2 < BK:
+                    ox = bx + uint64((kk + 2) * LDX)
+                    oc = bc + uint64((kk + 2) * LDC)
+                    for a in range(RM):
+                        xr[a] = sX[ox + uint64(a)]
+                    for b in range(RN):
+                        cr[b] = sC[oc + uint64(b)]
+                for a in range(RM):
+                    for b in range(RN):
+                        acc[a * RN + b] += xr2[a] * cr2[b]
+            if t < nsteps:
+                for q in range(XL):
+                    e = tid + THREADS * q
+                    sX[(1 - cur) * SX + (e % BK) * LDX + e // BK] = px[q]
+                for q in range(CL):
+                    e = tid + THREADS * q
+                    sC[(1 - cur) * SC + (e % BK) * LDC + e // BK] = pc[q]
+            cuda.syncthreads()
+            if s % nd == nd - 1:
+                # A tile's dot products are complete: fold them into the row's best two. A
+                # thread meets its centroids in increasing index order, so `<` keeps the lowest
+                # index on equal scores, and an equal score lands in v2 (gap 0: decided exactly).
+                j0 = (s // nd) * BN
+                for a in range(RM):
+                    for b in range(RN):
+                        j = j0 + tx * RN + b
+                        if j < k:
+                            v = cn[j] - float32(2.0) * acc[a * RN + b]
+                            if v < v1[a]:
+                                v2[a] = v1[a]
+                                v1[a] = v
+                                bj[a] = j
+                            elif v < v2[a]:
+                                v2[a] = v
+                        acc[a * RN + b] = 0.0
+        # The TX threads sharing a row merge their triples (indices < 2^24 are exact in fp32).
         for a in range(RM):
             r = ty * RM + a
-            mV1[r, tx] = v1[a]
-            mV2[r, tx] = v2[a]
-            mJ[r, tx] = bj[a]
+            sX[r * TX + tx] = v1[a]
+            sX[BM * TX + r * TX + tx] = v2[a]
+            sC[r * TX + tx] = float32(bj[a])
         cuda.syncthreads()
         if tid < BM:
             p = p0 + tid
-            B1 = mV1[tid, 0]
-            B2 = mV2[tid, 0]
-            BJ = mJ[tid, 0]
-            for t in range(1, TX):
-                a1 = mV1[tid, t]
-                aj = mJ[tid, t]
+            B1 = sX[tid * TX]
+            B2 = sX[BM * TX + tid * TX]
+            BJ = int32(sC[tid * TX])
+            for u in range(1, TX):
+                a1 = sX[tid * TX + u]
+                aj = int32(sC[tid * TX + u])
                 if a1 < B1 or (a1 == B1 and aj < BJ and aj >= 0):
-                    B2 = min(B1, mV2[tid, t])
+                    B2 = min(B1, sX[BM * TX + tid * TX + u])
                     B1 = a1
                     BJ = aj
                 else:
@@ -154,7 +214,7 @@ def _make_assign(RM: int, RN: int):
 ASSIGN_KERNELS: dict[tuple[int, int], object] = {}
 
 
-def assign_kernel(rm: int = 8, rn: int = 4):
+def assign_kernel(rm: int = 8, rn: int = 8):
     key = (rm, rn)
     if key not in ASSIGN_KERNELS:
         ASSIGN_KERNELS[key] = _make_assign(rm, rn)
@@ -261,7 +321,7 @@ def window_terms(d: int, cn64: np.ndarray) -> tuple[float, float, float]:
     return coef + 2 * cpu.UNIT_FP32, cmax, tail
 
 
-def assign_device(P, C: np.ndarray, rm: int = 8, rn: int = 4):
+def assign_device(P, C: np.ndarray, rm: int = 8, rn: int = 8):
     """Labels (int32) and float64 squared distances, as device arrays, plus the count of rows
     decided by the exact pass."""
     n, d = P.X.shape
