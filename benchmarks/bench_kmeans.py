@@ -67,10 +67,12 @@ def exact_inertia(X, C) -> float:
     return float(cpu.assign(X, C)[1].astype(np.float64).sum())
 
 
-def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float = 0.35) -> dict:
+def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float = 0.35,
+                single: bool = True) -> dict:
     """Lloyd iterations against faiss. `spread` is the per-point noise around each component
     centre: the larger it is, the less separated the clusters and the fewer rows the bounds
-    can skip (faiss's time does not depend on it)."""
+    can skip (faiss's time does not depend on it). `single`: also time the bounds with one
+    candidate a row (Hamerly's bound)."""
     import faiss
 
     from thresher.kernels.backend import CPUBackend, pick_backend
@@ -88,17 +90,20 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
     be = pick_backend()
     flops = 2.0 * n * k * d * iters
 
-    shares = []
+    shares, shares1 = [], []
 
-    def ours():
-        src = ArraySource(X, be)
+    def ours(backend=be, out=shares):
+        src = ArraySource(X, backend)
         C = np.ascontiguousarray(C0)
-        shares.clear()
+        out.clear()
         for _ in range(iters):  # hkmeans.lloyd's loop, keeping each pass's screened share
             res = src.lloyd_pass(C, 0)
             C = cpu.centroids_from(res.sums, res.counts, src.scale, C)
-            shares.append(round(src.P.cache["screened_share"], 3))
+            out.append(round(src.P.cache["screened_share"], 3))
         return C
+
+    # The bounds with one candidate a row (Hamerly's single bound): what the candidate sets add.
+    single_be = CPUBackend(be.matmul, candidates=1)
 
     # The same kernels with every row screened every iteration: what the bounds save.
     dense_be = CPUBackend(be.matmul, prune=False)
@@ -113,19 +118,23 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
         return km.centroids
 
     lloyd(ArraySource(X[: 4 * k], be), C0, 1)  # compile/warm outside the timings
-    t_ours, t_peer, t_dense = [], [], []
-    C_ours = C_peer = C_dense = None
+    t_ours, t_peer, t_dense, t_single = [], [], [], []
+    C_ours = C_peer = C_dense = C_single = None
     for _ in range(repeat):
         t0 = time.perf_counter()
         C_ours = ours()
         t_ours.append(time.perf_counter() - t0)
+        if single:
+            t0 = time.perf_counter()
+            C_single = ours(single_be, shares1)
+            t_single.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         C_peer = peer()
         t_peer.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         C_dense = dense()
         t_dense.append(time.perf_counter() - t0)
-    if not np.array_equal(C_ours, C_dense):
+    if not np.array_equal(C_ours, C_dense) or (single and not np.array_equal(C_single, C_dense)):
         raise AssertionError("lloyd: pruned and dense iterations gave different centroids")
     i_ours, i_peer = exact_inertia(X, C_ours), exact_inertia(X, C_peer)
     empty = int((np.bincount(cpu.assign(X, C_ours)[0], minlength=k) == 0).sum())
@@ -138,7 +147,9 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
                   all_thresher_s=[round(t, 2) for t in t_ours], all_faiss_s=[round(t, 2) for t in t_peer],
                   thresher_dense_s=round(statistics.median(t_dense), 2),
                   thresher_dense_gflops=round(flops / statistics.median(t_dense) / 1e9, 1),
-                  dense_same_centroids=True, screened_share_per_iter=shares,
+                  dense_same_centroids=True, screened_share_per_iter=shares, candidates=be.candidates,
+                  **({"thresher_single_bound_s": round(statistics.median(t_single), 2),
+                      "single_bound_screened_share_per_iter": shares1} if single else {}),
                   load_avg_1m=round(os.getloadavg()[0], 2),
                   **matmul_peaks())
 

@@ -80,7 +80,7 @@ class CPUBackend:
     GATHER_MAX = 0.6
     # Candidates kept per row for the bounds (bf16 screening; the fp32 and direct paths keep
     # the label alone). Measured on 200,000 x 384, k=1000 (README, clustering).
-    CANDIDATES = 8
+    CANDIDATES = 16
 
     def __init__(self, matmul: str = "fp32", prune: bool | None = None, candidates: int | None = None):
         self.matmul = matmul
@@ -90,12 +90,15 @@ class CPUBackend:
         self.candidates = max(1, int(candidates or self.CANDIDATES))
         self.name = "numba-cpu" + ("+bf16" if matmul == "bf16" else "")
 
+    def _bf16(self, P: Points, C: np.ndarray, m: int) -> bool:
+        # bf16 pays off only for real products; tiny d or k would overflow its wider windows.
+        return self.matmul == "bf16" and m >= 256 and P.X.shape[1] >= 32 and len(C) >= 32
+
     def _screen(self, P: Points, C: np.ndarray, rows: np.ndarray | None = None):
         """(labels, float64 d2, lower bound on the distance to any centroid outside the row's
         candidate set, candidate sets (int32, -1 padded)) of all rows, or of `rows` only."""
-        # bf16 pays off only for real products; tiny d or k would overflow its wider windows.
         m = len(P) if rows is None else len(rows)
-        if self.matmul == "bf16" and m >= 256 and P.X.shape[1] >= 32 and len(C) >= 32:
+        if self._bf16(P, C, m):
             lab, d2, lb2, cand = assign_bf16(P, C, rows=rows, with_bounds=True, candidates=self.candidates)
         else:
             if rows is None:
@@ -116,10 +119,18 @@ class CPUBackend:
             screened = n
         else:
             lab, lb, cand = st["labels"], st["lb"], st["cand"]
-            _, tops, rest = cpu.moves(st["C"], C)
+            mv, tops, rest = cpu.moves(st["C"], C)
+            if self._bf16(P, C, n) and len(C) >= 4 * cpu.SCREEN_TOPS:
+                # The largest movers screened again (cheap: a product with few columns), so
+                # the others' bound drops only by the bulk's move.
+                tops, rest = cpu.largest_moves(mv, cpu.SCREEN_TOPS)
+                ltop = screen_tops_bf16(P, C, tops, cand)
+                tops = tops[:0]
+            else:
+                ltop = np.full(n, np.inf)
             d2 = np.empty(n, np.float64)
             keep = np.empty(n, np.bool_)
-            cpu.bound_check(P.X, C, cand, lab, lb, tops, rest, d2, keep)
+            cpu.bound_check(P.X, C, cand, lab, lb, tops, rest, ltop, d2, keep)
             rows = np.flatnonzero(~keep)
             screened = len(rows)
             if screened > self.GATHER_MAX * n:
@@ -231,3 +242,29 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
     if with_bounds:
         return labels, d2, lb, cand
     return labels, d2.astype(np.float32)
+
+
+def screen_tops_bf16(P: Points, C: np.ndarray, tops: np.ndarray, cand: np.ndarray,
+                     block: int = 8192) -> np.ndarray:
+    """A lower bound on each row's distance to every centroid of `tops` (ascending) outside its
+    candidate set (`cand`, rows ascending), from a bf16 product of every row with those
+    centroids only (kmeans_cpu.top_bounds_bf16)."""
+    import torch
+
+    Xb = P.cache.get("bf16")
+    if Xb is None:
+        Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
+        P.cache["bf16"] = Xb
+    Cs = np.ascontiguousarray(C[tops], dtype=np.float32) - P.shift
+    Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()
+    cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
+    cmax = float(np.sqrt(cn64.max())) if len(tops) else 0.0
+    n = len(P)
+    out = np.empty(n, np.float64)
+    tile = torch.empty((min(block, n), len(tops)), dtype=torch.bfloat16)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        t = tile[: e - s]
+        torch.mm(Xb[s:e], Cb, out=t)
+        cpu.top_bounds_bf16(t.view(torch.int16).numpy(), s, tops, cn64, P.norms, cmax, _bf16_coef(P.X.shape[1]), cand, out)
+    return out

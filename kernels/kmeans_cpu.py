@@ -361,6 +361,14 @@ def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, ladder, labels, d2,
                 while bv[nm - 1] == bv[nm]:
                     nm -= 1
                 nxt = bv[nm]
+                # Sets are kept in index order (bound_check walks them beside the tops).
+                for p in range(1, nm):
+                    jj = bj[p]
+                    q = p - 1
+                    while q >= 0 and bj[q] > jj:
+                        bj[q + 1] = bj[q]
+                        q -= 1
+                    bj[q + 1] = jj
             elif ok:
                 nm = nb
                 nxt = _min_above(sc, tg)
@@ -460,17 +468,19 @@ BOUND_MARGIN = 1e-7
 
 
 @njit(parallel=True, cache=True)
-def bound_check(X, C, cand, labels, lb, tops, rest, u2, keep):
-    """One Lloyd step of bounds. `cand`: each row's candidate set (-1 padded); `lb` (distances,
-    updated in place): a lower bound on the row's distance to every centroid outside its set,
-    valid before the centroids moved. The few centroids that moved most (`tops`) get their
-    exact distance instead; every other centroid moved at most `rest`, so the bound drops by
-    that. `labels` and `u2` get the row's nearest candidate (exact float64 distances, lowest
-    index on ties) and its squared distance; `keep` says whether it is still, provably, the
-    nearest of all centroids (then it is the label a full assignment gives)."""
+def bound_check(X, C, cand, labels, lb, tops, rest, ltop, u2, keep):
+    """One Lloyd step of bounds. `cand`: each row's candidate set (ascending, -1 padded); `lb`
+    (distances, updated in place): a lower bound on the row's distance to every centroid
+    outside its set, valid before the centroids moved. Centroids other than the `tops` moved
+    at most `rest`, so the bound drops by that; the tops outside the set are bounded by
+    `ltop` (per row, from a screen of the moved tops; +inf if none) and, for the few in
+    `tops`, their exact distance. `labels` and `u2` get the row's nearest candidate (exact
+    float64 distances, lowest index on ties) and its squared distance; `keep` says whether it
+    is still, provably, the nearest of all centroids (then it is the label a full assignment
+    gives)."""
     mc = cand.shape[1]
     for i in prange(X.shape[0]):
-        l = lb[i] - rest
+        l = min(lb[i] - rest, ltop[i])
         for q in range(tops.shape[0]):
             j = tops[q]
             inside = False
@@ -495,8 +505,46 @@ def bound_check(X, C, cand, labels, lb, tops, rest, u2, keep):
         keep[i] = lim > 0.0 and bd < lim * lim
 
 
+@njit(parallel=True, cache=True)
+def top_bounds_bf16(Sbits, s0, tops, cn, xnorm, cmax, coef, cand, out):
+    """Rows s0.. given their bf16 dot products with the moved tops only ((m, t) int16 bits, as
+    select_from_bf16's, with the same error bound `coef` and largest centroid norm `cmax`):
+    a lower bound on each row's distance to every top outside its candidate set (both in
+    index order), into `out`; +inf when every top is a candidate."""
+    m, t = Sbits.shape
+    mc = cand.shape[1]
+    cmax2 = cmax * cmax
+    for i in prange(m):
+        xn = xnorm[s0 + i]
+        win = 2.0 * coef * xn * cmax + 4.0 * UNIT_FP32 * (cmax2 + 2.0 * xn * cmax)
+        lo = np.inf
+        p = 0
+        for q in range(t):
+            j = tops[q]
+            while p < mc and cand[s0 + i, p] >= 0 and cand[s0 + i, p] < j:
+                p += 1
+            if p < mc and cand[s0 + i, p] == j:
+                continue
+            # fp32 as in _bf16_scores: 2 s is exact, the subtraction's rounding is in `win`.
+            sb = np.uint32(np.uint16(Sbits[i, q])) << np.uint32(16)
+            v = np.float64(np.float32(cn[q]) - np.float32(2.0) * _bits_f32(sb))
+            lo = min(lo, v)
+        out[s0 + i] = np.sqrt(max(xn * xn + lo - win, 0.0)) if lo < np.inf else np.inf
+
+
+@njit(cache=True, inline="always")
+def _bits_f32(b):
+    box = np.empty(1, np.uint32)
+    box[0] = b
+    return box.view(np.float32)[0]
+
+
 # At most this many of the largest movers are measured exactly in bound_check.
 MAX_TOPS = 8
+# On the bf16 path, this many of the largest movers are screened again instead (a product of
+# every row with them costs ~SCREEN_TOPS / k of a full screen), so the bound of the others
+# drops by the bulk's move, not the outliers'.
+SCREEN_TOPS = 128
 
 
 def moves(C_old: np.ndarray, C_new: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -510,6 +558,13 @@ def moves(C_old: np.ndarray, C_new: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     ref = mv[order[MAX_TOPS]]
     b = int((mv[order[:MAX_TOPS]] > 2.0 * ref).sum())
     return mv, order[:b].astype(np.int64), float(mv[order[b]])
+
+
+def largest_moves(mv: np.ndarray, t: int) -> tuple[np.ndarray, float]:
+    """The t centroids that moved most (in index order) and the largest move of the others."""
+    order = np.argsort(-mv, kind="stable")
+    t = min(t, len(mv))
+    return np.sort(order[:t]).astype(np.int64), float(mv[order[t]]) if t < len(mv) else 0.0
 
 
 # ------------------------------------------------------------------------------ update

@@ -122,11 +122,12 @@ def outside_ref(X: np.ndarray, C: np.ndarray, S: np.ndarray) -> np.ndarray:
     return D.min(1) if D.shape[1] else np.full(len(X), np.inf)
 
 
-def bound_check_ref(X, C, S, lb, tops, rest, margin):
-    """kmeans_cpu.bound_check: the nearest candidate (exact float64 distance, lowest index on
-    ties) of each row's set S (-1 padded), the carried bound on the distance to every centroid
-    outside S (exact distances to the `tops` centroids, the old bound less `rest` for the
-    others), the candidate's squared distance, and whether it is provably the nearest of all."""
+def bound_check_ref(X, C, S, lb, tops, rest, ltop, margin):
+    """kmeans_cpu.bound_check: the carried bound on the distance to every centroid outside the
+    row's set S (-1 padded): the old one less `rest`, `ltop` (the moved tops' bound), and the
+    exact distances to the `tops` outside S; the nearest member of S (exact float64 distance,
+    lowest index on ties), its squared distance, and whether it is provably the nearest of
+    all."""
     X64, C64 = np.asarray(X, np.float64), np.asarray(C, np.float64)
     S = np.asarray(S)
     n = len(X64)
@@ -139,7 +140,7 @@ def bound_check_ref(X, C, S, lb, tops, rest, margin):
         dq[ok] = ((X64[ok] - C64[j[ok]]) ** 2).sum(1)
         better = ok & ((dq < u2) | ((dq == u2) & (j < labels)))
         labels[better], u2[better] = j[better], dq[better]
-    l = np.asarray(lb, dtype=np.float64) - rest
+    l = np.minimum(np.asarray(lb, dtype=np.float64) - rest, ltop)
     for j in tops:
         dj = np.sqrt(((X64 - C64[j]) ** 2).sum(1))
         l = np.where((S == j).any(1), l, np.minimum(l, dj))

@@ -153,14 +153,15 @@ def test_bound_check_matches_reference():
         cand[cand == 99] = -1
         if m > 1:
             cand[:40] = -1
-            cand[:40, :2] = [29, 5]
-        for tops in (np.array([], np.int64), np.array([7, 2], np.int64)):
+            cand[:40, :2] = [5, 29]
+        ltop = np.where(rng.random(2000) < 0.5, np.inf, rng.uniform(0, 8, 2000))
+        for tops, lt in [(np.array([], np.int64), np.full(2000, np.inf)), (np.array([7, 2], np.int64), ltop)]:
             lb_k = lb.copy()
             lab = np.empty(2000, np.int32)
             u2 = np.empty(2000)
             keep = np.empty(2000, np.bool_)
-            K.bound_check(X, C, cand, lab, lb_k, tops, 0.5, u2, keep)
-            lr, l, ur, kr = R.bound_check_ref(X, C, cand, lb, tops, 0.5, K.BOUND_MARGIN)
+            K.bound_check(X, C, cand, lab, lb_k, tops, 0.5, lt, u2, keep)
+            lr, l, ur, kr = R.bound_check_ref(X, C, cand, lb, tops, 0.5, lt, K.BOUND_MARGIN)
             np.testing.assert_array_equal(lab, lr)
             np.testing.assert_allclose(lb_k, l, rtol=1e-12)
             np.testing.assert_allclose(u2, ur, rtol=1e-12)
@@ -174,6 +175,31 @@ def test_bound_check_matches_reference():
     assert sorted(tops) == [4, 9] and np.isclose(rest, 0.01 * np.sqrt(24), rtol=1e-5)
     mv, tops, rest = K.moves(C, C + 0.01)  # even moves: no outliers, a plain bound
     assert len(tops) == 0 and np.isclose(rest, mv.max())
+    tops, rest = K.largest_moves(np.array([0.1, 0.5, 0.2, 0.5, 0.0]), 3)
+    assert list(tops) == [1, 2, 3] and rest == 0.1
+
+
+def test_top_screen_bounds_hold():
+    if not B.has_bf16_matmul():
+        pytest.skip("no bf16 matrix units on this CPU")
+    X = blobs(3000, 64, 40, seed=8, spread=1.0)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    C = X[K.kmeanspp(X, 200, 2)]
+    P = B.Points(X)
+    _, _, _, cand = B.CPUBackend("bf16", candidates=8)._screen(P, C)
+    # Sets ascending, padding after (what the walk beside the tops relies on).
+    assert (np.diff(np.where(cand < 0, 10 ** 6 + np.arange(8), cand), axis=1) > 0).all()
+    tops = np.sort(np.random.default_rng(0).choice(200, 50, replace=False))
+    cand[:5] = tops[:8]  # tops that are candidates are skipped
+    lt = B.screen_tops_bf16(P, C, tops, cand)
+    D = R.distances_ref(X, C)
+    out = np.full(D.shape, np.inf)
+    out[:, tops] = D[:, tops]
+    for q in range(cand.shape[1]):
+        r = np.flatnonzero(cand[:, q] >= 0)
+        out[r, cand[r, q]] = np.inf
+    ref = np.sqrt(out.min(1))
+    assert (lt <= ref * (1 + 1e-9)).all() and (lt > 0.9 * ref).mean() > 0.9
 
 
 @pytest.mark.parametrize("matmul,d", [("fp32", 2), ("fp32", 48), ("bf16", 64)])
@@ -200,12 +226,14 @@ def test_pruned_lloyd_assignments_equal_reference(matmul, d):
     assert shares[0] == 1.0 and min(shares) < 0.6, shares
 
 
-def test_candidate_bounds_give_dense_labels_on_poorly_separated_data():
+def test_candidate_bounds_give_dense_labels_on_poorly_separated_data(monkeypatch):
     """Unit vectors around 120 centres with noise larger than the centres' spacing (like real
     embeddings at large k): every pruned Lloyd assignment equals the dense one bit for bit,
     and candidate sets screen fewer rows than the single (Hamerly) bound."""
     if not B.has_bf16_matmul():
         pytest.skip("no bf16 matrix units on this CPU")
+    # The largest movers screened again (screen_tops_bf16) at this small k too.
+    monkeypatch.setattr(K, "SCREEN_TOPS", 8)
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(120, 64))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -215,19 +243,27 @@ def test_candidate_bounds_give_dense_labels_on_poorly_separated_data():
     scale = K.fixed_scale(len(X), np.abs(X).max())
     dense, Pd = B.CPUBackend("bf16", prune=False), B.Points(X)
     screened = {}
-    for m in (1, 8):
+    for m in (1, 16):
         be, P, C = B.CPUBackend("bf16", candidates=m), B.Points(X), C0.copy()
         screened[m] = []
-        for _ in range(12):
+        for it in range(12):
+            if it in (6, 9):
+                # Centroids jump onto far points: rows there must move to them (the
+                # largest movers' bounds at work).
+                far = np.argsort(-R.assign_ref(X, C)[1], kind="stable")[:3]
+                C[[3, 17, 40]] = X[far]
             lab, d2 = be.assign(P, C)
             ld, dd = dense.assign(Pd, C)
             np.testing.assert_array_equal(lab, ld)
             np.testing.assert_array_equal(d2, dd)
             np.testing.assert_array_equal(lab, R.assign_ref(X, C)[0])
+            # Carried or fresh, each row's bound holds for every centroid outside its set.
+            st = P.cache["bounds"]
+            assert (st["lb"] <= np.sqrt(R.outside_ref(X, C, st["cand"])) * (1 + 1e-9)).all()
             screened[m].append(P.cache["screened_share"])
             s, c = K.update(X, lab, len(C), scale)
             C = K.centroids_from(s, c, scale, C)
-    assert sum(screened[8]) < 0.85 * sum(screened[1]), screened
+    assert sum(screened[16]) < 0.85 * sum(screened[1]), screened
 
 
 def test_backend_pick_is_logged(caplog):
