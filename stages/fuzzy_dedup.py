@@ -16,8 +16,13 @@
    survivor first, each compared with it by the same kernel; the others go to `removed` with
    reason `near_duplicate`, by_id the survivor, score their Jaccard with it.
 
+Inputs of up to `one_task_docs` documents take all five steps in one executor task instead
+(one_task_batches, the same kernels, the same result): on a small corpus the shuffles and
+Spark jobs of the distributed path cost more than the work they spread.
+
 Per document, the driver receives at most the component labels of up to `broadcast_labels`
-nodes, for a broadcast join; otherwise counts and the LSH parameters only.
+nodes (or the ids of as many removed documents), for a broadcast join; otherwise counts and the
+LSH parameters only.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ class Config(StageConfig):
     # local: intermediate tables live on the executors (fast); reliable: also written to the
     # checkpoint folder, so a lost executor does not lose them (clusters).
     checkpoint: Literal["local", "reliable"] = "local"
+    # Up to this many documents, the whole dedup runs in one executor task (one Python worker
+    # holds every document's shingle set and bucket keys: about 0.8 KB a Debian document), with
+    # the same result as the distributed path and without its shuffles and jobs. 0: never.
+    one_task_docs: int = Field(100_000, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -112,31 +121,41 @@ def _row_chunks(byte_off: np.ndarray):
         lo = hi
 
 
+def _sign(text, cfg: Config, a, b, bands: int, rows: int):
+    """One Arrow batch of texts -> (has: rows with shingles, off, h: the shingle sets (verify)
+    or hashes of every row, sig, bk: signatures and bucket keys of the rows in `has`)."""
+    from thresher.kernels.minhash import band_hashes, minhash_signatures, seed64
+    from thresher.stages.text import shingle_hashes, shingle_sets
+
+    # A multiset has the signature of its set, so signatures come from the sets when the sets
+    # are kept anyway.
+    off, h = (shingle_sets if cfg.verify else shingle_hashes)(text, cfg.shingle, cfg.normalise)
+    has = np.flatnonzero(np.diff(off) > 0)
+    if len(has) == 0:
+        return has, off, h, None, None
+    sig = minhash_signatures(off, h, a, b)[has]
+    return has, off, h, sig, band_hashes(sig, bands, rows, seed64(int(cfg.seed or 0)))
+
+
 def sign_batches(cfg: Config, bands: int, rows: int):
     """mapInArrow function: (id, text) -> one row per document that has shingles: (id, its
     length in characters, `s`, its `bands` bucket keys). Normalising, shingling, signatures and
     band hashes all happen here, once per document."""
-    norm, shingle, num_perm, seed, verify = cfg.normalise, cfg.shingle, cfg.num_perm, int(cfg.seed or 0), cfg.verify
+    num_perm, seed, verify = cfg.num_perm, int(cfg.seed or 0), cfg.verify
 
     def fn(batches):
         import pyarrow.compute as pc
 
         from thresher.flows.spark import limit_task_threads
-        from thresher.kernels.minhash import band_hashes, minhash_signatures, permutations, seed64
-        from thresher.stages.text import shingle_hashes, shingle_sets
+        from thresher.kernels.minhash import permutations
 
         limit_task_threads()
         a, b = permutations(num_perm, seed)
         for batch in batches:
             text = batch.column(1)
-            # A multiset has the signature of its set, so signatures come from the sets when
-            # the sets are kept anyway.
-            off, h = (shingle_sets if verify else shingle_hashes)(text, shingle, norm)
-            has = np.flatnonzero(np.diff(off) > 0)
+            has, off, h, sig, bk = _sign(text, cfg, a, b, bands, rows)
             if len(has) == 0:
                 continue
-            sig = minhash_signatures(off, h, a, b)[has]
-            bk = band_hashes(sig, bands, rows, seed64(seed))
             if verify:
                 # Documents without shingles hold no values, so the kept sets stay contiguous.
                 byte_off = np.append(off[has], off[-1]) * 8
@@ -211,6 +230,143 @@ def reference_batches(cfg: Config, out_schema: pa.Schema, drop_reference: bool):
     return fn
 
 
+# ------------------------------------------------------------------------------------ one task
+# Rows of the one-task path, three tables in one: t=0 a member of a component (a: id, b: its
+# component id, c: its representative, n: the component's size, j: similarity to the
+# representative), t=1 a candidate pair (a: hub, b: member, n: bucket size, j: similarity),
+# t=2 a count for the stats (a: name, n: value).
+ONE_TASK = pa.schema([("t", pa.int8()), ("a", pa.string()), ("b", pa.string()), ("c", pa.string()),
+                      ("n", pa.int64()), ("j", pa.float64())])
+
+
+def star_pairs(keys: np.ndarray, node: np.ndarray, nodes: int):
+    """LSH buckets linked as stars: keys (docs, bands) bucket keys, node each document's node
+    number (in id order). Returns (hub, member, size), node numbers: every member of a bucket of
+    two or more documents with the bucket's smallest node, once per distinct pair, sorted, with
+    the size of the largest bucket that links them -- the pairs of the distributed path."""
+    bands = keys.shape[1]
+    k = keys.reshape(-1)
+    o = np.argsort(k, kind="stable")
+    k, mem = k[o], node[o // bands]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    size = np.diff(np.append(starts, len(k)))
+    hub = np.repeat(np.minimum.reduceat(mem, starts), size)
+    size = np.repeat(size, size)
+    sel = (size > 1) & (mem != hub)
+    code, size = hub[sel] * nodes + mem[sel], size[sel]
+    o = np.lexsort((size, code))
+    code, size = code[o], size[o]
+    last = np.r_[code[1:] != code[:-1], True] if len(code) else np.zeros(0, bool)
+    code, size = code[last], size[last]
+    return code // nodes, code % nodes, size
+
+
+def size_bins(sizes) -> dict:
+    """Component sizes in power-of-two bins, {"2": n, "3-4": n, "5-8": n, ...}."""
+    hist = {}
+    e = np.array([(int(x) - 1).bit_length() for x in sizes], dtype=np.int64)
+    for k, c in zip(*np.unique(e, return_counts=True)):
+        lo, hi = 2 ** (int(k) - 1) + 1, 2 ** int(k)
+        hist[str(hi) if lo >= hi else f"{lo}-{hi}"] = int(c)
+    return hist
+
+
+def one_task_batches(cfg: Config, bands: int, rows: int):
+    """mapInArrow function for the whole corpus in one task: (id, text[, _quality]) -> rows of
+    ONE_TASK. Signs every document as sign_batches does, then buckets (star_pairs), verifies
+    each pair with the same Jaccard kernel, labels components by the same union-find kernel
+    (nodes numbered in id order, so each root is its component's smallest id) and ranks each
+    component by the survivor rule, ties by id: what the distributed path computes, row for row."""
+    num_perm, seed, verify, survivor, threshold = cfg.num_perm, int(cfg.seed or 0), cfg.verify, cfg.survivor, cfg.threshold
+
+    def stat_rows(stats: dict):
+        k = len(stats)
+        return pa.RecordBatch.from_arrays(
+            [pa.array(np.full(k, 2, np.int8)), pa.array(list(stats), pa.string()), pa.nulls(k, pa.string()),
+             pa.nulls(k, pa.string()), pa.array(list(stats.values()), pa.int64()), pa.nulls(k, pa.float64())],
+            schema=ONE_TASK)
+
+    def fn(batches):
+        import pyarrow.compute as pc
+
+        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.minhash import jaccard_pairs, min_roots, permutations, signature_agreement
+
+        limit_task_threads()
+        a, b = permutations(num_perm, seed)
+        ids, lengths, quality, starts, values, keys = [], [], [], [], [], []
+        base = 0
+        for batch in batches:
+            text = batch.column(1)
+            has, off, h, sig, bk = _sign(text, cfg, a, b, bands, rows)
+            if len(has) == 0:
+                continue
+            take = pa.array(has)
+            ids.append(batch.column(0).take(take))
+            lengths.append(pc.fill_null(pc.utf8_length(text), 0).take(take).to_numpy(zero_copy_only=False))
+            if survivor == "quality":
+                quality.append(batch.column(2).take(take).cast(pa.float64()))
+            keys.append(bk)
+            if verify:  # documents without shingles hold no values: the kept sets stay contiguous
+                starts.append(off[has] + base)
+                base += len(h)
+                values.append(h)
+            else:
+                values.append(sig)
+        if not ids:
+            yield stat_rows({"documents": 0})
+            return
+        ids = pa.concat_arrays(ids)
+        n = len(ids)
+        if verify:
+            off, val = np.append(np.concatenate(starts), base), np.concatenate(values)
+        else:
+            sig = np.concatenate(values)
+
+        def sim(x, y):
+            return jaccard_pairs(off, val, x, y) if verify else signature_agreement(sig[x], sig[y])
+
+        doc = pc.sort_indices(ids).to_numpy()  # node number -> document; Arrow and Spark order strings alike
+        node = np.empty(n, np.int64)
+        node[doc] = np.arange(n)
+        hub, mem, size = star_pairs(np.concatenate(keys), node, n)
+        j = sim(doc[hub], doc[mem])
+        edge = j >= threshold if verify else np.ones(len(j), bool)
+        stats = {"documents": n, "candidate_pairs": len(j), "verified_pairs": int(edge.sum()),
+                 "largest_bucket": int(size.max(initial=0))}
+        yield pa.RecordBatch.from_arrays([pa.array(np.ones(len(j), np.int8)), ids.take(pa.array(doc[hub])),
+                                          ids.take(pa.array(doc[mem])), pa.nulls(len(j), pa.string()),
+                                          pa.array(size), pa.array(j)], schema=ONE_TASK)
+        root = min_roots(hub[edge], mem[edge], n)
+        member = np.flatnonzero(np.bincount(root, minlength=n)[root] >= 2)
+        if len(member):
+            d = doc[member]
+            if survivor == "longest":
+                key = -np.concatenate(lengths)[d].astype(np.float64)
+            elif survivor == "quality":
+                q = pa.concat_arrays(quality).take(pa.array(d))
+                # Highest first, unscored after every score (as rank_key orders them).
+                key = np.where(q.is_null().to_numpy(zero_copy_only=False), np.inf,
+                               -pc.fill_null(q, 0.0).to_numpy(zero_copy_only=False))
+            else:
+                key = np.zeros(len(d))
+            o = np.lexsort((member, key, root[member]))
+            member, r = member[o], root[member][o]
+            first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+            sizes = np.diff(np.append(first, len(member)))
+            rep = np.repeat(member[first], sizes)
+            s = sim(doc[rep], doc[member])
+            s[first] = 1.0
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.zeros(len(member), np.int8)), ids.take(pa.array(doc[member])), ids.take(pa.array(doc[r])),
+                 ids.take(pa.array(doc[rep])), pa.array(np.repeat(sizes, sizes)), pa.array(s)], schema=ONE_TASK)
+            stats.update(components=len(sizes), docs_in_components=len(member),
+                         **{f"size {k}": v for k, v in size_bins(sizes).items()})
+        yield stat_rows(stats)
+
+    return fn
+
+
 def _with_reference(frame, cfg: Config, drop_reference: bool):
     """(g, id, s, *extra), each group contiguous and led by its reference -> (g, ref, id, *extra, j)."""
     from pyspark.sql import functions as F
@@ -260,6 +416,8 @@ def run_with_pairs(spark, tables, cfg: Config):
     if cfg.survivor == "quality" and not has_quality:
         raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
     reliable = cfg.checkpoint == "reliable"
+    if cfg.one_task_docs and docs.count() <= cfg.one_task_docs:
+        return _run_one_task(docs, tables, cfg, bands, rows, reliable)
 
     # 1. One pass over the texts; the per-document table is read three times (buckets,
     # verification, survivors), so it is cached the first time it is computed.
@@ -314,13 +472,16 @@ def run_with_pairs(spark, tables, cfg: Config):
     dups = materialise(dups, reliable)
     signed.unpersist()
     t4 = time.perf_counter()
-    removed = dups.where(~F.col("is_representative")).select(
-        "id", F.lit(NAME).alias("stage"), F.lit("near_duplicate").alias("reason"),
-        F.col("representative_id").alias("by_id"), F.col("similarity").alias("score"),
-    )
-    kept = docs.join(removed.select("id"), "id", "left_anti")
+    comp = component_stats(dups)
+    stats = _stats(cfg, bands, rows, n_cand, n_ok, biggest, rounds, comp)
+    stats["step_s"] = {"signatures_buckets_verify": round(t1 - t0, 3), "pair_counts": round(t2 - t1, 3),
+                       "components": round(t3 - t2, 3), "survivors": round(t4 - t3, 3),
+                       "stats": round(time.perf_counter() - t4, 3)}
+    return _outputs(docs, dups, stats, cfg), scored
 
-    stats = {
+
+def _stats(cfg: Config, bands, rows, n_cand, n_ok, biggest, rounds, comp: dict) -> dict:
+    return {
         "bands": bands, "rows": rows, "num_perm": cfg.num_perm, "threshold": cfg.threshold,
         "shingle": f"{cfg.shingle.kind} {cfg.shingle.n}-grams",
         "largest_bucket": biggest,
@@ -328,9 +489,51 @@ def run_with_pairs(spark, tables, cfg: Config):
         "verified_pairs": n_ok if cfg.verify else None,
         "dropped_pairs": n_cand - n_ok if cfg.verify else None,
         "cc_rounds": rounds,
-        **component_stats(dups),
+        **comp,
     }
-    stats["step_s"] = {"signatures_buckets_verify": round(t1 - t0, 3), "pair_counts": round(t2 - t1, 3),
-                       "components": round(t3 - t2, 3), "survivors": round(t4 - t3, 3),
-                       "stats": round(time.perf_counter() - t4, 3)}
-    return {"documents": kept, "removed": removed, "duplicates": dups, "stats": stats}, scored
+
+
+def _outputs(docs, dups, stats: dict, cfg: Config) -> dict:
+    """The stage's tables from `duplicates`: the removed documents and the kept ones (the
+    removed ids are broadcast to that anti join while there are at most `broadcast_labels`)."""
+    from pyspark.sql import functions as F
+
+    removed = dups.where(~F.col("is_representative")).select(
+        "id", F.lit(NAME).alias("stage"), F.lit("near_duplicate").alias("reason"),
+        F.col("representative_id").alias("by_id"), F.col("similarity").alias("score"),
+    )
+    gone = removed.select("id")
+    kept = docs.join(F.broadcast(gone) if stats["docs_removed"] <= cfg.broadcast_labels else gone, "id", "left_anti")
+    return {"documents": kept, "removed": removed, "duplicates": dups, "stats": stats}
+
+
+def _run_one_task(docs, tables, cfg: Config, bands: int, rows: int, reliable: bool):
+    """The whole dedup of a small corpus in one executor task (one_task_batches); its counts
+    reach the driver as observed metrics of the same job."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from thresher.stages.components import materialise, with_quality
+
+    t0 = time.perf_counter()
+    src, _ = with_quality(docs.select("id", "text"), docs, tables, cfg.survivor)
+    src = src.select("id", "text", *(["_quality"] if cfg.survivor == "quality" else []))
+    t = F.col("t")
+    obs = Observation(f"{NAME}_counts")
+    out = (src.coalesce(1).mapInArrow(one_task_batches(cfg, bands, rows), from_arrow_schema(ONE_TASK))
+           .observe(obs, F.collect_list(F.when(t == 2, F.struct("a", "n"))).alias("counts")))
+    out = materialise(out, reliable)
+    m = {r["a"]: int(r["n"]) for r in obs.get["counts"]}
+    scored = out.where(t == 1).select("a", "b", F.col("n").alias("size"), "j")
+    is_rep = F.col("a") == F.col("c")
+    dups = out.where(t == 0).select(F.col("a").alias("id"), F.col("b").alias("component_id"),
+                                    F.col("c").alias("representative_id"), is_rep.alias("is_representative"),
+                                    F.col("j").alias("similarity"))
+    comps, members = m.get("components", 0), m.get("docs_in_components", 0)
+    comp = {"components": comps, "docs_in_components": members, "docs_removed": members - comps,
+            "component_sizes": {k[5:]: v for k, v in m.items() if k.startswith("size ")}}
+    stats = _stats(cfg, bands, rows, m.get("candidate_pairs", 0), m.get("verified_pairs", 0),
+                   m.get("largest_bucket", 0), 0, comp)
+    stats["step_s"] = {"one_task": round(time.perf_counter() - t0, 3)}
+    return _outputs(docs, dups, stats, cfg), scored

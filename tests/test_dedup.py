@@ -89,11 +89,13 @@ def test_no_duplicates_and_texts_without_shingles(spark):
     assert out["stats"]["components"] == 0 and out["stats"]["candidate_pairs"] == 0
 
 
-def test_identical_corpus_is_one_component_linked_as_a_star(spark):
+@pytest.mark.parametrize("one_task_docs", [100_000, 0])
+def test_identical_corpus_is_one_component_linked_as_a_star(spark, one_task_docs):
     n = 300
     rows = [(f"doc{i:04d}", "the same boilerplate text in every single document here") for i in range(n)]
     # Unverified here (MinHash estimates as scores); the verified path runs in the other tests.
-    out = FD.run(spark, {"documents": _df(spark, rows, 4)}, FD.Config(seed=0, verify=False))
+    cfg = FD.Config(seed=0, verify=False, one_task_docs=one_task_docs)
+    out = FD.run(spark, {"documents": _df(spark, rows, 4)}, cfg)
     st = out["stats"]
     # One bucket per band holding every document: n - 1 star edges, not n(n-1)/2 pairs.
     assert st["largest_bucket"] == n and st["candidate_pairs"] == n - 1 and st["verified_pairs"] is None
@@ -101,6 +103,27 @@ def test_identical_corpus_is_one_component_linked_as_a_star(spark):
     rem = _removed(out)
     assert len(rem) == n - 1 and {v[1] for v in rem.values()} == {"doc0000"} and {v[2] for v in rem.values()} == {1.0}
     assert [r["id"] for r in out["documents"].collect()] == ["doc0000"]
+
+
+def test_quality_survivor_on_both_paths(spark):
+    """survivor: quality -- the highest score survives, unscored documents rank last, equal
+    scores go to the smallest id -- the same on the one-task and the distributed path."""
+    rng = random.Random(4)
+    base = [_words(rng, 100) for _ in range(3)]
+    rows = [(f"a{i}", _edit(rng, base[0], 1)) for i in range(4)] + [(f"b{i}", _edit(rng, base[1], 1)) for i in range(3)]
+    rows += [(f"c{i}", _edit(rng, base[2], 1)) for i in range(2)] + [("u", _words(rng, 100))]
+    quality = spark.createDataFrame([("a2", 0.9), ("a3", 0.9), ("a0", 0.1), ("b1", 0.5), ("b2", None)],
+                                    "id string, score double")
+    got = []
+    for one_task_docs in (100_000, 0):
+        cfg = FD.Config(seed=0, survivor="quality", one_task_docs=one_task_docs)
+        out = FD.run(spark, {"documents": _df(spark, rows, 3), "quality": quality}, cfg)
+        got.append((sorted(tuple(r) for r in out["duplicates"].collect()), _removed(out)))
+    assert got[0] == got[1]
+    rem = got[0][1]
+    assert set(rem) == {"a0", "a1", "a3", "b0", "b2", "c1"}
+    assert {rem[x][1] for x in ("a0", "a1", "a3")} == {"a2"} and {rem[x][1] for x in ("b0", "b2")} == {"b1"}
+    assert rem["c1"][1] == "c0"  # neither scored: smallest id
 
 
 def test_cjk_near_duplicates_with_character_shingles(spark):
@@ -175,15 +198,20 @@ def test_accuracy_and_partition_independence(spark, corpus_path):
     assert len(truth) > 300
     rows = list(zip(ids, texts))
     results = []
-    # The second run also takes the paths for big graphs: components contracted in several
-    # tasks and joined by distributed rounds, labels joined without a broadcast.
-    for parts, big in ((1, {}), (5, {"cc_task_edges": 100, "broadcast_labels": 0})):
+    # The first run takes the one-task path (a small corpus); the second the distributed one,
+    # with the paths for big graphs: components contracted in several tasks and joined by
+    # distributed rounds, labels and removed ids joined without a broadcast.
+    for parts, big in ((1, {}), (5, {"one_task_docs": 0, "cc_task_edges": 100, "broadcast_labels": 0})):
         out, scored = FD.run_with_pairs(spark, {"documents": _df(spark, rows, parts)}, FD.Config(seed=0, **big))
         edges = {tuple(sorted((r["a"], r["b"]))) for r in scored.where("j >= 0.7").collect()}
         dups = sorted(tuple(r) for r in out["duplicates"].collect())
         results.append((edges, dups, sorted(tuple(r) for r in out["removed"].collect()), out["stats"]))
     assert results[0][:3] == results[1][:3]
     assert results[0][3]["cc_rounds"] == 0 and results[1][3]["cc_rounds"] >= 1
+    assert "one_task" in results[0][3]["step_s"] and "one_task" not in results[1][3]["step_s"]
+    same = ("candidate_pairs", "verified_pairs", "dropped_pairs", "largest_bucket", "components", "docs_removed",
+            "component_sizes")
+    assert {k: results[0][3][k] for k in same} == {k: results[1][3][k] for k in same}
     edges, dups, _, stats = results[0]
     precision = len(edges & truth) / len(edges)
     comp = {r[0]: r[1] for r in dups}
@@ -282,3 +310,27 @@ def test_reference_batches_carry_groups_across_batches():
     bad = pa.table({"g": ["a", "a"], "id": ["x", "a"], "s": blob.slice(0, 2)})
     with pytest.raises(Exception, match="hub"):
         list(FD.reference_batches(FD.Config(), schema, True)(iter(bad.to_batches())))
+
+
+def test_star_pairs_against_buckets_spelled_out():
+    """The one-task bucketing: each bucket's members linked to its smallest node, one pair per
+    (hub, member) with the largest bucket that links them."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    n, bands = 40, 5
+    keys = rng.integers(0, 12, (n, bands)) * 1000 + np.arange(bands)  # keys of different bands differ
+    node = rng.permutation(n)
+    buckets: dict[int, list[int]] = {}
+    for d in range(n):
+        for k in keys[d]:
+            buckets.setdefault(int(k), []).append(int(node[d]))
+    want: dict[tuple[int, int], int] = {}
+    for members in buckets.values():
+        for m in members:
+            if len(members) > 1 and m != min(members):
+                want[(min(members), m)] = max(want.get((min(members), m), 0), len(members))
+    hub, mem, size = FD.star_pairs(keys, node, n)
+    assert list(zip(hub.tolist(), mem.tolist())) == sorted(want)
+    assert dict(zip(zip(hub.tolist(), mem.tolist()), size.tolist())) == want
+    assert FD.size_bins([2, 2, 3, 4, 5, 8, 9, 300]) == {"2": 2, "3-4": 2, "5-8": 2, "9-16": 1, "257-512": 1}
