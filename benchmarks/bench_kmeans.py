@@ -72,7 +72,7 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
     """Lloyd iterations against faiss. `spread` is the per-point noise around each component
     centre: the larger it is, the less separated the clusters and the fewer rows the bounds
     can skip (faiss's time does not depend on it). `single`: also time the bounds with one
-    candidate a row (Hamerly's bound)."""
+    candidate a row and no movers' screen (Hamerly's bound, as before them)."""
     import faiss
 
     from thresher.kernels.backend import CPUBackend, pick_backend
@@ -102,8 +102,9 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
             out.append(round(src.P.cache["screened_share"], 3))
         return C
 
-    # The bounds with one candidate a row (Hamerly's single bound): what the candidate sets add.
-    single_be = CPUBackend(be.matmul, candidates=1)
+    # The bounds as they were before candidate sets and the movers' screen (one candidate a
+    # row, Hamerly's single bound, outlying movers measured exactly): what those add.
+    single_be = CPUBackend(be.matmul, candidates=1, screen_tops=0)
 
     # The same kernels with every row screened every iteration: what the bounds save.
     dense_be = CPUBackend(be.matmul, prune=False)

@@ -82,12 +82,15 @@ class CPUBackend:
     # the label alone). Measured on 200,000 x 384, k=1000 (README, clustering).
     CANDIDATES = 16
 
-    def __init__(self, matmul: str = "fp32", prune: bool | None = None, candidates: int | None = None):
+    def __init__(self, matmul: str = "fp32", prune: bool | None = None, candidates: int | None = None,
+                 screen_tops: int | None = None):
         self.matmul = matmul
         # THRESHER_KMEANS_PRUNE=0 turns the bounds off everywhere (executors too, through
         # spark.executorEnv): for measuring what they save, or ruling them out.
         self.prune = os.environ.get("THRESHER_KMEANS_PRUNE", "1") != "0" if prune is None else prune
         self.candidates = max(1, int(candidates or self.CANDIDATES))
+        # Largest movers screened again on the bf16 path (0: measure the few outliers exactly).
+        self.screen_tops = cpu.SCREEN_TOPS if screen_tops is None else int(screen_tops)
         self.name = "numba-cpu" + ("+bf16" if matmul == "bf16" else "")
 
     def _bf16(self, P: Points, C: np.ndarray, m: int) -> bool:
@@ -120,10 +123,10 @@ class CPUBackend:
         else:
             lab, lb, cand = st["labels"], st["lb"], st["cand"]
             mv, tops, rest = cpu.moves(st["C"], C)
-            if self._bf16(P, C, n) and len(C) >= 4 * cpu.SCREEN_TOPS:
+            if self.screen_tops and self._bf16(P, C, n) and len(C) >= 4 * self.screen_tops:
                 # The largest movers screened again (cheap: a product with few columns), so
                 # the others' bound drops only by the bulk's move.
-                tops, rest = cpu.largest_moves(mv, cpu.SCREEN_TOPS)
+                tops, rest = cpu.largest_moves(mv, self.screen_tops)
                 ltop = screen_tops_bf16(P, C, tops, cand)
                 tops = tops[:0]
             else:

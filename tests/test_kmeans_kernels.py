@@ -226,14 +226,13 @@ def test_pruned_lloyd_assignments_equal_reference(matmul, d):
     assert shares[0] == 1.0 and min(shares) < 0.6, shares
 
 
-def test_candidate_bounds_give_dense_labels_on_poorly_separated_data(monkeypatch):
+def test_candidate_bounds_give_dense_labels_on_poorly_separated_data():
     """Unit vectors around 120 centres with noise larger than the centres' spacing (like real
     embeddings at large k): every pruned Lloyd assignment equals the dense one bit for bit,
-    and candidate sets screen fewer rows than the single (Hamerly) bound."""
+    and candidate sets with the movers' screen (8 tops at this small k) screen fewer rows than
+    the single (Hamerly) bound."""
     if not B.has_bf16_matmul():
         pytest.skip("no bf16 matrix units on this CPU")
-    # The largest movers screened again (screen_tops_bf16) at this small k too.
-    monkeypatch.setattr(K, "SCREEN_TOPS", 8)
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(120, 64))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -243,9 +242,9 @@ def test_candidate_bounds_give_dense_labels_on_poorly_separated_data(monkeypatch
     scale = K.fixed_scale(len(X), np.abs(X).max())
     dense, Pd = B.CPUBackend("bf16", prune=False), B.Points(X)
     screened = {}
-    for m in (1, 16):
-        be, P, C = B.CPUBackend("bf16", candidates=m), B.Points(X), C0.copy()
-        screened[m] = []
+    for m, tops in [(1, 0), (1, 8), (16, 8)]:
+        be, P, C = B.CPUBackend("bf16", candidates=m, screen_tops=tops), B.Points(X), C0.copy()
+        screened[m, tops] = []
         for it in range(12):
             if it in (6, 9):
                 # Centroids jump onto far points: rows there must move to them (the
@@ -260,10 +259,10 @@ def test_candidate_bounds_give_dense_labels_on_poorly_separated_data(monkeypatch
             # Carried or fresh, each row's bound holds for every centroid outside its set.
             st = P.cache["bounds"]
             assert (st["lb"] <= np.sqrt(R.outside_ref(X, C, st["cand"])) * (1 + 1e-9)).all()
-            screened[m].append(P.cache["screened_share"])
+            screened[m, tops].append(P.cache["screened_share"])
             s, c = K.update(X, lab, len(C), scale)
             C = K.centroids_from(s, c, scale, C)
-    assert sum(screened[16]) < 0.85 * sum(screened[1]), screened
+    assert sum(screened[16, 8]) < 0.85 * sum(screened[1, 0]), screened
 
 
 def test_backend_pick_is_logged(caplog):
