@@ -112,6 +112,8 @@ def exact_pipeline(texts: list[str]) -> tuple[np.ndarray, set[tuple[int, int]]]:
 def thresher_pipeline(path: Path, workdir: Path):
     """Fresh Spark session, fuzzy_dedup on the Parquet file, its three tables written. Runs
     before the benchmark reads the corpus into Python, so the driver's peak RSS is thresher's."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
     from thresher.flows.config import SparkConfig
     from thresher.flows.spark import get_spark
     from thresher.stages import fuzzy_dedup as FD
@@ -120,7 +122,9 @@ def thresher_pipeline(path: Path, workdir: Path):
         t0 = time.perf_counter()
         spark = get_spark(SparkConfig(master="local[*]", driver_memory="6g", shuffle_partitions=8))
         spark.sparkContext.setCheckpointDir(str(workdir / "checkpoints"))
-        docs = spark.read.parquet(str(path)).select("id", "text")
+        # The schema from the Parquet footer, as ingest reads it (no schema-inference job).
+        footer = pq.read_schema(path)
+        docs = spark.read.schema(from_arrow_schema(pa.schema([footer.field("id"), footer.field("text")]))).parquet(str(path))
         out, scored = FD.run_with_pairs(spark, {"documents": docs}, FD.Config(seed=0))
         for name in ("documents", "removed", "duplicates"):
             out[name].write.parquet(str(workdir / name))
