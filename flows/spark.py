@@ -39,6 +39,9 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.sql.parquet.compression.codec", "zstd")
         .config("spark.executorEnv.THRESHER_TASK_THREADS", "1")
         .config("spark.executorEnv.PYSPARK_PYTHON", os.environ["PYSPARK_PYTHON"])
+        # Python workers import pyspark from the installed package, not from the zip of its
+        # sources that Spark puts first on their path (flows/pyspark_daemon.py).
+        .config("spark.python.daemon.module", "thresher.flows.pyspark_daemon")
     )
     if host:
         b = b.config("spark.driver.host", host).config("spark.driver.bindAddress", host)

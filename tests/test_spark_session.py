@@ -70,3 +70,22 @@ def test_session_passes_the_archive_option(spark):
         assert "-XX:ArchiveClassesAtExit=" in opts or any(S.cds_dir().glob("*.part")), opts
     # Spark's own module options survive the merge.
     assert "--add-opens=java.base/java.lang=ALL-UNNAMED" in opts
+
+
+def test_python_daemon_leaves_out_only_the_installed_pyspark_zips(tmp_path):
+    """Workers import pyspark from the installed package: the zips inside it are left out of
+    their path, a zip elsewhere stays (flows/pyspark_daemon.py)."""
+    from pathlib import Path
+
+    import pyspark
+
+    from thresher.flows.pyspark_daemon import bundled_zips
+
+    lib = Path(pyspark.__file__).parent / "python" / "lib"
+    zips = sorted(str(p) for p in lib.glob("*.zip"))
+    assert any(z.endswith("pyspark.zip") for z in zips)
+    other = str(tmp_path / "mine.zip")
+    import sys
+
+    assert bundled_zips(zips + [other] + sys.path) == zips
+    assert bundled_zips([other] + sys.path) == []
