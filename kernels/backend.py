@@ -123,17 +123,23 @@ class CPUBackend:
         else:
             lab, lb, cand = st["labels"], st["lb"], st["cand"]
             mv, tops, rest = cpu.moves(st["C"], C)
-            if self.screen_tops and self._bf16(P, C, n) and len(C) >= 4 * self.screen_tops:
-                # The largest movers screened again (cheap: a product with few columns), so
-                # the others' bound drops only by the bulk's move.
-                tops, rest = cpu.largest_moves(mv, self.screen_tops)
-                ltop = screen_tops_bf16(P, C, tops, cand)
-                tops = tops[:0]
-            else:
-                ltop = np.full(n, np.inf)
+            tmax = rest
+            screen_tops = bool(self.screen_tops and self._bf16(P, C, n) and len(C) >= 4 * self.screen_tops)
+            if screen_tops:
+                # The largest movers are left out of the bulk's bound; the rows that only they
+                # stand in the way of screen them again (a product with few columns).
+                tops, rest, tmax = cpu.largest_moves(mv, self.screen_tops)
             d2 = np.empty(n, np.float64)
-            keep = np.empty(n, np.bool_)
-            cpu.bound_check(P.X, C, cand, lab, lb, tops, rest, ltop, d2, keep)
+            state = np.empty(n, np.int8)
+            cpu.bound_check(P.X, C, cand, lab, lb, tops[:0] if screen_tops else tops, rest, tmax, d2, state)
+            if screen_tops:
+                r2 = np.flatnonzero(state == 2)
+                if len(r2):
+                    l = np.minimum(lb[r2], screen_tops_bf16(P, C, tops, cand, rows=r2))
+                    lim = l * (1.0 - cpu.BOUND_MARGIN)
+                    lb[r2] = l
+                    state[r2] = (lim > 0) & (d2[r2] < lim * lim)
+            keep = state == 1
             rows = np.flatnonzero(~keep)
             screened = len(rows)
             if screened > self.GATHER_MAX * n:
@@ -248,26 +254,30 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
 
 
 def screen_tops_bf16(P: Points, C: np.ndarray, tops: np.ndarray, cand: np.ndarray,
-                     block: int = 8192) -> np.ndarray:
-    """A lower bound on each row's distance to every centroid of `tops` (ascending) outside its
-    candidate set (`cand`, rows ascending), from a bf16 product of every row with those
-    centroids only (kmeans_cpu.top_bounds_bf16)."""
+                     block: int = 8192, rows: np.ndarray | None = None) -> np.ndarray:
+    """A lower bound on each row's (or each of `rows`') distance to every centroid of `tops`
+    (ascending) outside its candidate set (`cand`, all rows, ascending), from a bf16 product of
+    the rows with those centroids only (kmeans_cpu.top_bounds_bf16)."""
     import torch
 
     Xb = P.cache.get("bf16")
     if Xb is None:
         Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
         P.cache["bf16"] = Xb
+    norms = P.norms
+    if rows is not None:
+        Xb = Xb.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)))
+        norms, cand = norms[rows], cand[rows]
     Cs = np.ascontiguousarray(C[tops], dtype=np.float32) - P.shift
     Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()
     cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
     cmax = float(np.sqrt(cn64.max())) if len(tops) else 0.0
-    n = len(P)
+    n = len(norms)
     out = np.empty(n, np.float64)
     tile = torch.empty((min(block, n), len(tops)), dtype=torch.bfloat16)
     for s in range(0, n, block):
         e = min(n, s + block)
         t = tile[: e - s]
         torch.mm(Xb[s:e], Cb, out=t)
-        cpu.top_bounds_bf16(t.view(torch.int16).numpy(), s, tops, cn64, P.norms, cmax, _bf16_coef(P.X.shape[1]), cand, out)
+        cpu.top_bounds_bf16(t.view(torch.int16).numpy(), s, tops, cn64, norms, cmax, _bf16_coef(P.X.shape[1]), cand, out)
     return out

@@ -223,6 +223,7 @@ def _second_min(sc, lo):
     return box[0]
 
 
+GAP_WINDOWS = 16.0
 # Thresholds tried for a row's candidate set, in units of its screening window above its best
 # score: 2^(q/2), q = 0..12 (the window itself up to 64 windows).
 LADDER = 2.0 ** (np.arange(13) / 2.0)
@@ -298,9 +299,14 @@ def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, ladder, labels, d2,
             # tg: the threshold of the pass below. Rung a holds at most mc scores, rung b more
             # (unless a == b, the top); when rung b holds few, they are gathered and sorted.
             tg = lim32
-            ok = mc > 1 and _count_le(sc, lim32) <= mc
+            c1 = _count_le(sc, lim32)
+            ok = mc > 1 and c1 <= mc
             exact = False
-            if ok:
+            # A set clear of the rest by GAP_WINDOWS is enough: well separated rows keep their
+            # window's few centroids (each candidate costs an exact distance every iteration).
+            if ok and _count_le(sc, _up32(np.float64(lo) + win * (1.0 + GAP_WINDOWS))) == c1:
+                pass
+            elif ok:
                 a = 0
                 b = R - 1
                 cb = _count_le(sc, _up32(np.float64(lo) + win * ladder[b]))
@@ -468,19 +474,22 @@ BOUND_MARGIN = 1e-7
 
 
 @njit(parallel=True, cache=True)
-def bound_check(X, C, cand, labels, lb, tops, rest, ltop, u2, keep):
+def bound_check(X, C, cand, labels, lb, tops, rest, tmax, u2, state):
     """One Lloyd step of bounds. `cand`: each row's candidate set (ascending, -1 padded); `lb`
     (distances, updated in place): a lower bound on the row's distance to every centroid
-    outside its set, valid before the centroids moved. Centroids other than the `tops` moved
-    at most `rest`, so the bound drops by that; the tops outside the set are bounded by
-    `ltop` (per row, from a screen of the moved tops; +inf if none) and, for the few in
-    `tops`, their exact distance. `labels` and `u2` get the row's nearest candidate (exact
-    float64 distances, lowest index on ties) and its squared distance; `keep` says whether it
-    is still, provably, the nearest of all centroids (then it is the label a full assignment
-    gives)."""
+    outside its set, valid before the centroids moved. `labels` and `u2` get the row's
+    nearest candidate (exact float64 distances, lowest index on ties) and its squared distance.
+
+    Centroids moved at most `rest`, but for the `tops` (exact distances taken) and, where
+    `tmax` > `rest`, for a few more that moved up to `tmax` and were left out of `tops`. `state`:
+    1 when the candidate is provably the nearest of all centroids (then it is the label a full
+    assignment gives), 0 when it is not even against the bulk, 2 when only the left-out movers
+    stand in the way; `lb` then holds the bound without them, for the caller to combine with
+    a bound on those (see CPUBackend.assign)."""
     mc = cand.shape[1]
     for i in prange(X.shape[0]):
-        l = min(lb[i] - rest, ltop[i])
+        l0 = lb[i]
+        l = l0 - rest
         for q in range(tops.shape[0]):
             j = tops[q]
             inside = False
@@ -488,7 +497,6 @@ def bound_check(X, C, cand, labels, lb, tops, rest, ltop, u2, keep):
                 inside |= cand[i, p] == j
             if not inside:
                 l = min(l, np.sqrt(_d2(X[i], C[j])))
-        lb[i] = l
         best = -1
         bd = np.inf
         for p in range(mc):
@@ -502,7 +510,18 @@ def bound_check(X, C, cand, labels, lb, tops, rest, ltop, u2, keep):
         labels[i] = best
         u2[i] = bd
         lim = l * (1.0 - BOUND_MARGIN)
-        keep[i] = lim > 0.0 and bd < lim * lim
+        if not (lim > 0.0 and bd < lim * lim):
+            st = 0
+        else:
+            l2 = min(l, l0 - tmax)
+            lim = l2 * (1.0 - BOUND_MARGIN)
+            if lim > 0.0 and bd < lim * lim:
+                st = 1
+                l = l2
+            else:
+                st = 2
+        lb[i] = l
+        state[i] = st
 
 
 @njit(parallel=True, cache=True)
@@ -560,11 +579,13 @@ def moves(C_old: np.ndarray, C_new: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return mv, order[:b].astype(np.int64), float(mv[order[b]])
 
 
-def largest_moves(mv: np.ndarray, t: int) -> tuple[np.ndarray, float]:
-    """The t centroids that moved most (in index order) and the largest move of the others."""
+def largest_moves(mv: np.ndarray, t: int) -> tuple[np.ndarray, float, float]:
+    """The t centroids that moved most (in index order), the largest move of the others, and
+    the largest of all."""
     order = np.argsort(-mv, kind="stable")
     t = min(t, len(mv))
-    return np.sort(order[:t]).astype(np.int64), float(mv[order[t]]) if t < len(mv) else 0.0
+    return (np.sort(order[:t]).astype(np.int64), float(mv[order[t]]) if t < len(mv) else 0.0,
+            float(mv.max()) if len(mv) else 0.0)
 
 
 # ------------------------------------------------------------------------------ update

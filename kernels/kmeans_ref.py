@@ -122,12 +122,13 @@ def outside_ref(X: np.ndarray, C: np.ndarray, S: np.ndarray) -> np.ndarray:
     return D.min(1) if D.shape[1] else np.full(len(X), np.inf)
 
 
-def bound_check_ref(X, C, S, lb, tops, rest, ltop, margin):
-    """kmeans_cpu.bound_check: the carried bound on the distance to every centroid outside the
-    row's set S (-1 padded): the old one less `rest`, `ltop` (the moved tops' bound), and the
-    exact distances to the `tops` outside S; the nearest member of S (exact float64 distance,
-    lowest index on ties), its squared distance, and whether it is provably the nearest of
-    all."""
+def bound_check_ref(X, C, S, lb, tops, rest, tmax, margin):
+    """kmeans_cpu.bound_check: the nearest member of each row's set S (-1 padded; exact float64
+    distance, lowest index on ties), its squared distance, the carried bound on the distance to
+    every centroid outside S (the old one less `rest`, and the exact distances to the `tops`
+    outside S), and the state: 1 when the member is provably the nearest of all, counting the
+    movers left out of `tops` (they moved up to `tmax`: the old bound less tmax, which then
+    goes into the carried bound), 2 when only those stand in the way, 0 otherwise."""
     X64, C64 = np.asarray(X, np.float64), np.asarray(C, np.float64)
     S = np.asarray(S)
     n = len(X64)
@@ -140,9 +141,17 @@ def bound_check_ref(X, C, S, lb, tops, rest, ltop, margin):
         dq[ok] = ((X64[ok] - C64[j[ok]]) ** 2).sum(1)
         better = ok & ((dq < u2) | ((dq == u2) & (j < labels)))
         labels[better], u2[better] = j[better], dq[better]
-    l = np.minimum(np.asarray(lb, dtype=np.float64) - rest, ltop)
+    lb = np.asarray(lb, dtype=np.float64)
+    l = lb - rest
     for j in tops:
         dj = np.sqrt(((X64 - C64[j]) ** 2).sum(1))
         l = np.where((S == j).any(1), l, np.minimum(l, dj))
-    lim = l * (1.0 - margin)
-    return labels, l, u2, (lim > 0) & (u2 < lim * lim)
+
+    def clear(b):
+        lim = b * (1.0 - margin)
+        return (lim > 0) & (u2 < lim * lim)
+
+    l2 = np.minimum(l, lb - tmax)
+    ok1, ok2 = clear(l), clear(l2)
+    state = np.where(ok1 & ok2, 1, np.where(ok1, 2, 0)).astype(np.int8)
+    return labels, np.where(state == 1, l2, l), u2, state
