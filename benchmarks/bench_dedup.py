@@ -122,13 +122,20 @@ def thresher_pipeline(path: Path, workdir: Path):
         t0 = time.perf_counter()
         spark = get_spark(SparkConfig(master="local[*]", driver_memory="6g", shuffle_partitions=8))
         spark.sparkContext.setCheckpointDir(str(workdir / "checkpoints"))
+        t_session = time.perf_counter()
         # The schema from the Parquet footer, as ingest reads it (no schema-inference job).
         footer = pq.read_schema(path)
         docs = spark.read.schema(from_arrow_schema(pa.schema([footer.field("id"), footer.field("text")]))).parquet(str(path))
+        t_read = time.perf_counter()
         out, scored = FD.run_with_pairs(spark, {"documents": docs}, FD.Config(seed=0))
+        t_stage = time.perf_counter()
         for name in ("documents", "removed", "duplicates"):
             out[name].write.parquet(str(workdir / name))
         seconds = time.perf_counter() - t0
+        # Where the time went: session start, reading the schema, the stage, the three writes.
+        out["stats"]["step_s"] = {"session": round(t_session - t0, 2), "read": round(t_read - t_session, 2),
+                                  "stage": round(t_stage - t_read, 2), **out["stats"]["step_s"],
+                                  "writes": round(time.perf_counter() - t_stage, 2)}
         # The verified edges too, for the quality figures: outside the clock, as the peers'
         # pairs are (the stage itself does not write them).
         scored.where(f"j >= {THRESHOLD}").select("a", "b").write.parquet(str(workdir / "edges"))
