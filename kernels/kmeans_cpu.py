@@ -15,9 +15,10 @@ Every screening pass also leaves, per row, a small candidate set (the centroids 
 score is below a threshold, at most a few) and a lower bound on the row's distance to every
 centroid outside it (from the smallest score above the threshold, less the error window).
 Across Lloyd iterations `bound_check` carries the bound forward by the triangle inequality
-(less the most any non-candidate moved), measures the candidates exactly, and keeps the nearest
-of them without a product when its distance is still below the bound: it is then provably the
-nearest of all, so skipping changes nothing in the result. With one candidate this is Hamerly's
+(less the largest move, leaving out the few largest movers, which are measured exactly or, on
+the bf16 path, screened again: `top_bounds_bf16`), measures the candidates exactly, and keeps
+the nearest of them without a product when its distance is still below the bound: it is then
+provably the nearest of all, so skipping changes nothing in the result. With one candidate this is Hamerly's
 bound, made exact for screened products; more candidates keep it useful where the runner-up
 is almost as near as the nearest (real embeddings, large k), and let a row change label among
 its candidates without a product.
