@@ -78,7 +78,7 @@ class CPUBackend:
 
     # Above this share of rows left to screen, screening them all beats gathering them.
     GATHER_MAX = 0.6
-    # Candidates kept per row for the bounds (bf16 screening; the fp32 and direct paths keep
+    # Candidates kept per row for the bounds (bf16 screening at k >= 4 x screen_tops; otherwise
     # the label alone). Measured on 200,000 x 384, k=1000 (README, clustering).
     CANDIDATES = 16
 
@@ -97,18 +97,25 @@ class CPUBackend:
         # bf16 pays off only for real products; tiny d or k would overflow its wider windows.
         return self.matmul == "bf16" and m >= 256 and P.X.shape[1] >= 32 and len(C) >= 32
 
+    def _sets(self, C: np.ndarray) -> bool:
+        """Candidate sets and the movers' screen go together, on the bf16 path at k >= 4 x
+        screen_tops: below that a candidate's exact distance costs about what screening ten
+        centroids does, and the sets were measured slower than the single bound (README)."""
+        return self.matmul == "bf16" and bool(self.screen_tops) and len(C) >= 4 * self.screen_tops
+
     def _screen(self, P: Points, C: np.ndarray, rows: np.ndarray | None = None):
         """(labels, float64 d2, lower bound on the distance to any centroid outside the row's
         candidate set, candidate sets (int32, -1 padded)) of all rows, or of `rows` only."""
         m = len(P) if rows is None else len(rows)
+        width = self.candidates if self._sets(C) else 1
         if self._bf16(P, C, m):
-            lab, d2, lb2, cand = assign_bf16(P, C, rows=rows, with_bounds=True, candidates=self.candidates)
+            lab, d2, lb2, cand = assign_bf16(P, C, rows=rows, with_bounds=True, candidates=width)
         else:
             if rows is None:
                 lab, d2, lb2 = cpu.assign_lb(P.X, C, P.norms, shift=P.shift, xs=P.Xs)
             else:
                 lab, d2, lb2 = cpu.assign_lb(P.X[rows], C, P.norms[rows], shift=P.shift, xs=P.Xs[rows])
-            cand = np.full((m, self.candidates), -1, np.int32)
+            cand = np.full((m, width), -1, np.int32)
             cand[:, 0] = lab
         return lab, d2, np.sqrt(np.maximum(lb2, 0.0)), cand
 
@@ -117,14 +124,14 @@ class CPUBackend:
         n = len(P)
         st = P.cache.get("bounds") if self.prune else None
         if (st is None or st["C"].shape != C.shape or n == 0
-                or st.get("cand") is None or st["cand"].shape != (n, self.candidates)):
+                or st.get("cand") is None or st["cand"].shape != (n, self.candidates if self._sets(C) else 1)):
             lab, d2, lb, cand = self._screen(P, C)
             screened = n
         else:
             lab, lb, cand = st["labels"], st["lb"], st["cand"]
             mv, tops, rest = cpu.moves(st["C"], C)
             tmax = rest
-            screen_tops = bool(self.screen_tops and self._bf16(P, C, n) and len(C) >= 4 * self.screen_tops)
+            screen_tops = self._sets(C) and self._bf16(P, C, n)
             if screen_tops:
                 # The largest movers are left out of the bulk's bound; the rows that only they
                 # stand in the way of screen them again (a product with few columns).

@@ -195,7 +195,8 @@ def _partition_arrays(batches, d: int):
 
 # The bounds each partition's last assignment left (kmeans_cpu.bound_check) are kept between
 # Spark passes in a file on the executor's local disk (label, bound and candidate set: 12 + 2 m
-# bytes a row for k < 32768, m = CPUBackend.CANDIDATES, so 44 at m = 16), so whichever Python
+# bytes a row for k < 32768; m = CPUBackend.CANDIDATES = 16 on the bf16 path at k >= 512, so 44
+# bytes, else 1), so whichever Python
 # worker of that executor runs the partition next reads them back. A task without them (another
 # executor, a lost file) screens every row: where a task runs changes speed, never labels.
 _BOUNDS_DIR = "thresher-kmeans-bounds"
