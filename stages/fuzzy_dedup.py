@@ -16,7 +16,7 @@
    survivor first, each compared with it by the same kernel; the others go to `removed` with
    reason `near_duplicate`, by_id the survivor, score their Jaccard with it.
 
-Inputs of up to `one_task_docs` documents take all five steps in one executor task instead
+Inputs of up to `one_task_docs` documents and `one_task_bytes` of text take all five steps in one executor task instead
 (one_task_batches, the same kernels, the same result): on a small corpus the shuffles and
 Spark jobs of the distributed path cost more than the work they spread.
 
@@ -78,6 +78,9 @@ class Config(StageConfig):
     # holds every document's shingle set and bucket keys: about 0.8 KB a Debian document), with
     # the same result as the distributed path and without its shuffles and jobs. 0: never.
     one_task_docs: int = Field(100_000, ge=0)
+    # ... and at most this many bytes of text (UTF-8): the one task's memory grows with the words,
+    # not the documents (64k Debian descriptions are 26 MB and peak at about 0.5 GB in the worker).
+    one_task_bytes: int = Field(64 << 20, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -416,8 +419,10 @@ def run_with_pairs(spark, tables, cfg: Config):
     if cfg.survivor == "quality" and not has_quality:
         raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
     reliable = cfg.checkpoint == "reliable"
-    if cfg.one_task_docs and docs.count() <= cfg.one_task_docs:
-        return _run_one_task(docs, tables, cfg, bands, rows, reliable)
+    if cfg.one_task_docs and cfg.one_task_bytes:
+        size = docs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("text")).alias("b")).first()
+        if size["n"] <= cfg.one_task_docs and (size["b"] or 0) <= cfg.one_task_bytes:
+            return _run_one_task(docs, tables, cfg, bands, rows, reliable)
 
     # 1. One pass over the texts; the per-document table is read three times (buckets,
     # verification, survivors), so it is cached the first time it is computed.

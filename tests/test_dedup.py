@@ -89,14 +89,16 @@ def test_no_duplicates_and_texts_without_shingles(spark):
     assert out["stats"]["components"] == 0 and out["stats"]["candidate_pairs"] == 0
 
 
-@pytest.mark.parametrize("one_task_docs", [100_000, 0])
-def test_identical_corpus_is_one_component_linked_as_a_star(spark, one_task_docs):
+@pytest.mark.parametrize("cap, one_task", [({}, True), ({"one_task_docs": 0}, False), ({"one_task_bytes": 10_000}, False)])
+def test_identical_corpus_is_one_component_linked_as_a_star(spark, cap, one_task):
     n = 300
     rows = [(f"doc{i:04d}", "the same boilerplate text in every single document here") for i in range(n)]
     # Unverified here (MinHash estimates as scores); the verified path runs in the other tests.
-    cfg = FD.Config(seed=0, verify=False, one_task_docs=one_task_docs)
+    # 300 x 55 bytes of text is over a 10,000-byte cap: the distributed path.
+    cfg = FD.Config(seed=0, verify=False, **cap)
     out = FD.run(spark, {"documents": _df(spark, rows, 4)}, cfg)
     st = out["stats"]
+    assert ("one_task" in st["step_s"]) == one_task
     # One bucket per band holding every document: n - 1 star edges, not n(n-1)/2 pairs.
     assert st["largest_bucket"] == n and st["candidate_pairs"] == n - 1 and st["verified_pairs"] is None
     assert st["components"] == 1 and st["docs_removed"] == n - 1 and st["component_sizes"] == {"257-512": 1}
