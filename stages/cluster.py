@@ -226,14 +226,32 @@ def _partition_points(token: str, keys: np.ndarray, X: np.ndarray):
         fp = np.array([len(keys), keys[0], keys[-1], np.bitwise_xor.reduce(keys),
                        np.add.reduce(keys * np.arange(1, len(keys) + 1, dtype=np.uint64))], np.uint64)
     path = bounds_dir(token) / f"{ctx.partitionId()}.npz"
+    b = read_bounds(path, fp, len(keys))
+    if b is not None:
+        P.cache["bounds"] = b
+    return P, (path, fp)
+
+
+def read_bounds(path: Path, fp: np.ndarray, n: int) -> dict | None:
+    """The bounds state kept by write_bounds, if it is there and belongs to these n rows."""
     try:
         with np.load(path) as z:
-            if np.array_equal(z["fp"], fp) and z["labels"].shape == (len(keys),):
-                P.cache["bounds"] = {"C": z["C"], "labels": z["labels"].copy(), "lb": z["lb"].copy(),
-                                     "cand": z["cand"].astype(np.int32)}
+            if np.array_equal(z["fp"], fp) and z["labels"].shape == (n,):
+                return {"C": z["C"], "labels": z["labels"].copy(), "lb": z["lb"].copy(),
+                        "cand": z["cand"].astype(np.int32)}
     except (OSError, KeyError, ValueError):
         pass
-    return P, (path, fp)
+    return None
+
+
+def write_bounds(path: Path, fp: np.ndarray, b: dict) -> None:
+    """Atomically replaces the file: a reader sees the old state or the new, never a part."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    cand = b["cand"]
+    # Candidate sets as int16 while centroid indices fit (-1 pads them): 2 bytes a slot.
+    np.savez(tmp, fp=fp, C=b["C"], labels=b["labels"], lb=b["lb"],
+             cand=cand.astype(np.int16) if len(b["C"]) <= np.iinfo(np.int16).max else cand)
+    os.replace(tmp, path)
 
 
 def _keep_bounds(P, slot) -> int:
@@ -247,11 +265,7 @@ def _keep_bounds(P, slot) -> int:
                 for old in path.parent.parent.iterdir():  # runs that ended without cleaning up
                     if old != path.parent and time.time() - old.stat().st_mtime > _BOUNDS_STALE_S:
                         shutil.rmtree(old, ignore_errors=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            cand = b["cand"]
-            np.savez(tmp, fp=fp, C=b["C"], labels=b["labels"], lb=b["lb"],
-                     cand=cand.astype(np.int16) if len(b["C"]) <= np.iinfo(np.int16).max else cand)
-            os.replace(tmp, path)
+            write_bounds(path, fp, b)
         except OSError:
             pass  # no bounds next time: the pass screens every row
     return int(round(P.cache.get("screened_share", 1.0) * len(P)))

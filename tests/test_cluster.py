@@ -214,3 +214,41 @@ def test_cluster_config_errors_and_registration():
         Config(levels=[{"n_clusters": 4, "sampling": "sideways"}])
     with pytest.raises(ValidationError):
         Config(levels=[])
+
+
+def test_bounds_file_round_trip_keeps_full_candidate_sets(tmp_path):
+    """What an executor keeps between level-1 passes (stages/cluster.py write_bounds and
+    read_bounds): the bf16 path's candidate sets, 16 wide with -1 padding, stored as int16 and
+    read back unchanged; a pass started from them gives the dense labels; a file of other rows
+    (fingerprint or length) is ignored."""
+    from thresher.kernels import backend as B
+    from thresher.kernels import kmeans_cpu as K
+    from thresher.stages import cluster
+
+    if not B.has_bf16_matmul():
+        pytest.skip("candidate sets are kept on the bf16 path only")
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 64)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    C = X[rng.choice(len(X), 600, replace=False)].copy()
+    be = B.CPUBackend("bf16")
+    P = B.Points(X)
+    be.assign(P, C)
+    st = P.cache["bounds"]
+    assert st["cand"].shape[1] > 1 and (st["cand"] == -1).any() and (st["cand"] >= 0).sum(1).max() > 1
+    fp = np.arange(5, dtype=np.uint64)
+    path = tmp_path / "0.npz"
+    cluster.write_bounds(path, fp, st)
+    back = cluster.read_bounds(path, fp, len(X))
+    for key in ("C", "labels", "lb", "cand"):
+        np.testing.assert_array_equal(back[key], st[key])
+    assert back["cand"].dtype == np.int32
+    assert cluster.read_bounds(path, fp + 1, len(X)) is None and cluster.read_bounds(path, fp, len(X) - 1) is None
+    # The next pass, from the file, moves the centroids a little: the labels a full assignment gives.
+    P2 = B.Points(X)
+    P2.cache["bounds"] = back
+    C2 = C + 0.002 * rng.normal(size=C.shape).astype(np.float32)
+    lab, d2 = be.assign(P2, C2)
+    lr, dr = K.assign(X, C2)
+    np.testing.assert_array_equal(lab, lr)
+    assert P2.cache["screened_share"] < 0.5
