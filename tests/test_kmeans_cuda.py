@@ -45,6 +45,13 @@ CUDA_SIM = textwrap.dedent("""
     assert (labd.copy_to_host() == lr).all()
     assert np.allclose(d2d.copy_to_host(), dr, rtol=1e-5, atol=1e-6)
     assert namb >= 1
+
+    # Lloyd through the CUDA backend gives the CPU backend's centroids, to the bit.
+    from thresher.kernels import hkmeans
+    from thresher.kernels.backend import CPUBackend, CUDABackend
+    X = rng.normal(size=(200, 8)).astype(np.float32)
+    runs = [hkmeans.lloyd(hkmeans.ArraySource(X, be), X[:12].copy(), 3) for be in (CUDABackend(), CPUBackend("fp32"))]
+    assert np.array_equal(runs[0], runs[1])
     print("ok")
 """)
 
