@@ -243,8 +243,9 @@ def hierarchical_sweep(ns, d: int = 384, master: str = HK_MASTER, prune: bool = 
 
 
 def bench_cuda_assign(n: int, d: int, k: int, repeat: int = 5) -> dict | None:
-    """On a GPU: the CUDA assignment kernel against torch's product + argmin on the same GPU."""
-    from thresher.kernels.backend import Points, cuda_available
+    """On a GPU: the CUDA assignment kernel against torch's product + argmin on the same GPU
+    (gpu_check.time_assign, which also times each register patch and tf32/bf16)."""
+    from thresher.kernels.backend import cuda_available
 
     try:
         import torch
@@ -252,34 +253,12 @@ def bench_cuda_assign(n: int, d: int, k: int, repeat: int = 5) -> dict | None:
         return None
     if not (cuda_available() and torch.cuda.is_available()):
         return None
-    from thresher.kernels import kmeans_cuda
+    from benchmarks.gpu_check import time_assign
 
-    X = sphere_mixture(n, d)
-    C = X[np.random.default_rng(1).choice(n, k, replace=False)].copy()
-    P = Points(X)
-    kmeans_cuda.assign(P, C)  # compile, and put X on the device
-
-    Xt, Ct = torch.from_numpy(X).cuda(), torch.from_numpy(C).cuda()
-
-    def peer():
-        D = (Ct * Ct).sum(1)[None, :] - 2 * Xt @ Ct.T
-        lab = D.argmin(1)
-        torch.cuda.synchronize()
-        return lab.cpu().numpy()
-
-    peer()
-    ts = statistics.median([_t(lambda: kmeans_cuda.assign(P, C)) for _ in range(repeat)])
-    tp = statistics.median([_t(peer) for _ in range(repeat)])
-    agree = float((kmeans_cuda.assign(P, C)[0] == peer()).mean())
-    return record(f"cuda_assign_{n}x{d}_k{k}", ts, "torch mm+argmin (same GPU)", tp,
-                  thresher_gflops=round(2 * n * k * d / ts / 1e9, 1), torch_gflops=round(2 * n * k * d / tp / 1e9, 1),
-                  label_agreement=agree)
-
-
-def _t(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    r = time_assign(n, d, k, 0.35, repeat, lambda _: None)
+    return record(f"cuda_assign_{n}x{d}_k{k}", r["full_assign_s"], "torch fp32 addmm+argmin (same GPU)", r["torch_fp32_s"],
+                  thresher_tflops=round(r["full_assign_tflops"], 2), torch_tflops=round(r["torch_fp32_tflops"], 2),
+                  label_agreement=r["torch_fp32_label_agreement"])
 
 
 def run(quick: bool = False):

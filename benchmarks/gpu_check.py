@@ -110,7 +110,7 @@ def check_correct(emit, small: bool = False) -> bool:
                   "d2_max_rel_diff": rel, "exact_rows": namb, "ok": good})
         s = K.fixed_scale(len(X), float(np.abs(X).max()))
         sc, cc = K.update(X, lc, len(C), s)
-        sg, cg = G.update(P.X, lc, len(C), s)
+        sg, cg = G.update(P, lc, len(C), s)
         good = bool((sg == sc).all() and (cg == cc).all())
         ok &= good
         emit({"check": name, "update_bit_equal": good, "ok": good})

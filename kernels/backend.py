@@ -159,8 +159,9 @@ class CPUBackend:
         # A copy: the bounds' labels must not change under the caller.
         return lab.copy(), d2.astype(np.float32)
 
-    def update(self, X, labels, k, scale):
-        return cpu.update(X, labels, k, scale)
+    def update(self, P: Points, labels, k, scale):
+        """Fixed-point sums and counts of P's rows by label (the same bits on every backend)."""
+        return cpu.update(P.X, labels, k, scale)
 
 
 class CUDABackend(CPUBackend):
@@ -178,10 +179,10 @@ class CUDABackend(CPUBackend):
 
         return kmeans_cuda.assign(P, C)
 
-    def update(self, X, labels, k, scale):
+    def update(self, P: Points, labels, k, scale):
         from thresher.kernels import kmeans_cuda
 
-        return kmeans_cuda.update(X, labels, k, scale)
+        return kmeans_cuda.update(P, labels, k, scale)
 
 
 _PICKED: dict[tuple[str, str], CPUBackend] = {}
@@ -214,6 +215,19 @@ def _bf16_coef(d: int) -> float:
     return cpu.screen_coef(d, BF16_UNIT, BF16_UNIT)
 
 
+def _bf16_rows(P: Points, rows: np.ndarray | None = None):
+    """P's centred rows in bf16 (a torch tensor, made once per point set), or `rows` of them."""
+    import torch
+
+    Xb = P.cache.get("bf16")
+    if Xb is None:
+        Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
+        P.cache["bf16"] = Xb
+    if rows is None:
+        return Xb
+    return Xb.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)))
+
+
 def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int = 8 << 20,
                 rows: np.ndarray | None = None, with_bounds: bool = False, candidates: int = 1):
     """Screen with a bf16 product (bf16 inputs and output, fp32 accumulation), then decide the
@@ -224,15 +238,11 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
     import torch
 
     C = np.ascontiguousarray(C, dtype=np.float32)
-    Xb = P.cache.get("bf16")
-    if Xb is None:
-        Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
-        P.cache["bf16"] = Xb
+    Xb = _bf16_rows(P, rows)
     if rows is None:
         X, xnorm = P.X, P.norms
     else:
         X, xnorm = P.X[rows], P.norms[rows]
-        Xb = Xb.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)))
     n, d = X.shape
     Cs = C - P.shift
     Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()
@@ -267,13 +277,9 @@ def screen_tops_bf16(P: Points, C: np.ndarray, tops: np.ndarray, cand: np.ndarra
     the rows with those centroids only (kmeans_cpu.top_bounds_bf16)."""
     import torch
 
-    Xb = P.cache.get("bf16")
-    if Xb is None:
-        Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
-        P.cache["bf16"] = Xb
+    Xb = _bf16_rows(P, rows)
     norms = P.norms
     if rows is not None:
-        Xb = Xb.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)))
         norms, cand = norms[rows], cand[rows]
     Cs = np.ascontiguousarray(C[tops], dtype=np.float32) - P.shift
     Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()

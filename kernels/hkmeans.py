@@ -102,7 +102,7 @@ class ArraySource:
 
     def lloyd_pass(self, C, n_far):
         lab, d2 = self.assign(C)
-        sums, counts = self.backend.update(self.X, lab, len(C), self.scale)
+        sums, counts = self.backend.update(self.P, lab, len(C), self.scale)
         far = self.X[cpu.farthest(d2, n_far)] if n_far else np.empty((0, self.d), np.float32)
         return PassResult(sums, counts, float(d2.astype(np.float64).sum()), far)
 

@@ -23,7 +23,6 @@ benchmarks/GPU_NOTES.md has what each version measured.
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 from numba import cuda, float32, float64, int32, uint64
@@ -292,11 +291,6 @@ def _update_kernel(X, order, off, scale, sums):
         t += cuda.blockDim.x
 
 
-# The point set of the last assignment, so that update() on the same array reuses its device
-# copy instead of sending the whole level again every iteration.
-_LAST: list = [None]
-
-
 def _device(P):
     """Device copies of a backend.Points set: the rows, their centring shift and norms."""
     dev = P.cache.get("cuda")
@@ -305,7 +299,6 @@ def _device(P):
         dev = {"X": cuda.to_device(P.X), "shift": cuda.to_device(np.ascontiguousarray(shift, np.float32)),
                "norms": cuda.to_device(np.ascontiguousarray(P.norms, np.float64))}
         P.cache["cuda"] = dev
-    _LAST[0] = weakref.ref(P)
     return dev
 
 
@@ -355,18 +348,17 @@ def assign(P, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lab.copy_to_host(), d2.copy_to_host().astype(np.float32)
 
 
-def update(X: np.ndarray, labels: np.ndarray, k: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-point sums (int64) and counts, as kmeans_cpu.update."""
-    X = np.ascontiguousarray(X, dtype=np.float32)
+def update(P, labels: np.ndarray, k: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point sums (int64) and counts of a backend.Points set, as kmeans_cpu.update; the
+    rows are read from the set's device copy (sent once, by the first assignment)."""
     labels = np.asarray(labels, dtype=np.int64)
     valid = labels >= 0
     counts = np.bincount(labels[valid], minlength=k).astype(np.int64)
     order = np.argsort(np.where(valid, labels, k), kind="stable")[: int(valid.sum())]
     off = np.zeros(k + 1, np.int64)
     np.cumsum(counts, out=off[1:])
-    last = _LAST[0]() if _LAST[0] is not None else None
-    Xd = last.cache["cuda"]["X"] if last is not None and last.X is X and "cuda" in last.cache else cuda.to_device(X)
-    sums = cuda.device_array((k, X.shape[1]), dtype=np.int64)
-    _update_kernel[k, min(128, max(32, X.shape[1]))](Xd, cuda.to_device(order), cuda.to_device(off),
-                                                      float(scale), sums)
+    d = P.X.shape[1]
+    sums = cuda.device_array((k, d), dtype=np.int64)
+    _update_kernel[k, min(128, max(32, d))](_device(P)["X"], cuda.to_device(order), cuda.to_device(off),
+                                             float(scale), sums)
     return sums.copy_to_host(), counts

@@ -327,7 +327,7 @@ class SparkSource:
             P, slot = _partition_points(token, keys, X)
             lab, d2 = be.assign(P, Cb)
             screened = _keep_bounds(P, slot)
-            sums, counts = be.update(X, lab, len(Cb), scale)
+            sums, counts = be.update(P, lab, len(Cb), scale)
             far = cpu.farthest(d2, n_far)
             yield pa.RecordBatch.from_pydict({
                 "sums": [sums.tobytes()], "counts": [counts.tobytes()],

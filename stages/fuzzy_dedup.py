@@ -264,14 +264,17 @@ def star_pairs(keys: np.ndarray, node: np.ndarray, nodes: int):
     return code // nodes, code % nodes, size
 
 
+def bin_label(e: int) -> str:
+    """The power-of-two bin of component sizes 2^(e-1)+1 .. 2^e: "2", "3-4", "5-8", ..."""
+    lo, hi = 2 ** (e - 1) + 1, 2 ** e
+    return str(hi) if lo >= hi else f"{lo}-{hi}"
+
+
 def size_bins(sizes) -> dict:
-    """Component sizes in power-of-two bins, {"2": n, "3-4": n, "5-8": n, ...}."""
-    hist = {}
-    e = np.array([(int(x) - 1).bit_length() for x in sizes], dtype=np.int64)
-    for k, c in zip(*np.unique(e, return_counts=True)):
-        lo, hi = 2 ** (int(k) - 1) + 1, 2 ** int(k)
-        hist[str(hi) if lo >= hi else f"{lo}-{hi}"] = int(c)
-    return hist
+    """Component sizes (>= 2) in power-of-two bins, {"2": n, "3-4": n, "5-8": n, ...}."""
+    # ceil(log2) as component_stats computes it in Spark (exact at the powers of two).
+    e = np.ceil(np.log2(np.asarray(sizes, dtype=np.float64))).astype(np.int64)
+    return {bin_label(int(k)): int(c) for k, c in zip(*np.unique(e, return_counts=True))}
 
 
 def one_task_batches(cfg: Config, bands: int, rows: int):
@@ -390,9 +393,7 @@ def component_stats(dups) -> dict:
             .groupBy("e").agg(F.count(F.lit(1)).alias("components"), F.sum("count").alias("docs")).collect())
     hist, comps, docs = {}, 0, 0
     for r in sorted(rows, key=lambda r: r["e"]):
-        e = r["e"]
-        lo, hi = 2 ** (e - 1) + 1, 2 ** e
-        hist[str(hi) if lo >= hi else f"{lo}-{hi}"] = int(r["components"])
+        hist[bin_label(r["e"])] = int(r["components"])
         comps += int(r["components"])
         docs += int(r["docs"])
     return {"components": comps, "docs_in_components": docs, "docs_removed": docs - comps, "component_sizes": hist}

@@ -28,7 +28,7 @@ CUDA_SIM = textwrap.dedent("""
     # Rows 0, 1, 60, 61 sit on a duplicated centroid: a zero gap, decided by the exact kernel.
     assert P.cache["cuda_exact_rows"] >= 4, P.cache["cuda_exact_rows"]
     s = K.fixed_scale(len(X), np.abs(X).max())
-    sums, counts = G.update(P.X, lr, 8, s)   # the device copy of the assignment is reused
+    sums, counts = G.update(P, lr, 8, s)   # the device copy of the assignment is reused
     cs, cc = K.update(X, lr, 8, s)
     assert (sums == cs).all() and (counts == cc).all()
     sr, cr = R.update_ref(X, lr, 8)
