@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -194,23 +192,12 @@ def _partition_arrays(batches, d: int):
 
 
 # The bounds each partition's last assignment left (kmeans_cpu.bound_check) are kept between
-# Spark passes in a file on the executor's local disk (label, bound and candidate set: 12 + 2 m
-# bytes a row for k < 32768; m = CPUBackend.CANDIDATES = 16 on the bf16 path at k >= 512, so 44
-# bytes, else 1), so whichever Python
-# worker of that executor runs the partition next reads them back. A task without them (another
-# executor, a lost file) screens every row: where a task runs changes speed, never labels.
-_BOUNDS_DIR = "thresher-kmeans-bounds"
-_BOUNDS_STALE_S = 3600.0
-
-
-def bounds_dir(token: str | None = None) -> Path:
-    import tempfile
-
-    base = Path(tempfile.gettempdir()) / _BOUNDS_DIR
-    return base / token if token else base
-
-
-def _partition_points(token: str, keys: np.ndarray, X: np.ndarray):
+# Spark passes in a file (label, bound and candidate set: 12 + 2 m bytes a row for k < 32768;
+# m = CPUBackend.CANDIDATES = 16 on the bf16 path at k >= 512, so 44 bytes, else 1), so
+# whichever Python worker runs the partition next reads them back. The files live in a private
+# scratch folder this run made (stages/scratch.py) and removes; a task without them (another
+# host, a lost file) screens every row: where a task runs changes speed, never labels.
+def _partition_points(scratch: str, keys: np.ndarray, X: np.ndarray):
     """Points of this partition with the bounds of its previous pass on this executor, if any,
     and where to keep the new ones (None outside a Spark task)."""
     from pyspark import TaskContext
@@ -225,7 +212,7 @@ def _partition_points(token: str, keys: np.ndarray, X: np.ndarray):
     with np.errstate(over="ignore"):
         fp = np.array([len(keys), keys[0], keys[-1], np.bitwise_xor.reduce(keys),
                        np.add.reduce(keys * np.arange(1, len(keys) + 1, dtype=np.uint64))], np.uint64)
-    path = bounds_dir(token) / f"{ctx.partitionId()}.npz"
+    path = Path(scratch) / f"{ctx.partitionId()}.npz"
     b = read_bounds(path, fp, len(keys))
     if b is not None:
         P.cache["bounds"] = b
@@ -256,16 +243,13 @@ def write_bounds(path: Path, fp: np.ndarray, b: dict) -> None:
 
 def _keep_bounds(P, slot) -> int:
     """Keep P's bounds for the partition's next pass; returns the rows this pass screened."""
+    from thresher.stages.scratch import owned_dir
+
     if slot is not None and "bounds" in P.cache:
         path, fp = slot
-        b = P.cache["bounds"]
         try:
-            if not path.parent.exists():  # this run's first file here: sweep once, not every pass
-                path.parent.mkdir(parents=True, exist_ok=True)
-                for old in path.parent.parent.iterdir():  # runs that ended without cleaning up
-                    if old != path.parent and time.time() - old.stat().st_mtime > _BOUNDS_STALE_S:
-                        shutil.rmtree(old, ignore_errors=True)
-            write_bounds(path, fp, b)
+            if owned_dir(path.parent):  # never a symlink or another user's folder
+                write_bounds(path, fp, P.cache["bounds"])
         except OSError:
             pass  # no bounds next time: the pass screens every row
     return int(round(P.cache.get("screened_share", 1.0) * len(P)))
@@ -293,7 +277,7 @@ def _executor_backend(pref):
 class SparkSource:
     """Level 1 on Spark: the kernels run in executors over the cached blocks."""
 
-    def __init__(self, spark, blocks, n: int, d: int, maxabs: float, backend: str, dtype: str):
+    def __init__(self, spark, blocks, n: int, d: int, maxabs: float, backend: str, dtype: str, scratch: Path):
         from thresher.kernels import kmeans_cpu as cpu
 
         self.spark = spark
@@ -302,8 +286,8 @@ class SparkSource:
         self.scale = cpu.fixed_scale(n, maxabs)
         self.pref = (backend, dtype)
         self.passes = 0
-        # Names this source's bounds files on the executors (see _keep_bounds).
-        self.token = uuid.uuid4().hex
+        # This run's private folder for the bounds files (see _keep_bounds).
+        self.scratch = str(scratch)
         self.screened: list[float] = []  # share of rows screened, per Lloyd pass
 
     def _run(self, fn, schema: str):
@@ -313,7 +297,7 @@ class SparkSource:
     def lloyd_pass(self, C, n_far):
         from thresher.kernels.hkmeans import PassResult
 
-        d, scale, pref, token = self.d, self.scale, self.pref, self.token
+        d, scale, pref, scratch = self.d, self.scale, self.pref, self.scratch
         bc = self.spark.sparkContext.broadcast(np.asarray(C, dtype=np.float32))
 
         def fn(batches):
@@ -324,7 +308,7 @@ class SparkSource:
             if not ids:
                 return
             Cb = bc.value
-            P, slot = _partition_points(token, keys, X)
+            P, slot = _partition_points(scratch, keys, X)
             lab, d2 = be.assign(P, Cb)
             screened = _keep_bounds(P, slot)
             sums, counts = be.update(P, lab, len(Cb), scale)
@@ -363,7 +347,7 @@ class SparkSource:
     def select(self, C, r, mode, salt_):
         from thresher.kernels.hkmeans import mix64
 
-        d, pref, token = self.d, self.pref, self.token
+        d, pref, scratch = self.d, self.pref, self.scratch
         bc = self.spark.sparkContext.broadcast(np.asarray(C, dtype=np.float32))
 
         def fn(batches):
@@ -374,7 +358,7 @@ class SparkSource:
             if not ids:
                 return
             Cb = bc.value
-            P, slot = _partition_points(token, keys, X)
+            P, slot = _partition_points(scratch, keys, X)
             lab, d2 = be.assign(P, Cb)
             _keep_bounds(P, slot)
             key = d2.astype(np.float64) if mode == "closest" else mix64(keys, salt_).astype(np.float64)
@@ -447,6 +431,7 @@ def run(spark, tables, cfg: Config):
 
     from thresher.kernels.backend import pick_backend
     from thresher.kernels.hkmeans import HierarchicalKMeans, fit_level, fit_upper
+    from thresher.stages.scratch import private_dir, remove_tree, run_tmp
 
     seed = cfg.seed or 0
     emb = tables["embeddings"].select("id", "vector")
@@ -464,7 +449,7 @@ def run(spark, tables, cfg: Config):
     packed = (emb.sortWithinPartitions("id")
               .mapInArrow(_pack_fn(d, normalize, cfg.block_rows), PACK_SCHEMA)
               .persist(StorageLevel.MEMORY_AND_DISK))
-    token = None
+    scratch = None
     try:
         meta = packed.select("kind", "n", "maxabs", "reason").collect()
         n = sum(r["n"] for r in meta if r["kind"] == "block")
@@ -490,8 +475,8 @@ def run(spark, tables, cfg: Config):
             clusters = _clusters_df(spark, ids, labels, dist)
             stats["level_seconds"] = hk.level_seconds_
         else:
-            src = SparkSource(spark, blocks, n, d, maxabs, cfg.backend, cfg.dtype)
-            token = src.token
+            scratch = private_dir("kmeans-bounds-", run_tmp(spark))
+            src = SparkSource(spark, blocks, n, d, maxabs, cfg.backend, cfg.dtype, scratch)
             t0 = time.perf_counter()
             C1 = fit_level(src, levels[0], seed, 1, cfg.init_sample, cfg.empty_clusters)
             counts1 = src.lloyd_pass(C1, 0).counts
@@ -515,8 +500,8 @@ def run(spark, tables, cfg: Config):
         # On Spark, `clusters` still derives from the packed blocks: writing it packs them once
         # more instead of holding the whole cache through the stages that follow.
         packed.unpersist()
-        if token:  # this machine's executors' bounds files (others age out, see _keep_bounds)
-            shutil.rmtree(bounds_dir(token), ignore_errors=True)
+        if scratch is not None:
+            remove_tree(scratch)
 
 
 def _level1_sizes(labels, counts, k):

@@ -503,25 +503,25 @@ def _valid_entry(path: Path, rows: int) -> dict | None:
     return meta if n == rows == meta.get("rows") else None
 
 
-def _staging_root(spark, cfg: Config) -> Path:
+def _staging_root(spark, cfg: Config) -> Path | None:
+    """The cache folder, else the run folder's .tmp/ (removed when the run ends), else None:
+    the staging folder is then a private one in the system's temp folder."""
+    from thresher.stages.scratch import run_tmp
+
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser().absolute()
-    ck = spark.sparkContext.getCheckpointDir()
-    if ck:
-        # The runner points checkpoints into the run folder's .tmp/, removed when the run ends.
-        return Path(ck.split(":", 1)[1] if ck.startswith("file:") else ck).parent
-    import tempfile
-
-    return Path(tempfile.gettempdir()) / "thresher-embed"
+    return run_tmp(spark)
 
 
 def _remove_stale(root: Path, age_s: float = 86400) -> None:
     """Staging folders of runs that died before committing (a live run finishes within a day)."""
+    from thresher.stages.scratch import remove_tree
+
     now = time.time()
     for p in root.glob(f"{STAGING}*") if root.exists() else ():
         try:
-            if now - p.stat().st_mtime > age_s:
-                shutil.rmtree(p, ignore_errors=True)
+            if now - p.lstat().st_mtime > age_s:
+                remove_tree(p)
         except OSError:
             pass
 
@@ -550,6 +550,8 @@ def _aggregate(rows: list[dict]) -> dict:
 
 
 def run(spark, tables, cfg: Config):
+    from thresher.stages.scratch import private_dir, remove_tree
+
     docs = tables["documents"].select("id", "text")
     model_path, label = resolve_model(cfg.model)
     import torch  # noqa: F401  (the driver resolves device and precision for the cache key)
@@ -576,8 +578,7 @@ def run(spark, tables, cfg: Config):
 
     if cfg.cache_dir:
         _remove_stale(root)
-    staging = root / f"{STAGING}{uuid.uuid4().hex[:12]}"
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = private_dir(STAGING, root)
     try:
         from pyspark.sql import functions as F
 
@@ -617,11 +618,11 @@ def run(spark, tables, cfg: Config):
                     stats["cache_entry"] = str(final)
                 except OSError:
                     # Another run stored the same key first; its table is as good as ours.
-                    shutil.rmtree(staging, ignore_errors=True)
+                    remove_tree(staging)
             else:
                 log.warning("embed: executors used %s, the driver expected %s; not caching", stats["precision"], precision)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
     log.info("embed: %d docs, %d truncated, %s, %.1f docs/s", stats["docs"], stats["truncated"],
              stats["precision"], stats["docs_per_s"] or 0)
@@ -652,4 +653,6 @@ def write_table(table: str, df, dest: Path, cfg: Config) -> None:
             shutil.copy2(f, dest / f.name)
     if Path(src).name.startswith(STAGING):
         # Not a cache entry: the run's own staging copy, no longer needed.
-        shutil.rmtree(src, ignore_errors=True)
+        from thresher.stages.scratch import remove_tree
+
+        remove_tree(Path(src))

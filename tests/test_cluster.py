@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -163,7 +166,10 @@ def test_cluster_stage_same_result_in_memory_and_on_spark_whatever_the_partition
     docs = spark.createDataFrame([(i, "t") for i in ids + ["bad-nan", "bad-dim", "bad-null"]], "id string, text string")
 
     outs = []
-    left = set(cluster.bounds_dir().glob("*/*.npz"))  # other runs' (a killed one's) files
+    from thresher.stages.scratch import run_tmp
+
+    root = run_tmp(spark) or Path(tempfile.gettempdir())
+    left = set(root.glob("kmeans-bounds-*"))
     for parts, mem in [(1, 0), (4, 0), (3, 10 ** 6)]:
         res = cluster.run(spark, {"embeddings": emb.repartition(parts), "documents": docs},
                           _stage_cfg(in_memory_max_rows=mem))
@@ -175,7 +181,7 @@ def test_cluster_stage_same_result_in_memory_and_on_spark_whatever_the_partition
             # identical to the in-memory ones. The stage removes the files when it ends.
             shares = res["stats"]["level1_screened_share"]
             assert shares[0] == 1.0 and shares[1] < 1.0, shares
-            assert set(cluster.bounds_dir().glob("*/*.npz")) <= left
+            assert set(root.glob("kmeans-bounds-*")) <= left
         assert res["stats"]["set_aside"] == {"non_finite": 1, "wrong_dimension": 1, "null_vector": 1}
         schemas.validate("clusters", res["clusters"].toArrow().schema, "clusters")
         schemas.validate("centroids", res["centroids"].toArrow().schema, "centroids")
