@@ -16,7 +16,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from thresher.flows import __version__  # noqa: E402
-from thresher.flows.errors import ThresherError  # noqa: E402
+from thresher.schemas.errors import ThresherError  # noqa: E402
 
 
 def _setup_logging(debug: bool) -> None:

@@ -13,22 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
+from thresher.stages.base import StageConfig, Strict  # noqa: F401  (StageConfig re-exported for one release)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class StageConfig(Strict):
-    """Base of every stage's config section."""
-
-    # Filled from the run's seed unless set per stage: all randomness comes from here.
-    seed: int | None = None
 
 
 class SparkConfig(Strict):

@@ -26,7 +26,7 @@ from thresher import schemas
 from thresher.flows import __version__
 from thresher.flows.config import (CONFIG_DIR, PrefectConfig, SparkConfig, Strict, _merge, _one_line,
                                    config_json, resolve_config_path)
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
 from thresher.stages import containment as C
 
 log = logging.getLogger("thresher.containment")
@@ -141,7 +141,7 @@ def analyse(spark, datasets: list[C.Dataset], cfg: C.Config, as_tasks: bool = Fa
 
 # ------------------------------------------------------------------------------- output
 def _prepare_output(root: Path, datasets: list[C.Dataset], overwrite: bool) -> None:
-    from thresher.stages.runner import RunFolder
+    from thresher.flows.runner import RunFolder
 
     folder = RunFolder(root, overwrite=overwrite)
     # RunFolder refuses output inside an input and removes only what it owns on --overwrite.
@@ -153,7 +153,7 @@ def write_outputs(root: Path, result: dict, datasets: list[C.Dataset], cfg: Cont
     import os
     import uuid
 
-    from thresher.stages.runner import package_versions
+    from thresher.flows.runner import package_versions
 
     tmp = root / ".tmp" / f"containment-{uuid.uuid4().hex[:8]}"
     (tmp / "containment").mkdir(parents=True)
@@ -236,8 +236,8 @@ def containment(config: dict, overwrite: bool = False) -> dict:
 def preflight(cfg: ContainmentRunConfig, overwrite: bool) -> None:
     """Every check a user's mistake can fail, before Spark or Prefect start: the catalog, the
     datasets' footers, and an output folder that holds something thresher would not replace."""
-    from thresher.flows.errors import OutputError
-    from thresher.stages.runner import MANIFEST
+    from thresher.schemas.errors import OutputError
+    from thresher.flows.runner import MANIFEST
 
     if not cfg.catalog:
         raise ConfigError("catalog: no catalog given (pass CATALOG or set `catalog:`)")

@@ -11,9 +11,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from thresher.flows.config import RunConfig, config_json, load_config
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
 from thresher.flows.spark import get_spark
-from thresher.stages.runner import RunFolder, Runner
+from thresher.flows.runner import RunFolder, Runner
 
 log = logging.getLogger("thresher.flow")
 

@@ -1,23 +1,5 @@
-"""Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+"""Moved to thresher.schemas.errors (contracts live at the bottom layer); kept for one release."""
 
+from thresher.schemas.errors import ConfigError, InputError, OutputError, StageError, ThresherError
 
-class ThresherError(Exception):
-    """A problem with the user's input, config or environment, stated in one line."""
-
-    exit_code = 2
-
-
-class ConfigError(ThresherError):
-    pass
-
-
-class InputError(ThresherError):
-    pass
-
-
-class OutputError(ThresherError):
-    pass
-
-
-class StageError(ThresherError):
-    """A stage failed on data it was given (not a bug in thresher)."""
+__all__ = ["ConfigError", "InputError", "OutputError", "StageError", "ThresherError"]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from thresher.flows.errors import InputError
+from thresher.schemas.errors import InputError
 
 log = logging.getLogger("thresher.report")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
 
 log = logging.getLogger("thresher.serve")
 

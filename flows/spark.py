@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from thresher.flows.config import SparkConfig
+from thresher.kernels.threads import limit_task_threads, task_threads  # noqa: F401  (re-exported for one release)
 
 log = logging.getLogger("thresher.spark")
 
@@ -151,28 +152,3 @@ def loopback_host(master: str) -> str | None:
     if hosts and all(h == "localhost" or h.startswith("127.") or h == "::1" for h in hosts):
         return "127.0.0.1"
     return None
-
-
-def task_threads() -> int:
-    """Threads a kernel may use inside a Spark task (set by get_spark for every Python worker)."""
-    try:
-        return max(1, int(os.environ.get("THRESHER_TASK_THREADS", "0")) or os.cpu_count() or 1)
-    except ValueError:
-        return 1
-
-
-def limit_task_threads() -> int:
-    """Cap numba and torch threads inside a Python worker; returns the cap."""
-    n = task_threads()
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except Exception:  # numba absent or its layer already fixed; the cap is advisory
-        pass
-    if "torch" in sys.modules:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-    return n

@@ -32,6 +32,23 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_bf16() -> str | None:
+    """The CPU feature that makes torch's bf16 matmul fast here (amx_bf16, avx512_bf16), or None.
+    The one probe for every stage and kernel that picks a precision."""
+    for f in ("amx_bf16", "avx512_bf16"):
+        if f in cpu_flags():
+            return f
+    try:
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability()
+        if "AMX" in cap or "BF16" in cap:
+            return cap.lower()
+    except Exception:  # no torch, or an old one without the query: stay on fp32
+        pass
+    return None
+
+
 def has_bf16_matmul() -> bool:
     """bf16 products are only worth it with hardware bf16 dot products and a torch to use them."""
     if not ({"avx512_bf16", "amx_bf16"} & cpu_flags()):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from thresher.flows.errors import ThresherError
+from thresher.schemas.errors import ThresherError
 
 
 class SchemaError(ThresherError):

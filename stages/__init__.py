@@ -1,4 +1,4 @@
-"""One module per stage, and the runner that reads, validates and writes their tables.
+"""One module per stage; the runner (flows/runner.py) reads, validates and writes their tables.
 
 A stage module defines:
     NAME: str

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from thresher.flows.config import StageConfig, Strict
-from thresher.flows.errors import StageError
+from thresher.stages.base import StageConfig, Strict
+from thresher.schemas.errors import StageError
 from thresher.stages.arrow_bytes import binary_rows, binary_values
 
 NAME = "cluster"
@@ -94,7 +94,7 @@ PACK_SCHEMA = ("kind string, ids array<string>, keys binary, vecs binary, n long
 
 def _pack_fn(d: int, normalize: bool, block_rows: int):
     def pack(batches):
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
 
         limit_task_threads()
         bad: dict[str, int] = {}
@@ -263,7 +263,7 @@ def _merge_sorted(rows: list[tuple], m: int) -> list[tuple]:
 def _executor_backend(pref):
     """The kernels' backend inside a Python worker, with numba and torch capped to the task's
     threads (torch is imported first when the bf16 path will use it, so the cap reaches it)."""
-    from thresher.flows.spark import limit_task_threads
+    from thresher.kernels.threads import limit_task_threads
     from thresher.kernels.backend import pick_backend
 
     be = pick_backend(*pref)

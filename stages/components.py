@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from thresher.flows.errors import StageError
+from thresher.schemas.errors import StageError
 
 log = logging.getLogger("thresher.components")
 

@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.flows.config import StageConfig, Strict
-from thresher.flows.errors import InputError
+from thresher.stages.base import StageConfig, Strict
+from thresher.schemas.errors import InputError
 
 STEP_MINMAX = "minmax"
 STEP_SKETCH = "sketch"
@@ -427,7 +427,7 @@ def read_fingerprints(spark, datasets: list[Dataset], needs: dict[int, list[int]
     out_schema = pa.schema([("ds", pa.int32()), ("s", pa.int32()), ("h1", pa.int64()), ("h2", pa.int64())])
 
     def fingerprint_units(batches):
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
 
         # polars sizes its pool at import: one worker per task slot, like numba and torch.
         os.environ.setdefault("POLARS_MAX_THREADS", str(limit_task_threads()))

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.flows.config import StageConfig, Strict
-from thresher.flows.errors import ConfigError, InputError
+from thresher.stages.base import StageConfig, Strict
+from thresher.schemas.errors import ConfigError, InputError
 from thresher.stages.text import NormaliseConfig, ShingleConfig, normalise, shingle_hashes
 
 NAME = "decontaminate"
@@ -245,7 +245,7 @@ def run(spark, tables, cfg: Config):
     out_schema = pa.schema([("id", pa.string()), ("by_id", pa.string()), ("score", pa.float64())])
 
     def find(batches):
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
 
         limit_task_threads()
         h, item, lens, item_ids = bc.value

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.flows.config import StageConfig
-from thresher.flows.errors import ConfigError, StageError
+from thresher.stages.base import StageConfig
+from thresher.schemas.errors import ConfigError, StageError
 
 NAME = "embed"
 INPUTS = ("documents",)
@@ -128,24 +128,6 @@ def model_fingerprint(path: Path) -> str:
     return h.hexdigest()[:32]
 
 
-def cpu_bf16() -> str | None:
-    """The CPU feature that makes bf16 matmul fast here (amx_bf16, avx512_bf16), or None."""
-    from thresher.kernels.backend import cpu_flags
-
-    for f in ("amx_bf16", "avx512_bf16"):
-        if f in cpu_flags():
-            return f
-    try:
-        import torch
-
-        cap = torch.backends.cpu.get_cpu_capability()
-        if "AMX" in cap or "BF16" in cap:
-            return cap.lower()
-    except Exception:  # an old torch without the query: stay on fp32
-        pass
-    return None
-
-
 def resolve_device(requested: str) -> str:
     import torch
 
@@ -164,6 +146,8 @@ def resolve_precision(requested: str, device: str) -> tuple[str, str]:
         return requested, "configured"
     if device == "cuda":
         return "fp16", "CUDA GPU"
+    from thresher.kernels.backend import cpu_bf16
+
     feat = cpu_bf16()
     if feat:
         return "bf16", f"CPU has {feat}"
@@ -399,7 +383,7 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
     def fn(batches):
         from pyspark import TaskContext
 
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
 
         t_task = time.perf_counter()
         import torch  # noqa: F401  (limit_task_threads caps torch only once it is imported)

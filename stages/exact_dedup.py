@@ -13,8 +13,8 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from thresher.flows.config import StageConfig
-from thresher.flows.errors import ConfigError
+from thresher.stages.base import StageConfig
+from thresher.schemas.errors import ConfigError
 from thresher.stages.text import NormaliseConfig
 
 NAME = "exact_dedup"
@@ -40,7 +40,7 @@ def hash_batches(cfg: Config):
     def fn(batches):
         import pyarrow.compute as pc
 
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
         from thresher.stages.text import text_hash128
 
         limit_task_threads()

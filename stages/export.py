@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.flows.config import StageConfig
+from thresher.stages.base import StageConfig
 
 NAME = "export"
 INPUTS = ("documents",)
@@ -43,7 +43,7 @@ def run(spark, tables, cfg: Config):
     if cfg.columns is not None:
         missing = [c for c in cfg.columns if c not in docs.columns]
         if missing:
-            from thresher.flows.errors import ConfigError
+            from thresher.schemas.errors import ConfigError
 
             raise ConfigError(f"export.columns: column '{missing[0]}' is not in documents (have: {', '.join(docs.columns)})")
         docs = docs.select("id", "text", *[c for c in cfg.columns if c not in ("id", "text")])

@@ -34,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from thresher.flows.config import StageConfig
-from thresher.flows.errors import ConfigError
+from thresher.stages.base import StageConfig
+from thresher.schemas.errors import ConfigError
 from thresher.stages.arrow_bytes import binary_from_buffers, binary_values
 from thresher.stages.text import NormaliseConfig, ShingleConfig
 
@@ -116,7 +116,7 @@ def _row_chunks(byte_off: np.ndarray):
     while lo < n:
         hi = int(np.searchsorted(byte_off, byte_off[lo] + _MAX_BINARY, side="right")) - 1
         if hi <= lo:
-            from thresher.flows.errors import StageError
+            from thresher.schemas.errors import StageError
 
             raise StageError("fuzzy_dedup: one document has more than 2 GiB of shingle hashes")
         hi = min(hi, n)
@@ -149,7 +149,7 @@ def sign_batches(cfg: Config, bands: int, rows: int):
     def fn(batches):
         import pyarrow.compute as pc
 
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
         from thresher.kernels.minhash import permutations
 
         limit_task_threads()
@@ -191,8 +191,8 @@ def reference_batches(cfg: Config, out_schema: pa.Schema, drop_reference: bool):
     def fn(batches):
         import pyarrow.compute as pc
 
-        from thresher.flows.errors import StageError
-        from thresher.flows.spark import limit_task_threads
+        from thresher.schemas.errors import StageError
+        from thresher.kernels.threads import limit_task_threads
         from thresher.kernels.minhash import jaccard_pairs, signature_agreement
 
         limit_task_threads()
@@ -295,7 +295,7 @@ def one_task_batches(cfg: Config, bands: int, rows: int):
     def fn(batches):
         import pyarrow.compute as pc
 
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
         from thresher.kernels.minhash import jaccard_pairs, min_roots, permutations, signature_agreement
 
         limit_task_threads()

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.flows.config import StageConfig
-from thresher.flows.errors import InputError
+from thresher.stages.base import StageConfig
+from thresher.schemas.errors import InputError
 
 NAME = "ingest"
 INPUTS: tuple[str, ...] = ()

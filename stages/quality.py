@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from thresher.flows.config import StageConfig, Strict
-from thresher.flows.errors import ConfigError, InputError
+from thresher.stages.base import StageConfig, Strict
+from thresher.schemas.errors import ConfigError, InputError
 
 NAME = "quality"
 INPUTS = ("documents",)
@@ -535,7 +535,7 @@ def _embed_texts(texts: list[str], model: str | None) -> np.ndarray:
 
     import torch
 
-    from thresher.stages.embed import cpu_bf16
+    from thresher.kernels.backend import cpu_bf16
 
     st = SentenceTransformer(model, device="cpu", local_files_only=True)
     # bf16 where the CPU has it, as the embed stage does: several times faster than fp32.

@@ -21,8 +21,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from thresher.flows.config import StageConfig
-from thresher.flows.errors import ConfigError, InputError
+from thresher.stages.base import StageConfig
+from thresher.schemas.errors import ConfigError, InputError
 
 NAME = "sample"
 INPUTS = ("documents", "clusters")

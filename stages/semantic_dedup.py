@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from thresher.flows.config import StageConfig
-from thresher.flows.errors import ConfigError
+from thresher.stages.base import StageConfig
+from thresher.schemas.errors import ConfigError
 
 NAME = "semantic_dedup"
 INPUTS = ("documents", "embeddings", "clusters")
@@ -207,7 +207,7 @@ def run(spark, tables, cfg: Config):
     eps, report_eps, block = float(cfg.eps), list(cfg.report_eps), int(cfg.block_rows)
 
     def per_cluster(table: pa.Table) -> pa.Table:
-        from thresher.flows.spark import limit_task_threads
+        from thresher.kernels.threads import limit_task_threads
 
         limit_task_threads()
         return dedup_cluster(table, eps, report_eps, use_quality, block)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from thresher.flows.config import Strict
+from thresher.stages.base import Strict
 
 # RE2 classes: `\s` is ASCII-only, so Unicode separators (\p{Z}) and VT/NEL are named too.
 _WS = r"[\s\x{0b}\x{85}\p{Z}]+"

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import InputError, OutputError, ThresherError
+from thresher.schemas.errors import InputError, OutputError, ThresherError
 
 from conftest import DEMO
 

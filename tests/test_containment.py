@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import InputError
+from thresher.schemas.errors import InputError
 from thresher.stages import containment as C
 
 REPO = Path(__file__).resolve().parent.parent

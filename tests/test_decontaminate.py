@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import ConfigError, InputError
+from thresher.schemas.errors import ConfigError, InputError
 from thresher.stages import decontaminate as D
 from thresher.stages.text import normalise
 

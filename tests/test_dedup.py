@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
 from thresher.stages import exact_dedup as ED
 from thresher.stages import fuzzy_dedup as FD
 from thresher.stages.text import shingle_strings

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import ConfigError, StageError
+from thresher.schemas.errors import ConfigError, StageError
 from thresher.stages import embed
 
 N_SAMPLE = 40
@@ -198,7 +198,9 @@ def test_missing_or_bad_model_is_one_config_error(tmp_path):
 
 
 def test_precision_pick_and_cache_key():
-    feat = embed.cpu_bf16()
+    from thresher.kernels import backend
+
+    feat = backend.cpu_bf16()
     assert embed.resolve_precision("auto", "cpu") == (("bf16", f"CPU has {feat}") if feat else ("fp32", "CPU without bf16 support"))
     assert embed.resolve_precision("auto", "cuda")[0] == "fp16"
     assert embed.resolve_precision("fp32", "cpu") == ("fp32", "configured")

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from thresher.flows.config import load_config
-from thresher.flows.errors import ConfigError, InputError
+from thresher.schemas.errors import ConfigError, InputError
 
 from conftest import DEMO
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
 from thresher.stages import quality
 from thresher.stages.quality import SIGNALS, compute_signals, filter_reason, rule_score, signals_ref
 

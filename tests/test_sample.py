@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
 from thresher.stages import sample
 from thresher.stages.sample import allocate_tree, split_node
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.flows.errors import ConfigError
+from thresher.schemas.errors import ConfigError
 from thresher.stages import semantic_dedup as sd
 
 

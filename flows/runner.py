@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from thresher import schemas
 from thresher.flows import __version__
 from thresher.flows.config import RunConfig, config_json
-from thresher.flows.errors import OutputError, StageError, ThresherError
+from thresher.schemas.errors import OutputError, StageError, ThresherError
 from thresher.stages import get_stage
 
 log = logging.getLogger("thresher.runner")
