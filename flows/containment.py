@@ -141,7 +141,7 @@ def analyse(spark, datasets: list[C.Dataset], cfg: C.Config, as_tasks: bool = Fa
 
 # ------------------------------------------------------------------------------- output
 def _prepare_output(root: Path, datasets: list[C.Dataset], overwrite: bool) -> None:
-    from thresher.flows.runner import RunFolder
+    from thresher.flows.runfolder import RunFolder
 
     folder = RunFolder(root, overwrite=overwrite)
     # RunFolder refuses output inside an input and removes only what it owns on --overwrite.
@@ -237,7 +237,7 @@ def preflight(cfg: ContainmentRunConfig, overwrite: bool) -> None:
     """Every check a user's mistake can fail, before Spark or Prefect start: the catalog, the
     datasets' footers, and an output folder that holds something thresher would not replace."""
     from thresher.schemas.errors import OutputError
-    from thresher.flows.runner import MANIFEST
+    from thresher.flows.runfolder import MANIFEST
 
     if not cfg.catalog:
         raise ConfigError("catalog: no catalog given (pass CATALOG or set `catalog:`)")

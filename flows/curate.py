@@ -13,7 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from thresher.flows.config import RunConfig, config_json, load_config
 from thresher.schemas.errors import ConfigError
 from thresher.flows.spark import get_spark
-from thresher.flows.runner import RunFolder, Runner
+from thresher.flows.runfolder import RunFolder
+from thresher.flows.runner import Runner
 
 log = logging.getLogger("thresher.flow")
 
