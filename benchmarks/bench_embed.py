@@ -11,6 +11,7 @@ of the gain is precision and how much is batching and parallelism.
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import os
 import shutil
 import statistics
@@ -71,7 +72,7 @@ def run(quick: bool = False):
         def stage(precision: str):
             cfg = embed.Config(precision=precision, seed=0)
             t0 = time.perf_counter()
-            out = embed.run(spark, {"documents": df}, cfg)
+            out = run_stage(spark, embed, {"documents": df}, cfg)
             dt = time.perf_counter() - t0
             folder = out["embeddings"]._thresher_embed_dir
             vec = _vectors(folder, ids)

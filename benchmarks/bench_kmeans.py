@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.stages.base import run_stage
+
 from benchmarks.common import PeakRSS, record
 
 
@@ -201,7 +203,7 @@ def bench_hierarchical_spark(n: int, d: int, master: str = HK_MASTER, prune: boo
         before = round(psutil.Process().memory_info().rss / 1e6, 1)
         with PeakRSS(every_s=0.5) as mem:
             t0 = time.perf_counter()
-            res = cluster.run(spark, {"embeddings": spark.read.parquet(str(path))}, cfg)
+            res = run_stage(spark, cluster, {"embeddings": spark.read.parquet(str(path))}, cfg)
             res["clusters"].write.parquet(str(tmp / "clusters"))
             wall = time.perf_counter() - t0
         stats = res["stats"]

@@ -13,6 +13,7 @@ with --quick, TF-IDF + SVD.
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import os
 import tempfile
 import time
@@ -102,7 +103,7 @@ def _compare(tree, levels, ids, sections, X, model_name, embed_s, seeds=(0, 1, 2
                 docs = spark.read.parquet(str(tmp / "documents.parquet"))
                 clusters = spark.read.parquet(str(tmp / "clusters.parquet"))
                 t0 = time.perf_counter()
-                out = sample.run(spark, {"documents": docs, "clusters": clusters}, sample.Config(budget=budget, seed=seed))
+                out = run_stage(spark, sample, {"documents": docs, "clusters": clusters}, sample.Config(budget=budget, seed=seed))
                 chosen = [r["id"] for r in out["selection"].select("id").collect()]
                 times_t.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()

@@ -195,17 +195,17 @@ def check_stage_order(cfg: RunConfig) -> None:
         if name in seen:
             raise ConfigError(f"stages[{i}]: stage '{name}' listed twice")
         seen.add(name)
-        mod = mods[name]
-        if i == 0 and name != "ingest":
+        spec = mods[name].SPEC
+        if i == 0 and not spec.source:
             raise ConfigError(f"stages: the first stage must be ingest, found '{name}'")
-        for t in mod.INPUTS:
+        for t in spec.required(getattr(cfg, name)):
             if t not in available:
-                producers = [n for n, m in mods.items() if t in m.OUTPUTS]
+                producers = [n for n, m in mods.items() if t in m.SPEC.all_outputs()]
                 raise ConfigError(
                     f"stages: '{name}' needs table '{t}', which no earlier stage produces "
                     f"(put one of {', '.join(producers)} before it)"
                 )
-        available.update(mod.OUTPUTS)
+        available.update(spec.all_outputs())
 
 
 def config_json(cfg: BaseModel) -> dict:

@@ -30,7 +30,8 @@ from thresher.flows import __version__
 from thresher.flows.config import RunConfig, config_json
 from thresher.flows.runfolder import MANIFEST, RunFolder
 from thresher.schemas.errors import StageError, ThresherError
-from thresher.stages import get_stage
+from thresher.stages import get_stage, spec_of
+from thresher.stages.base import StageContext, kept_documents
 
 log = logging.getLogger("thresher.runner")
 
@@ -122,13 +123,13 @@ class Runner:
         validate_table(name, path)
         return self.spark.read.parquet(str(path))
 
-    def _write(self, mod, table: str, df, dest: Path, stage_cfg) -> None:
+    def _write(self, spec, table: str, df, dest: Path, stage_cfg) -> None:
         schema_name = "documents" if table == "dataset" else table
         if schema_name in schemas.TABLES:
-            schemas.validate(schema_name, arrow_schema_of(df), f"{mod.NAME} output '{table}'")
-        writer = getattr(mod, "write_table", None)
-        if writer is not None and table in getattr(mod, "CUSTOM_WRITES", ()):
-            writer(table, df, dest, stage_cfg)
+            schemas.validate(schema_name, arrow_schema_of(df), f"{spec.name} output '{table}'")
+        writer = spec.writers.get(table)
+        if writer is not None:
+            writer(df, dest, stage_cfg)
         else:
             df.write.mode("error").parquet(str(dest))
 
@@ -139,9 +140,9 @@ class Runner:
             section = section.model_copy(update={"seed": self.cfg.seed})
         return section
 
-    def fingerprint(self, name: str, mod, stage_cfg) -> str:
-        ups = {t: self.fingerprints.get(t) for t in (*mod.INPUTS, *getattr(mod, "OPTIONAL_INPUTS", ())) if t in self.tables}
-        extra = self.input_fingerprint if name == "ingest" else {}
+    def fingerprint(self, name: str, spec, stage_cfg) -> str:
+        ups = {t: self.fingerprints.get(t) for t in (*spec.required(stage_cfg), *spec.optional_inputs) if t in self.tables}
+        extra = self.input_fingerprint if spec.source else {}
         return _sha(__version__, name, config_json(stage_cfg), ups, extra)
 
     def run_stage(self, name: str) -> StageRecord:
@@ -155,60 +156,33 @@ class Runner:
         return rec
 
     def _run_stage(self, name: str) -> StageRecord:
-        mod = get_stage(name)
+        spec = spec_of(name)
         stage_cfg = self.stage_config(name)
-        if name == "ingest":
-            from thresher.stages.ingest import input_fingerprint
-
-            self.input_fingerprint = input_fingerprint(self.cfg.input, stage_cfg)
-        fp = self.fingerprint(name, mod, stage_cfg)
+        if spec.source and spec.fingerprint is not None:
+            self.input_fingerprint = spec.fingerprint(self.cfg.input, stage_cfg)
+        fp = self.fingerprint(name, spec, stage_cfg)
         dest = self.folder.root / name
         docs_in = count_rows(self.tables["documents"]) if "documents" in self.tables else None
 
-        reused = self._try_reuse(name, mod, fp, dest)
+        reused = self._try_reuse(name, spec, fp, dest)
         if reused is not None:
             return reused
 
         t0 = time.time()
-        inputs = {t: self.read(t) for t in mod.INPUTS}
-        for t in getattr(mod, "OPTIONAL_INPUTS", ()):
-            if t in self.tables:
+        inputs = {t: self.read(t) for t in spec.required(stage_cfg)}
+        for t in spec.optional_inputs:
+            if t in self.tables and t not in inputs:
                 inputs[t] = self.read(t)
-        if name == "ingest":
-            inputs["_paths"] = self.cfg.input  # type: ignore[assignment]
+        ctx = StageContext(name, input_paths=tuple(self.cfg.input) if spec.source else (),
+                           scratch_root=self.folder.root / ".tmp")
         try:
-            result = mod.run(self.spark, inputs, stage_cfg)
-        except ThresherError:
-            raise
-        except Exception as exc:
-            raise _as_stage_error(name, exc) from exc
-        stats = dict(result.pop("stats", {}) or {})
-        unknown = set(result) - set(mod.OUTPUTS)
-        if unknown:
-            raise RuntimeError(f"stage {name} returned undeclared tables {sorted(unknown)}")
-
-        tmp = self.folder.tmp(name)
-        locations: dict[str, Path] = {}
-        try:
-            for table, df in result.items():
-                rel = getattr(mod, "OUTPUT_PATHS", {}).get(table)
-                if rel:  # a table that lives at the run's top level (the final dataset)
-                    ttmp = self.folder.tmp(table)
-                    target = ttmp / "data"
-                    self._write(mod, table, df, target, stage_cfg)
-                    locations[table] = self.folder.root / rel
-                    self.folder.commit(target, locations[table])
-                else:
-                    self._write(mod, table, df, tmp / table, stage_cfg)
-                    locations[table] = dest / table
-        except ThresherError:
-            raise
-        except Exception as exc:
-            raise _as_stage_error(name, exc) from exc
+            tmp, result, stats, locations = self._compute(name, spec, inputs, stage_cfg, ctx)
+        finally:
+            ctx.cleanup()
 
         # Later stages read these tables back from Parquet: nothing cached for this one is needed.
         self.spark.catalog.clearCache()
-        counts = {t: count_rows(tmp / t) for t in result if t not in getattr(mod, "OUTPUT_PATHS", {})}
+        counts = {t: count_rows(tmp / t) for t in result if t not in spec.top_level}
         for t, loc in locations.items():
             if t not in counts:
                 counts[t] = count_rows(loc)
@@ -230,10 +204,56 @@ class Runner:
         self.folder.write_json(tmp / STAGE_FILE, rec.to_json())
         if tmp.exists() and any(tmp.iterdir()):
             self.folder.commit(tmp, dest)
-        self._adopt(name, mod, rec, locations)
+        self._adopt(name, rec, locations)
         return rec
 
-    def _try_reuse(self, name: str, mod, fp: str, dest: Path) -> StageRecord | None:
+    def _compute(self, name: str, spec, inputs: dict, stage_cfg, ctx: StageContext):
+        """Runs the stage and writes its tables into a temporary folder; a removing stage's
+        `removed` is written first and the kept documents are derived from the written ids."""
+        mod = get_stage(name)
+        try:
+            result = mod.run(self.spark, inputs, stage_cfg, ctx)
+        except ThresherError:
+            raise
+        except Exception as exc:
+            raise _as_stage_error(name, exc) from exc
+        stats = dict(result.pop("stats", {}) or {})
+        unknown = set(result) - set(spec.outputs)
+        if unknown:
+            raise RuntimeError(f"stage {name} returned undeclared tables {sorted(unknown)}")
+        if spec.removes and "removed" not in result:
+            raise RuntimeError(f"stage {name} removes documents but returned no 'removed' table")
+
+        tmp = self.folder.tmp(name)
+        locations: dict[str, Path] = {}
+        order = sorted(result, key=lambda t: t != "removed")
+        try:
+            for table in order:
+                df = result[table]
+                rel = spec.top_level.get(table)
+                if rel:  # a table that lives at the run's top level (the final dataset)
+                    ttmp = self.folder.tmp(table)
+                    target = ttmp / "data"
+                    self._write(spec, table, df, target, stage_cfg)
+                    locations[table] = self.folder.root / rel
+                    self.folder.commit(target, locations[table])
+                else:
+                    self._write(spec, table, df, tmp / table, stage_cfg)
+                    locations[table] = self.folder.root / name / table
+            if spec.removes:
+                # From the written ids (footers give Spark their size, so a small set is broadcast):
+                # the stage's removal logic runs once, and kept + removed = input by construction.
+                gone = self.spark.read.parquet(str(tmp / "removed"))
+                result["documents"] = kept = kept_documents(inputs["documents"], gone)
+                self._write(spec, "documents", kept, tmp / "documents", stage_cfg)
+                locations["documents"] = self.folder.root / name / "documents"
+        except ThresherError:
+            raise
+        except Exception as exc:
+            raise _as_stage_error(name, exc) from exc
+        return tmp, result, stats, locations
+
+    def _try_reuse(self, name: str, spec, fp: str, dest: Path) -> StageRecord | None:
         if not self.folder.resume or name in self.force or not (dest / STAGE_FILE).exists():
             return None
         try:
@@ -248,10 +268,10 @@ class Runner:
                 return None
         rec = StageRecord(**{**stored, "reused": True})
         log.info("stage %s: reusing finished output (fingerprint %s)", name, fp[:12])
-        self._adopt(name, mod, rec, locations)
+        self._adopt(name, rec, locations)
         return rec
 
-    def _adopt(self, name: str, mod, rec: StageRecord, locations: dict[str, Path]) -> None:
+    def _adopt(self, name: str, rec: StageRecord, locations: dict[str, Path]) -> None:
         for t, loc in locations.items():
             if t in schemas.TABLES and t not in ("removed", "rejected"):
                 self.tables[t] = loc

@@ -1,15 +1,12 @@
 """One module per stage; the runner (flows/runner.py) reads, validates and writes their tables.
 
 A stage module defines:
-    NAME: str
-    INPUTS: tuple[str, ...]            tables it needs (from the latest stage that wrote each)
-    OPTIONAL_INPUTS: tuple[str, ...]   tables it uses when an earlier stage wrote them
-    OUTPUTS: tuple[str, ...]           tables it may return
+    SPEC = StageSpec(...)              what it reads, writes and removes (stages/base.py)
     class Config(StageConfig)          its config section
-    def run(spark, tables: dict[str, DataFrame], cfg) -> dict[str, DataFrame]
+    def run(spark, tables: dict[str, DataFrame], cfg, ctx: StageContext) -> dict[str, DataFrame]
 
-A stage that removes documents returns the kept `documents` and a `removed` table; the runner
-checks that the two add up to the documents it was given. It may also return "stats", a dict of
+A stage that removes documents declares `removes=True` and returns a `removed` table built with
+`ctx.removed(...)`; the runner derives the kept documents. It may also return "stats", a dict of
 plain numbers for the manifest.
 """
 
@@ -17,6 +14,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+
+from thresher.stages.base import StageContext, StageSpec
+
+__all__ = ["STAGES", "StageContext", "StageSpec", "get_stage", "spec_of", "stage_modules"]
 
 # Order is the pipeline order; a stage added by a later change is one line here.
 STAGES: dict[str, str] = {
@@ -39,10 +40,15 @@ def stage_modules() -> dict[str, ModuleType]:
     if not _LOADED:
         for name, modpath in STAGES.items():
             mod = importlib.import_module(modpath)
-            assert mod.NAME == name, f"{modpath} declares NAME={mod.NAME!r}"
+            assert mod.SPEC.name == name, f"{modpath} declares SPEC.name={mod.SPEC.name!r}"
             _LOADED[name] = mod
     return _LOADED
 
 
 def get_stage(name: str) -> ModuleType:
     return stage_modules()[name]
+
+
+def spec_of(name_or_module) -> StageSpec:
+    mod = get_stage(name_or_module) if isinstance(name_or_module, str) else name_or_module
+    return mod.SPEC

@@ -7,6 +7,11 @@ executor code imports nothing of the orchestration.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -19,3 +24,107 @@ class StageConfig(Strict):
 
     # Filled from the run's seed unless set per stage: all randomness comes from here.
     seed: int | None = None
+
+
+# ------------------------------------------------------------------------------ the contract
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage declares about itself, read by the runner and by preflight (no probing).
+
+    - inputs: tables it always reads (from the latest earlier stage that wrote each);
+      `needs(cfg)` adds the tables a given config requires (say, `quality` for a quality rule),
+      so a missing table is a config error found before Spark starts.
+    - optional_inputs: tables it uses when an earlier stage wrote them.
+    - outputs: tables it may return. A stage with `removes=True` returns a `removed` table
+      (build it with `ctx.removed`) and NOT the kept documents: the runner derives them as the
+      input documents minus the removed ids, so the row accounting closes by construction.
+    - source: reads the run's input paths (`ctx.input_paths`) instead of tables (ingest);
+      `fingerprint(paths, cfg)` then says what of the inputs decides its result.
+    - writers: tables the stage writes itself, `write(df, dest: Path, cfg)` (say, export's
+      sharded files); `top_level` maps tables that live at the run folder's top (`dataset`).
+    """
+
+    name: str
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    optional_inputs: tuple[str, ...] = ()
+    needs: Callable[[Any], tuple[str, ...]] | None = None
+    removes: bool = False
+    source: bool = False
+    fingerprint: Callable[[list[str], Any], dict] | None = None
+    writers: Mapping[str, Callable[..., None]] = field(default_factory=dict)
+    top_level: Mapping[str, str] = field(default_factory=dict)
+
+    def required(self, cfg) -> tuple[str, ...]:
+        extra = tuple(t for t in (self.needs(cfg) if self.needs else ()) if t not in self.inputs)
+        return self.inputs + extra
+
+    def all_outputs(self) -> tuple[str, ...]:
+        return self.outputs + (("documents",) if self.removes and "documents" not in self.outputs else ())
+
+
+@dataclass
+class StageContext:
+    """What the runner hands a stage besides its tables and config."""
+
+    name: str
+    input_paths: tuple[str, ...] = ()
+    scratch_root: Path | None = None
+    _scratch: Path | None = field(default=None, repr=False)
+
+    @property
+    def scratch(self) -> Path:
+        """A private folder (0700, random name) inside the run's .tmp/, made on first use and
+        removed by the runner when the stage ends."""
+        if self._scratch is None:
+            from thresher.stages.scratch import private_dir
+
+            self._scratch = private_dir(f"{self.name}-", self.scratch_root)
+        return self._scratch
+
+    def cleanup(self) -> None:
+        if self._scratch is not None:
+            from thresher.stages.scratch import remove_tree
+
+            remove_tree(self._scratch)
+            self._scratch = None
+
+    def removed(self, df, reason, by_id=None, score=None):
+        """The `removed` table of this stage from `df` (which has `id`): `reason` a string or a
+        Column; `by_id` and `score` a column name, a Column, a value or None."""
+        from pyspark.sql import Column
+        from pyspark.sql import functions as F
+
+        def col(v, typ):
+            if v is None:
+                return F.lit(None).cast(typ)
+            if isinstance(v, Column):
+                return v.cast(typ)
+            if isinstance(v, str):
+                return F.col(v).cast(typ)
+            return F.lit(v).cast(typ)
+
+        why = reason if isinstance(reason, Column) else F.lit(reason)
+        return df.select(F.col("id"), F.lit(self.name).alias("stage"), why.cast("string").alias("reason"),
+                         col(by_id, "string").alias("by_id"), col(score, "double").alias("score"))
+
+
+def kept_documents(documents, removed):
+    """The documents a removing stage keeps: its input documents minus the ids it removed."""
+    return documents.join(removed.select("id"), "id", "left_anti")
+
+
+def run_stage(spark, mod, tables: dict, cfg, ctx: StageContext | None = None, input_paths=()) -> dict:
+    """Runs a stage module outside a run folder (tests, notebooks) and, for a removing stage,
+    adds the kept `documents` as the runner would."""
+    spec = mod.SPEC
+    own = ctx is None
+    ctx = ctx or StageContext(spec.name, input_paths=tuple(input_paths))
+    try:
+        out = mod.run(spark, tables, cfg, ctx)
+    finally:
+        if own:
+            ctx.cleanup()
+    if spec.removes:
+        out["documents"] = kept_documents(tables["documents"], out["removed"])
+    return out

@@ -28,14 +28,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from thresher.stages.base import StageConfig, Strict
+from thresher.stages.base import StageConfig, StageSpec, Strict
 from thresher.schemas.errors import StageError
 from thresher.stages.arrow_bytes import binary_rows, binary_values
 
-NAME = "cluster"
-INPUTS = ("embeddings",)
-OPTIONAL_INPUTS = ("documents",)
-OUTPUTS = ("clusters", "centroids")
 
 log = logging.getLogger("thresher.cluster")
 
@@ -425,13 +421,13 @@ def _levels(cfg: Config):
     return [Level(**lv.model_dump()) for lv in cfg.levels]
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from thresher.kernels.backend import pick_backend
     from thresher.kernels.hkmeans import HierarchicalKMeans, fit_level, fit_upper
-    from thresher.stages.scratch import private_dir, remove_tree, run_tmp
+    from thresher.stages.scratch import private_dir, remove_tree
 
     seed = cfg.seed or 0
     emb = tables["embeddings"].select("id", "vector")
@@ -475,7 +471,7 @@ def run(spark, tables, cfg: Config):
             clusters = _clusters_df(spark, ids, labels, dist)
             stats["level_seconds"] = hk.level_seconds_
         else:
-            scratch = private_dir("kmeans-bounds-", run_tmp(spark))
+            scratch = private_dir("kmeans-bounds-", ctx.scratch)
             src = SparkSource(spark, blocks, n, d, maxabs, cfg.backend, cfg.dtype, scratch)
             t0 = time.perf_counter()
             C1 = fit_level(src, levels[0], seed, 1, cfg.init_sample, cfg.empty_clusters)
@@ -584,3 +580,7 @@ def _centroids_df(spark, cents, parents, sizes):
             "vector": pa.ListArray.from_arrays(pa.array(np.arange(k + 1, dtype=np.int32) * C.shape[1]),
                                                pa.array(np.asarray(C, np.float32).ravel()))}))
     return spark.createDataFrame(pa.concat_tables(tables))
+
+
+SPEC = StageSpec(name="cluster", inputs=("embeddings",), optional_inputs=("documents",),
+                 outputs=("clusters", "centroids"))

@@ -26,14 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.stages.base import StageConfig, Strict
+from thresher.stages.base import StageConfig, StageSpec, Strict
 from thresher.schemas.errors import ConfigError, InputError
 from thresher.stages.text import NormaliseConfig, ShingleConfig, normalise, shingle_hashes
 
-NAME = "decontaminate"
-INPUTS = ("documents",)
-OPTIONAL_INPUTS: tuple[str, ...] = ()
-OUTPUTS = ("documents", "removed")
 
 REASON = "contaminated"
 HASH_SEED = 0x13  # fixed: the evaluation and training sides must hash alike
@@ -232,8 +228,7 @@ def scan(texts, index_h: np.ndarray, index_item: np.ndarray, lengths: list[int],
 
 
 # ------------------------------------------------------------------------------- stage
-def run(spark, tables, cfg: Config):
-    from pyspark.sql import functions as F
+def run(spark, tables, cfg: Config, ctx):
 
     from thresher import schemas
 
@@ -261,7 +256,9 @@ def run(spark, tables, cfg: Config):
     # Only contaminated documents come out, so keeping them costs little and saves a second scan
     # (the runner writes `documents` and `removed` one after the other).
     hits = docs.select("id", "text").mapInArrow(find, "id string, by_id string, score double").persist()
-    removed = hits.select("id", F.lit(NAME).alias("stage"), F.lit(REASON).alias("reason"), "by_id", "score")
-    kept = docs.join(hits.select("id"), "id", "left_anti")
+    removed = ctx.removed(hits, REASON, by_id="by_id", score="score")
     assert set(schemas.get("removed").schema.names) <= set(removed.columns)
-    return {"documents": kept, "removed": removed, "stats": stats}
+    return {"removed": removed, "stats": stats}
+
+
+SPEC = StageSpec(name="decontaminate", inputs=("documents",), outputs=("removed",), removes=True)

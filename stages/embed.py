@@ -36,14 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.stages.base import StageConfig
+from thresher.stages.base import StageConfig, StageSpec
 from thresher.schemas.errors import ConfigError, StageError
 
-NAME = "embed"
-INPUTS = ("documents",)
-OPTIONAL_INPUTS: tuple[str, ...] = ()
-OUTPUTS = ("embeddings",)
-CUSTOM_WRITES = ("embeddings",)
 
 log = logging.getLogger("thresher.embed")
 
@@ -533,7 +528,7 @@ def _aggregate(rows: list[dict]) -> dict:
     return out
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from thresher.stages.scratch import private_dir, remove_tree
 
     docs = tables["documents"].select("id", "text")
@@ -620,7 +615,7 @@ def _table(spark, folder: Path):
     return df
 
 
-def write_table(table: str, df, dest: Path, cfg: Config) -> None:
+def write_embeddings(df, dest: Path, cfg: Config) -> None:
     src = getattr(df, "_thresher_embed_dir", None)
     dest = Path(dest)
     if src is None:
@@ -640,3 +635,6 @@ def write_table(table: str, df, dest: Path, cfg: Config) -> None:
         from thresher.stages.scratch import remove_tree
 
         remove_tree(Path(src))
+
+
+SPEC = StageSpec(name="embed", inputs=("documents",), outputs=("embeddings",), writers={"embeddings": write_embeddings})

@@ -13,14 +13,10 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from thresher.stages.base import StageConfig
+from thresher.stages.base import StageConfig, StageSpec
 from thresher.schemas.errors import ConfigError
 from thresher.stages.text import NormaliseConfig
 
-NAME = "exact_dedup"
-INPUTS = ("documents",)
-OPTIONAL_INPUTS = ("quality",)
-OUTPUTS = ("documents", "removed")
 
 
 class Config(StageConfig):
@@ -52,7 +48,7 @@ def hash_batches(cfg: Config):
     return fn
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark.sql import functions as F
 
     from thresher.stages.components import materialise, rank_within, with_quality
@@ -64,12 +60,12 @@ def run(spark, tables, cfg: Config):
         raise ConfigError("exact_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
     # One shuffle on the hash: each group ranked by the survivor rule, all but the first removed.
     ranked = rank_within(hashed, ["_h1", "_h2"], cfg.survivor, has_quality)
-    removed = ranked.where(F.col("_n") > 1).select(
-        "id", F.lit(NAME).alias("stage"), F.lit("exact_duplicate").alias("reason"),
-        F.col("representative_id").alias("by_id"), F.lit(1.0).alias("score"),
-    )
+    removed = ctx.removed(ranked.where(F.col("_n") > 1), "exact_duplicate", by_id="representative_id", score=1.0)
     removed = materialise(removed)
-    kept = docs.join(removed.select("id"), "id", "left_anti")
     agg = removed.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("g")).collect()[0]
     stats = {"groups": int(agg["g"]), "docs_removed": int(agg["n"])}
-    return {"documents": kept, "removed": removed, "stats": stats}
+    return {"removed": removed, "stats": stats}
+
+
+SPEC = StageSpec(name="exact_dedup", inputs=("documents",), optional_inputs=("quality",), outputs=("removed",),
+                 removes=True)

@@ -16,14 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.stages.base import StageConfig
+from thresher.stages.base import StageConfig, StageSpec
 
-NAME = "export"
-INPUTS = ("documents",)
-OPTIONAL_INPUTS = ("selection",)
-OUTPUTS = ("dataset",)
-OUTPUT_PATHS = {"dataset": "dataset"}
-CUSTOM_WRITES = ("dataset",)
 
 
 class Config(StageConfig):
@@ -36,7 +30,7 @@ class Config(StageConfig):
     expand_multiplicity: bool = True
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark.sql import functions as F
 
     docs = tables["documents"]
@@ -57,7 +51,7 @@ def run(spark, tables, cfg: Config):
     return {"dataset": docs}
 
 
-def write_table(table: str, df, dest: Path, cfg: Config) -> None:
+def write_dataset(df, dest: Path, cfg: Config) -> None:
     from pyspark.sql import functions as F
 
     n = df.count()
@@ -146,3 +140,7 @@ def dataset_card(manifest: dict) -> str:
     lines += [json.dumps(manifest.get("config", {}), indent=2), "```", "", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in manifest.get("versions", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+SPEC = StageSpec(name="export", inputs=("documents",), optional_inputs=("selection",), outputs=("dataset",),
+                 writers={"dataset": write_dataset}, top_level={"dataset": "dataset"})

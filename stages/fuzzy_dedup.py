@@ -34,15 +34,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from thresher.stages.base import StageConfig
+from thresher.stages.base import StageConfig, StageSpec
 from thresher.schemas.errors import ConfigError
 from thresher.stages.arrow_bytes import binary_from_buffers, binary_values
 from thresher.stages.text import NormaliseConfig, ShingleConfig
 
 NAME = "fuzzy_dedup"
-INPUTS = ("documents",)
-OPTIONAL_INPUTS = ("quality",)
-OUTPUTS = ("documents", "removed", "duplicates")
 
 
 class Config(StageConfig):
@@ -400,8 +397,10 @@ def component_stats(dups) -> dict:
 
 
 # ------------------------------------------------------------------------------------ stage
-def run(spark, tables, cfg: Config):
-    return run_with_pairs(spark, tables, cfg)[0]
+def run(spark, tables, cfg: Config, ctx):
+    out = run_with_pairs(spark, tables, cfg)[0]
+    out.pop("documents")  # the runner derives the kept documents from `removed`
+    return out
 
 
 def run_with_pairs(spark, tables, cfg: Config):
@@ -543,3 +542,7 @@ def _run_one_task(docs, tables, cfg: Config, bands: int, rows: int, reliable: bo
                    m.get("largest_bucket", 0), 0, comp)
     stats["step_s"] = {"one_task": round(time.perf_counter() - t0, 3)}
     return _outputs(docs, dups, stats, cfg), scored
+
+
+SPEC = StageSpec(name=NAME, inputs=("documents",), optional_inputs=("quality",), outputs=("removed", "duplicates"),
+                 removes=True)

@@ -19,12 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.stages.base import StageConfig
 from thresher.schemas.errors import InputError
-
-NAME = "ingest"
-INPUTS: tuple[str, ...] = ()
-OUTPUTS = ("documents", "rejected")
+from thresher.stages.base import StageConfig, StageSpec
 
 PARQUET_EXT = (".parquet", ".pq")
 JSONL_EXT = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
@@ -320,11 +316,11 @@ def _column(vals: list, f: pa.Field, rows, reason: list, detail: list) -> pa.Arr
 
 
 # ---------------------------------------------------------------------------------- stage
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    files = list_files(tables["_paths"], cfg.format)
+    files = list_files(list(ctx.input_paths), cfg.format)
     passthrough, has_id, units = unified_schema(files, cfg)
     derive = not has_id
     batch_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "2048"))
@@ -374,3 +370,7 @@ def run(spark, tables, cfg: Config):
                    F.lit("duplicate_id").alias("reason"), F.concat(F.lit("first seen at "), F.col("_first")).alias("detail"))
     )
     return {"documents": documents, "rejected": rejected, "stats": stats}
+
+
+SPEC = StageSpec(name="ingest", outputs=("documents", "rejected"), source=True,
+                 fingerprint=lambda paths, cfg: input_fingerprint(paths, cfg))

@@ -27,13 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from thresher.stages.base import StageConfig, Strict
+from thresher.stages.base import StageConfig, StageSpec, Strict
 from thresher.schemas.errors import ConfigError, InputError
 
-NAME = "quality"
-INPUTS = ("documents",)
-OPTIONAL_INPUTS = ("embeddings",)
-OUTPUTS = ("documents", "removed", "quality")
 
 # Characters stripped from a word's ends before the stop-word look-up.
 PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~“”‘’«»…"
@@ -545,7 +541,7 @@ def _embed_texts(texts: list[str], model: str | None) -> np.ndarray:
     return out.float().cpu().numpy().astype(np.float32)
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -594,13 +590,15 @@ def run(spark, tables, cfg: Config):
 
     quality = q.select("id", "score", *SIGNALS)
     bad = q.where(F.col("_reason").isNotNull())
-    removed = bad.select("id", F.lit(NAME).alias("stage"), F.col("_reason").alias("reason"),
-                         F.lit(None).cast("string").alias("by_id"), F.col("_value").alias("score"))
-    kept = docs.join(bad.select("id"), "id", "left_anti")
+    removed = ctx.removed(bad, F.col("_reason"), score="_value")
     s = q.agg(F.count("score").alias("scored"), F.avg("score").alias("mean"),
               F.percentile_approx("score", [0.1, 0.5, 0.9], 10000).alias("p")).collect()[0]
     stats["scored"] = int(s["scored"])
     if s["scored"]:
         stats["score_mean"] = round(float(s["mean"]), 6)
         stats.update({f"score_p{k}": round(float(v), 6) for k, v in zip((10, 50, 90), s["p"])})
-    return {"documents": kept, "removed": removed, "quality": quality, "stats": stats}
+    return {"removed": removed, "quality": quality, "stats": stats}
+
+
+SPEC = StageSpec(name="quality", inputs=("documents",), optional_inputs=("embeddings",), outputs=("removed", "quality"),
+                 removes=True)

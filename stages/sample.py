@@ -21,13 +21,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from thresher.stages.base import StageConfig
+from thresher.stages.base import StageConfig, StageSpec
 from thresher.schemas.errors import ConfigError, InputError
 
-NAME = "sample"
-INPUTS = ("documents", "clusters")
-OPTIONAL_INPUTS = ("centroids", "quality")
-OUTPUTS = ("documents", "removed", "selection")
 
 UNCLUSTERED = -1  # cluster id at every level for documents that have no row in `clusters`
 
@@ -225,7 +221,7 @@ def level_columns(columns) -> list[str]:
     return [c for _, c in lv]
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -344,13 +340,8 @@ def run(spark, tables, cfg: Config):
         why = F.lit(label)
     selection = chosen.select("id", F.col("_m").cast("int").alias("multiplicity"), path_str.alias("cluster_path"),
                               F.col("_q").alias("quality"), why.alias("why"))
-    kept = docs.join(chosen.select("id"), "id", "left_semi")
-    not_sampled = ranked.where(F.col("_m") == 0).select(
-        "id", F.lit(NAME).alias("stage"), F.lit("not_sampled").alias("reason"),
-        F.lit(None).cast("string").alias("by_id"), F.col("_q").alias("score"))
-    below = pool.where(~F.col("_eligible")).select(
-        "id", F.lit(NAME).alias("stage"), F.lit("below_quality_floor").alias("reason"),
-        F.lit(None).cast("string").alias("by_id"), F.col("_q").alias("score"))
+    not_sampled = ctx.removed(ranked.where(F.col("_m") == 0), "not_sampled", score="_q")
+    below = ctx.removed(pool.where(~F.col("_eligible")), "below_quality_floor", score="_q")
     removed = not_sampled.unionByName(below)
 
     stats = _report(spark, pool, ranked, levels, top_down, paths, n_all, tables.get("centroids"), cfg)
@@ -361,7 +352,7 @@ def run(spark, tables, cfg: Config):
         stats["tokens_selected"] = stats.pop("selected_tokens")
     else:
         stats.pop("selected_tokens")
-    return {"documents": kept, "removed": removed, "selection": selection, "stats": stats}
+    return {"removed": removed, "selection": selection, "stats": stats}
 
 
 def _report(spark, pool, ranked, levels, top_down, paths, n_all, centroids, cfg: Config) -> dict:
@@ -416,3 +407,11 @@ def _report(spark, pool, ranked, levels, top_down, paths, n_all, centroids, cfg:
     report["selected_rows"] = int(n_after.sum())
     report["selected_tokens"] = int(sum(int(x["tok"] or 0) for x in after_rows))
     return report
+
+
+def _needs(cfg: Config) -> tuple[str, ...]:
+    return ("quality",) if cfg.strategy == "quality" or cfg.quality_floor is not None else ()
+
+
+SPEC = StageSpec(name="sample", inputs=("documents", "clusters"), optional_inputs=("centroids", "quality"),
+                 needs=_needs, outputs=("removed", "selection"), removes=True)

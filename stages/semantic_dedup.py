@@ -20,13 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from thresher.stages.base import StageConfig
+from thresher.stages.base import StageConfig, StageSpec
 from thresher.schemas.errors import ConfigError
 
-NAME = "semantic_dedup"
-INPUTS = ("documents", "embeddings", "clusters")
-OPTIONAL_INPUTS = ("quality",)
-OUTPUTS = ("documents", "removed")
 
 
 class Config(StageConfig):
@@ -186,7 +182,7 @@ def dedup_cluster(table: pa.Table, eps: float, report_eps: list[float], use_qual
 
 
 # ---------------------------------------------------------------------------------- stage
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -215,12 +211,14 @@ def run(spark, tables, cfg: Config):
     res = (pool.groupBy("level_1").applyInArrow(per_cluster, from_arrow_schema(OUT_SCHEMA))
            .persist(StorageLevel.MEMORY_AND_DISK))
     gone = res.where(F.col("id").isNotNull())
-    removed = gone.select("id", F.lit(NAME).alias("stage"), F.lit("semantic_duplicate").alias("reason"),
-                          "by_id", "score")
-    kept = docs.join(gone.select("id"), "id", "left_anti")
+    removed = ctx.removed(gone, "semantic_duplicate", by_id="by_id", score="score")
     rows = (res.where(F.col("id").isNull()).groupBy("eps")
             .agg(F.sum("removed_n").alias("n"), F.count(F.lit(1)).alias("clusters")).collect())
     counts = {float(r["eps"]): int(r["n"]) for r in rows}
     stats = {"eps": eps, "keep": keep, "clusters": max((int(r["clusters"]) for r in rows), default=0),
              "removed_per_eps": {f"{e:g}": counts.get(e, 0) for e in sorted(set(report_eps) | {eps})}}
-    return {"documents": kept, "removed": removed, "stats": stats}
+    return {"removed": removed, "stats": stats}
+
+
+SPEC = StageSpec(name="semantic_dedup", inputs=("documents", "embeddings", "clusters"), optional_inputs=("quality",),
+                 needs=lambda cfg: ("quality",) if cfg.keep == "quality" else (), outputs=("removed",), removes=True)

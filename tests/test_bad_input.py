@@ -17,6 +17,9 @@ from thresher.schemas.errors import InputError, OutputError, ThresherError
 
 from conftest import DEMO
 
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
+
 THRESHER = str(Path(sys.executable).parent / "thresher")
 
 

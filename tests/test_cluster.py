@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import tempfile
 from pathlib import Path
 
@@ -166,12 +167,10 @@ def test_cluster_stage_same_result_in_memory_and_on_spark_whatever_the_partition
     docs = spark.createDataFrame([(i, "t") for i in ids + ["bad-nan", "bad-dim", "bad-null"]], "id string, text string")
 
     outs = []
-    from thresher.stages.scratch import run_tmp
-
-    root = run_tmp(spark) or Path(tempfile.gettempdir())
-    left = set(root.glob("kmeans-bounds-*"))
+    root = Path(tempfile.gettempdir())
+    left = set(root.glob("cluster-*"))  # the stage's private scratch folders (other processes')
     for parts, mem in [(1, 0), (4, 0), (3, 10 ** 6)]:
-        res = cluster.run(spark, {"embeddings": emb.repartition(parts), "documents": docs},
+        res = run_stage(spark, cluster, {"embeddings": emb.repartition(parts), "documents": docs},
                           _stage_cfg(in_memory_max_rows=mem))
         assert res["stats"]["level1"] == ("memory" if mem else "spark")
         if not mem:
@@ -181,7 +180,7 @@ def test_cluster_stage_same_result_in_memory_and_on_spark_whatever_the_partition
             # identical to the in-memory ones. The stage removes the files when it ends.
             shares = res["stats"]["level1_screened_share"]
             assert shares[0] == 1.0 and shares[1] < 1.0, shares
-            assert set(root.glob("kmeans-bounds-*")) <= left
+            assert set(root.glob("cluster-*")) <= left
         assert res["stats"]["set_aside"] == {"non_finite": 1, "wrong_dimension": 1, "null_vector": 1}
         schemas.validate("clusters", res["clusters"].toArrow().schema, "clusters")
         schemas.validate("centroids", res["centroids"].toArrow().schema, "centroids")

@@ -21,12 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.lake import load_or_build  # noqa: E402
 
+from conftest import CUT  # noqa: E402
+
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
+
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory, corpus_path):
+def lake(tmp_path_factory):
     path = tmp_path_factory.mktemp("lake") / "lake"
-    truth = load_or_build(path, rows=3000, small=True)
+    truth = load_or_build(path, rows=3000, small=True, base=pq.read_table(CUT / "lake3000.parquet"))
     return path, truth
 
 

@@ -7,10 +7,10 @@ contaminated exactly when one of an item's 13-word windows (or the whole item, f
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import json
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +18,7 @@ from thresher.schemas.errors import ConfigError, InputError
 from thresher.stages import decontaminate as D
 from thresher.stages.text import normalise
 
-from conftest import DEMO
+from conftest import CUT, DEMO
 
 N = 13
 
@@ -62,17 +62,15 @@ def edit_around(text: str, i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory, corpus_path):
+def planted(tmp_path_factory):
     """Training docs (the demo data) with 40 evaluation items planted; the items come from
     corpus rows outside the demo."""
     tmp = tmp_path_factory.mktemp("decon")
     train = pq.read_table(DEMO, columns=["id", "text"]).slice(0, 1500)
     demo_ids = set(pq.read_table(DEMO, columns=["id"]).column("id").to_pylist())
-    corpus = pq.read_table(corpus_path, columns=["id", "text"])
-    nwords = pc.list_value_length(pc.utf8_split_whitespace(corpus.column("text")))
-    pool = corpus.filter(pc.and_(pc.greater_equal(nwords, 30), pc.less(nwords, 120)))
-    pool = pool.filter(pa.array([i not in demo_ids for i in pool.column("id").to_pylist()]))
-    pool = pool.take(pa.array(list(range(0, 40 * 97, 97))))
+    # 40 corpus documents of 30-119 words outside the demo (cut by tests/data/cut_fixtures.py).
+    pool = pq.read_table(CUT / "eval_items.parquet")
+    assert not set(pool.column("id").to_pylist()) & demo_ids
     items = {f"ev-{k:03d}": t for k, t in enumerate(pool.column("text").to_pylist())}
     ids = train.column("id").to_pylist()
     texts = train.column("text").to_pylist()
@@ -119,7 +117,7 @@ def test_planted_items_caught_and_no_false_positives(planted, spark):
                            "stages": ["ingest", "decontaminate", "export"],
                            "decontaminate": {"eval_sets": planted["sets"]}}).decontaminate
     docs = spark.read.parquet(str(planted["docs_path"]))
-    out = D.run(spark, {"documents": docs}, cfg)
+    out = run_stage(spark, D, {"documents": docs}, cfg)
     removed = out["removed"].collect()
     got = {r["id"]: (r["by_id"], int(r["score"])) for r in removed}
     assert {r["reason"] for r in removed} == {"contaminated"} and {r["stage"] for r in removed} == {"decontaminate"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+from thresher.stages.base import run_stage
 import random
 
 import pyarrow as pa
@@ -13,6 +13,8 @@ from thresher.schemas.errors import ConfigError
 from thresher.stages import exact_dedup as ED
 from thresher.stages import fuzzy_dedup as FD
 from thresher.stages.text import shingle_strings
+
+from conftest import CUT
 
 SCHEMA = "id string, text string"
 
@@ -47,7 +49,7 @@ def test_exact_dedup_survivor_rules(spark):
     # longest would keep "b" (13 characters): the pipeline test covers that rule.
     expect = {"smallest_id": "a", "quality": "c"}
     for rule, survivor in expect.items():
-        out = ED.run(spark, {"documents": docs, "quality": quality}, ED.Config(survivor=rule, seed=0))
+        out = run_stage(spark, ED, {"documents": docs, "quality": quality}, ED.Config(survivor=rule, seed=0))
         rem = _removed(out)
         group = {"a", "b", "c", "e"}
         assert set(rem) == group - {survivor}, rule
@@ -57,16 +59,16 @@ def test_exact_dedup_survivor_rules(spark):
     # Without whitespace collapsing, "Hello   World" is its own text and the trailing space of
     # "c" counts; stripping punctuation turns "d"'s "!" into that same trailing space.
     cfg = ED.Config(normalise={"collapse_whitespace": False, "strip_punctuation": True}, survivor="smallest_id")
-    rem = _removed(ED.run(spark, {"documents": docs}, cfg))
+    rem = _removed(run_stage(spark, ED, {"documents": docs}, cfg))
     assert set(rem) == {"d", "e"} and rem["d"][1] == "c" and rem["e"][1] == "a"
 
 
 def test_survivor_quality_needs_a_quality_table(spark):
     docs = _df(spark, [("a", "x y"), ("b", "x y")])
     with pytest.raises(ConfigError, match="quality"):
-        FD.run(spark, {"documents": docs}, FD.Config(survivor="quality"))
+        run_stage(spark, FD, {"documents": docs}, FD.Config(survivor="quality"))
     with pytest.raises(ConfigError, match="quality"):
-        ED.run(spark, {"documents": docs}, ED.Config(survivor="quality"))
+        run_stage(spark, ED, {"documents": docs}, ED.Config(survivor="quality"))
 
 
 def test_config_errors():
@@ -83,7 +85,7 @@ def test_config_errors():
 def test_no_duplicates_and_texts_without_shingles(spark):
     rng = random.Random(1)
     rows = [(f"d{i:02d}", _words(rng, 40)) for i in range(12)] + [("e1", ""), ("e2", "   "), ("p", "!!!")]
-    out = FD.run(spark, {"documents": _df(spark, rows)}, FD.Config(seed=0, normalise={"strip_punctuation": True}))
+    out = run_stage(spark, FD, {"documents": _df(spark, rows)}, FD.Config(seed=0, normalise={"strip_punctuation": True}))
     assert out["removed"].count() == 0 and out["duplicates"].count() == 0
     assert out["documents"].count() == len(rows)
     assert out["stats"]["components"] == 0 and out["stats"]["candidate_pairs"] == 0
@@ -96,7 +98,7 @@ def test_identical_corpus_is_one_component_linked_as_a_star(spark, cap, one_task
     # Unverified here (MinHash estimates as scores); the verified path runs in the other tests.
     # 300 x 55 bytes of text is over a 10,000-byte cap: the distributed path.
     cfg = FD.Config(seed=0, verify=False, **cap)
-    out = FD.run(spark, {"documents": _df(spark, rows, 4)}, cfg)
+    out = run_stage(spark, FD, {"documents": _df(spark, rows, 4)}, cfg)
     st = out["stats"]
     assert ("one_task" in st["step_s"]) == one_task
     # One bucket per band holding every document: n - 1 star edges, not n(n-1)/2 pairs.
@@ -119,7 +121,7 @@ def test_quality_survivor_on_both_paths(spark):
     got = []
     for one_task_docs in (100_000, 0):
         cfg = FD.Config(seed=0, survivor="quality", one_task_docs=one_task_docs)
-        out = FD.run(spark, {"documents": _df(spark, rows, 3), "quality": quality}, cfg)
+        out = run_stage(spark, FD, {"documents": _df(spark, rows, 3), "quality": quality}, cfg)
         got.append((sorted(tuple(r) for r in out["duplicates"].collect()), _removed(out)))
     assert got[0] == got[1]
     rem = got[0][1]
@@ -134,7 +136,7 @@ def test_cjk_near_duplicates_with_character_shingles(spark):
             ("ru1", "Это текст на русском языке о пакетах и библиотеках для разработки"),
             ("ru2", "Это текст на русском языке о пакетах и библиотеках для разработчиков")]
     cfg = FD.Config(seed=0, threshold=0.6, shingle={"kind": "char", "n": 3}, survivor="smallest_id")
-    rem = _removed(FD.run(spark, {"documents": _df(spark, rows)}, cfg))
+    rem = _removed(run_stage(spark, FD, {"documents": _df(spark, rows)}, cfg))
     assert set(rem) == {"ja2", "ru2"}
     assert rem["ja2"][0] == "near_duplicate" and rem["ja2"][1] == "ja1" and 0.6 <= rem["ja2"][2] < 1
 
@@ -176,11 +178,9 @@ def test_pipeline_on_bad_input(run_curate, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ accuracy
-def _family_sample(corpus_path, one_in: int) -> pa.Table:
-    t = pq.read_table(corpus_path, columns=["id", "text", "source_package"])
-    keep = [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") % one_in == 3
-            for s in t.column("source_package").to_pylist()]
-    return t.filter(pa.array(keep)).select(["id", "text"])
+def _family_sample() -> pa.Table:
+    """Whole source-package families, one package in 24 (cut by tests/data/cut_fixtures.py)."""
+    return pq.read_table(CUT / "families24.parquet")
 
 
 def exact_pairs(ids: list[str], texts: list[str], threshold: float) -> set[tuple[str, str]]:
@@ -193,8 +193,8 @@ def exact_pairs(ids: list[str], texts: list[str], threshold: float) -> set[tuple
     return {tuple(sorted((ids[idx[x]], ids[idx[y]]))) for x, y, _ in pairs}
 
 
-def test_accuracy_and_partition_independence(spark, corpus_path):
-    sample = _family_sample(corpus_path, 24)
+def test_accuracy_and_partition_independence(spark):
+    sample = _family_sample()
     ids, texts = sample.column("id").to_pylist(), sample.column("text").to_pylist()
     truth = exact_pairs(ids, texts, 0.7)
     assert len(truth) > 300

@@ -19,6 +19,9 @@ import pytest
 
 from conftest import DEMO, REPO, free_port, stop_group
 
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
+
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 

@@ -3,6 +3,8 @@ same order on 1 core, on 2 cores and with the input split into 8 files (8 partit
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -12,6 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from conftest import DEMO, REPO
+
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
 
 THRESHER = str(Path(sys.executable).parent / "thresher")
 N_DOCS = 800

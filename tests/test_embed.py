@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from thresher.schemas.errors import ConfigError, StageError
 from thresher.stages import embed
 
+from conftest import CUT
+
 N_SAMPLE = 40
 
 
 @pytest.fixture(scope="module")
-def sample(corpus_path, tmp_path_factory) -> Path:
+def sample(tmp_path_factory) -> Path:
     """Every ~1600th document of the corpus plus its two longest (both beyond 256 tokens)."""
-    t = pq.read_table(corpus_path, columns=["id", "text", "section"]).sort_by("id")
-    step = t.num_rows // N_SAMPLE
-    idx = list(range(0, t.num_rows, step))[:N_SAMPLE]
-    lens = pc.utf8_length(t.column("text")).to_numpy()
-    idx += [int(i) for i in np.argsort(lens)[-2:] if int(i) not in idx]
+    t = pq.read_table(CUT / "embed_sample.parquet")  # cut by tests/data/cut_fixtures.py
+    assert t.num_rows == N_SAMPLE + 2
     out = tmp_path_factory.mktemp("embed") / "sample.parquet"
-    pq.write_table(t.take(idx), out)
+    pq.write_table(t, out)
     return out
 
 
@@ -89,7 +88,7 @@ def test_fp32_matches_sentence_transformers_and_second_run_hits_cache(run_curate
 
 def test_bf16_within_bound(spark, sample, st_model, tmp_path):
     df = spark.read.parquet(str(sample))
-    out = embed.run(spark, {"documents": df}, embed.Config(precision="bf16", seed=0))
+    out = run_stage(spark, embed, {"documents": df}, embed.Config(precision="bf16", seed=0))
     st = out["stats"]
     assert st["precision"] == "bf16" and st["cache"] == "off"
     docs = pq.read_table(sample)
@@ -122,7 +121,7 @@ def test_bad_input_gets_a_vector_each(spark, st_model, tmp_path):
     rows = [{"id": k, "text": v} for k, v in {**BAD, "big": big}.items()]
     df = spark.createDataFrame(rows, "id string, text string")
     cfg = embed.Config(precision="fp32", cache_dir=str(tmp_path / "c"), partitions=2, seed=0)
-    out = embed.run(spark, {"documents": df}, cfg)
+    out = run_stage(spark, embed, {"documents": df}, cfg)
     st = out["stats"]
     got = read_vectors(Path(out["embeddings"]._thresher_embed_dir))
     assert sorted(got) == sorted(r["id"] for r in rows)
@@ -146,7 +145,7 @@ def test_chunk_mode_averages_chunk_vectors(spark, st_model, tmp_path, sample):
     short = texts[0]
     df = spark.createDataFrame([{"id": "long", "text": long}, {"id": "short", "text": short}], "id string, text string")
     cfg = embed.Config(precision="fp32", long_docs="chunk", max_chunks=4, cache_dir=str(tmp_path / "c"), seed=0)
-    out = embed.run(spark, {"documents": df}, cfg)
+    out = run_stage(spark, embed, {"documents": df}, cfg)
     got = read_vectors(Path(out["embeddings"]._thresher_embed_dir))
     assert out["stats"]["chunks"] == 5 and out["stats"]["long_docs"] == 1 and out["stats"]["truncated"] == 1
     # Reference: the first four 256-token chunks, embedded one by one, averaged by token count.
@@ -172,7 +171,7 @@ def test_partitioning_does_not_change_vectors(spark, sample, tmp_path):
     runs = []
     for parts in (1, 3):
         cfg = embed.Config(precision="fp32", partitions=parts, seed=0, cache_dir=str(tmp_path / f"c{parts}"))
-        out = embed.run(spark, {"documents": df}, cfg)
+        out = run_stage(spark, embed, {"documents": df}, cfg)
         runs.append(read_vectors(Path(out["embeddings"]._thresher_embed_dir)))
     a, b = runs
     assert sorted(a) == sorted(b)

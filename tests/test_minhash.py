@@ -9,10 +9,12 @@ import pytest
 from thresher.kernels import minhash as K
 from thresher.stages.text import _tokens, normalise, shingle_hashes, shingle_sets
 
+from conftest import CUT
+
 
 @pytest.fixture(scope="module")
-def sample(corpus_path):
-    t = pq.read_table(corpus_path, columns=["id", "text"]).slice(0, 1500)
+def sample():
+    t = pq.read_table(CUT / "head1500.parquet")
     return t.column("text").combine_chunks()
 
 

@@ -3,6 +3,8 @@ memory of the driver's process tree."""
 
 from __future__ import annotations
 
+import pytest
+
 import io
 import logging
 import os
@@ -10,6 +12,9 @@ import os
 import psutil
 
 from thresher.flows.progress import StageMonitor, tree_rss_bytes
+
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
 
 
 def _slow_job(spark, rows: int = 6000, parts: int = 8, pause_s: float = 0.5) -> int:

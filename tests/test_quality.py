@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import math
 
 import numpy as np
@@ -86,7 +87,7 @@ def test_stage_rules_and_filters(spark, tmp_path):
     texts = pq.read_table(DEMO, columns=["text"]).column("text").to_pylist()[:150] + ["too short", "", "x " * 50]
     ids, path = docs_table(tmp_path, texts)
     docs = spark.read.parquet(str(path)).repartition(3)
-    out = quality.run(spark, {"documents": docs}, quality.Config(filters=["word_count < 5", "alpha_word_fraction < 0.5"]))
+    out = run_stage(spark, quality, {"documents": docs}, quality.Config(filters=["word_count < 5", "alpha_word_fraction < 0.5"]))
     q = out["quality"].toPandas().set_index("id")
     rem = out["removed"].toPandas().set_index("id")
     kept = {r["id"] for r in out["documents"].select("id").collect()}
@@ -108,14 +109,14 @@ def test_stage_column_score(spark, tmp_path):
     ids, path = docs_table(tmp_path, ["one two three four five six"] * 4,
                            stars=pa.array([1.0, float("nan"), None, 4.0]), label=pa.array(["a"] * 4))
     docs = spark.read.parquet(str(path))
-    out = quality.run(spark, {"documents": docs}, quality.Config(score="column", column="stars"))
+    out = run_stage(spark, quality, {"documents": docs}, quality.Config(score="column", column="stars"))
     q = out["quality"].toPandas().set_index("id")["score"]
     assert q["d000"] == 1.0 and q["d003"] == 4.0
     assert q[["d001", "d002"]].isna().all()  # NaN and null are both "no score"
     with pytest.raises(ConfigError, match="column 'nope' is not in documents"):
-        quality.run(spark, {"documents": docs}, quality.Config(score="column", column="nope"))
+        run_stage(spark, quality, {"documents": docs}, quality.Config(score="column", column="nope"))
     with pytest.raises(ConfigError, match="has type string"):
-        quality.run(spark, {"documents": docs}, quality.Config(score="column", column="label"))
+        run_stage(spark, quality, {"documents": docs}, quality.Config(score="column", column="label"))
 
 
 def test_classifier_on_embeddings(spark, tmp_path):
@@ -135,7 +136,7 @@ def test_classifier_on_embeddings(spark, tmp_path):
     ref = tmp_path / "ref.parquet"
     pq.write_table(pa.table({"id": [i for i, g in zip(ids, good) if g][::2]}), ref)
     cfg = quality.Config(score="classifier", classifier={"reference": str(ref), "negatives": 300}, filters=[])
-    out = quality.run(spark, tables, cfg)
+    out = run_stage(spark, quality, tables, cfg)
     q = out["quality"].toPandas().set_index("id")["score"].reindex(ids).to_numpy()
     unseen_good = q[1:120:2]
     assert np.median(unseen_good) > np.quantile(q[~good], 0.9)
@@ -143,12 +144,12 @@ def test_classifier_on_embeddings(spark, tmp_path):
     assert out["stats"]["classifier"]["reference"] == 60
     # The same with the reference chosen by a condition over documents.
     cfg = quality.Config(score="classifier", classifier={"reference_where": "kind = 'good'", "negatives": 300}, filters=[])
-    q2 = quality.run(spark, tables, cfg)["quality"].toPandas().set_index("id")["score"].reindex(ids).to_numpy()
+    q2 = run_stage(spark, quality, tables, cfg)["quality"].toPandas().set_index("id")["score"].reindex(ids).to_numpy()
     assert q2[good].mean() > q2[~good].mean() + 0.3
     with pytest.raises(ConfigError, match="embeddings table"):
-        quality.run(spark, {"documents": tables["documents"]}, cfg)
+        run_stage(spark, quality, {"documents": tables["documents"]}, cfg)
     with pytest.raises(ConfigError, match="exactly one"):
-        quality.run(spark, tables, quality.Config(score="classifier"))
+        run_stage(spark, quality, tables, quality.Config(score="classifier"))
 
 
 def test_classifier_with_text_reference(spark, tmp_path):
@@ -171,7 +172,7 @@ def test_classifier_with_text_reference(spark, tmp_path):
               "embeddings": spark.read.parquet(str(tmp_path / "emb.parquet"))}
     cfg = quality.Config(score="classifier", filters=[],
                          classifier={"reference": str(tmp_path / "ref.parquet"), "negatives": 100})
-    q = quality.run(spark, tables, cfg)["quality"].toPandas().set_index("id")["score"]
+    q = run_stage(spark, quality, tables, cfg)["quality"].toPandas().set_index("id")["score"]
     score = q.reindex(t.column("id").to_pylist()).to_numpy()
     unseen_python = np.setdiff1d(np.flatnonzero(sec == "python"), ref_rows)
     assert np.median(score[unseen_python]) > np.median(score[sec != "python"])

@@ -6,6 +6,7 @@ that nothing outside the run's own folders changes.
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import hashlib
 import os
 import tempfile
@@ -101,7 +102,7 @@ def test_cluster_on_spark_never_touches_a_planted_symlink(spark, tmp_path):
         pq.write_table(pa.table({"id": ids, "vector": pa.array(list(X), pa.list_(pa.float32()))}), path)
         cfg = cluster.Config(levels=[{"n_clusters": 8, "n_iters": 4, "n_resampling_steps": 1, "sample_size": 4}],
                              seed=3, in_memory_max_rows=0, block_rows=100)
-        res = cluster.run(spark, {"embeddings": spark.read.parquet(str(path)).repartition(3)}, cfg)
+        res = run_stage(spark, cluster, {"embeddings": spark.read.parquet(str(path)).repartition(3)}, cfg)
         assert res["clusters"].count() == len(X)
         # The bounds were kept between passes (so the scratch folder was used) ...
         assert res["stats"]["level1_screened_share"][1] < 1.0

@@ -24,6 +24,9 @@ from thresher.flows.report import (AFTER, BEFORE, GONE, KEPT, containment_dag, p
 
 from conftest import DEMO
 
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
+
 CHROMIUM = Path("/usr/bin/chromium")
 IMG = re.compile(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'")
 

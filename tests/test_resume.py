@@ -3,6 +3,8 @@ reader ever sees a partial table."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -14,6 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from conftest import DEMO
+
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
 
 THRESHER = str(Path(sys.executable).parent / "thresher")
 

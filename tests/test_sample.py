@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import math
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from thresher.schemas.errors import ConfigError
 from thresher.stages import sample
 from thresher.stages.sample import allocate_tree, split_node
+
+from conftest import CUT
 
 
 # ---------------------------------------------------------------------------------- allocator
@@ -166,7 +169,7 @@ def read(spark, files, partitions=None):
 
 def run_sample(spark, files, partitions=None, **cfg):
     cfg.setdefault("seed", 0)
-    out = sample.run(spark, read(spark, files, partitions), sample.Config(**cfg))
+    out = run_stage(spark, sample, read(spark, files, partitions), sample.Config(**cfg))
     sel = out["selection"].toPandas().sort_values("id").reset_index(drop=True)
     rem = out["removed"].toPandas()
     kept = sorted(r["id"] for r in out["documents"].select("id").collect())
@@ -345,7 +348,7 @@ def test_zipf_mixture_balanced_sample_entropy(spark, tmp_path):
     assert h_uniform < 0.8
 
 
-def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
+def test_corpus_balanced_sample(spark, tmp_path):
     """A balanced 10% of 4,000 Debian descriptions against a uniform 10% of the same pool, as the
     curate flow runs it: level-1 clusters, semantic duplicates removed inside each cluster
     (cos >= 0.9, closest to the centroid kept), then the sample stage. Vectors: TF-IDF + SVD
@@ -361,8 +364,7 @@ def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
 
     from thresher.stages.semantic_dedup import removed_mask
 
-    t = pq.read_table(corpus_path, columns=["id", "text", "section"])
-    t = t.take(np.arange(0, t.num_rows, 16))
+    t = pq.read_table(CUT / "every16.parquet")  # every 16th corpus document (tests/data/cut_fixtures.py)
     sections = np.array(t.column("section").to_pylist())
     ids = np.array(t.column("id").to_pylist())
     X = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=20000).fit_transform(t.column("text").to_pylist())
@@ -388,7 +390,7 @@ def test_corpus_balanced_sample(spark, tmp_path, corpus_path):
             assert lv1["after"]["gini"] < lv1["before"]["gini"] / 2
             chosen = sel["id"].tolist()
         else:  # the selection only: one Spark job instead of three
-            out = sample.run(spark, read(spark, files), sample.Config(budget=budget, seed=seed))
+            out = run_stage(spark, sample, read(spark, files), sample.Config(budget=budget, seed=seed))
             chosen = [r["id"] for r in out["selection"].select("id").collect()]
             assert len(chosen) == budget
         pos = {i: k for k, i in enumerate(ids)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.stages.base import run_stage
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -84,7 +85,7 @@ def dup_tables(tmp_path_factory):
 def test_stage_removes_near_duplicates_within_clusters(spark, dup_tables):
     files, ids, V, level_1, scores, distance = dup_tables
     cfg = sd.Config(eps=0.05, keep="quality")
-    out = sd.run(spark, load(spark, files, partitions=4), cfg)
+    out = run_stage(spark, sd, load(spark, files, partitions=4), cfg)
     rem = out["removed"].toPandas().set_index("id")
     kept = {r["id"] for r in out["documents"].select("id").collect()}
     assert set(rem["reason"]) == {"semantic_duplicate"} and set(rem["stage"]) == {"semantic_dedup"}
@@ -116,8 +117,8 @@ def test_keep_closest_and_partition_independence(spark, dup_tables):
     files = dup_tables[0]
     distance = dup_tables[5]
     ids = dup_tables[1]
-    a = sd.run(spark, load(spark, files, partitions=1), sd.Config(eps=0.05, keep="centroid"))
-    b = sd.run(spark, load(spark, files, partitions=6), sd.Config(eps=0.05, keep="centroid"))
+    a = run_stage(spark, sd, load(spark, files, partitions=1), sd.Config(eps=0.05, keep="centroid"))
+    b = run_stage(spark, sd, load(spark, files, partitions=6), sd.Config(eps=0.05, keep="centroid"))
     ra = a["removed"].toPandas().sort_values("id").reset_index(drop=True)
     rb = b["removed"].toPandas().sort_values("id").reset_index(drop=True)
     assert ra[["id", "by_id"]].equals(rb[["id", "by_id"]])
@@ -134,7 +135,7 @@ def test_removed_documents_are_not_considered(spark, dup_tables, tmp_path):
     # Keep only the first document of each group in `documents`: nothing left to remove there.
     docs_ids = [i for k, i in enumerate(ids[:120]) if k % 4 == 0] + ids[120:]
     files2 = write(tmp_path, ids, V, level_1, distance, scores, docs_ids=docs_ids)
-    out = sd.run(spark, load(spark, files2), sd.Config(eps=0.05))
+    out = run_stage(spark, sd, load(spark, files2), sd.Config(eps=0.05))
     rem = {r["id"] for r in out["removed"].collect()}
     assert rem == {"copy_a"}
     assert out["stats"]["keep"] == "quality"
@@ -143,7 +144,7 @@ def test_removed_documents_are_not_considered(spark, dup_tables, tmp_path):
 def test_bad_config(spark, dup_tables):
     files = {k: v for k, v in dup_tables[0].items() if k != "quality"}
     with pytest.raises(ConfigError, match="quality table"):
-        sd.run(spark, load(spark, files), sd.Config(keep="quality"))
+        run_stage(spark, sd, load(spark, files), sd.Config(keep="quality"))
     with pytest.raises(Exception, match="in \\(0, 1\\)"):
         sd.Config(report_eps=[0.1, 1.5])
     with pytest.raises(Exception, match="less than 1"):

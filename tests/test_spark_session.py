@@ -8,6 +8,9 @@ import pytest
 
 from thresher.flows import spark as S
 
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
+
 
 def test_cds_archive_recorded_then_promoted_then_mapped(tmp_path, monkeypatch):
     monkeypatch.setenv("THRESHER_CACHE_DIR", str(tmp_path / "cache"))

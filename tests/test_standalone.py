@@ -18,6 +18,9 @@ import pytest
 
 from conftest import DEMO, free_port, stop_group
 
+# The CLI or a whole flow, end to end (a Spark session, often Prefect or a subprocess).
+pytestmark = pytest.mark.integration
+
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 

@@ -10,6 +10,8 @@ import pytest
 from thresher.stages.text import (NormaliseConfig, ShingleConfig, normalise, shingle_hashes, shingle_sets,
                                   shingle_strings, string_buffers, text_hash128)
 
+from conftest import CUT
+
 TEXTS = [
     "Ｆｕｌｌ-width  ＴＥＸＴ\u00a0and\tTabs\n\nnewlines ﬁ ligature",
     "Hello, World! Hello, world!",
@@ -74,10 +76,10 @@ def test_short_and_empty_documents():
     assert h[0] != h[1]
 
 
-def test_jaccard_from_hashes_equals_jaccard_from_strings(corpus_path):
+def test_jaccard_from_hashes_equals_jaccard_from_strings():
     from thresher.kernels.minhash import jaccard_pairs
 
-    t = pq.read_table(corpus_path, columns=["text"]).slice(0, 400).column("text").combine_chunks()
+    t = pq.read_table(CUT / "head1500.parquet", columns=["text"]).slice(0, 400).column("text").combine_chunks()
     a, b = t.slice(0, 200), t.slice(1, 200)  # neighbours by id: many related packages
     oa, va = shingle_sets(a)
     ob, vb = shingle_sets(b)
@@ -98,7 +100,7 @@ def test_text_hash128_groups_normalised_equals():
     assert h1.dtype == np.int64
 
 
-def test_word_shingles_skip_the_whitespace_collapse_without_changing_a_hash(corpus_path):
+def test_word_shingles_skip_the_whitespace_collapse_without_changing_a_hash():
     """Word shingles split on every character the collapse would replace, so shingling the
     collapsed text and shingling without the collapse give the same hashes: every Unicode
     whitespace and separator, runs of them, the information separators U+001C-U+001F, and
@@ -108,7 +110,7 @@ def test_word_shingles_skip_the_whitespace_collapse_without_changing_a_hash(corp
     ws = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF and chr(c).isspace()]
     ws += ["\u200b", "\u2028\u2029", "\x0b\x85", "\u3000 \u3000"]
     texts = [f"one{w}two{w}{w}three four{w} five six{w}" for w in ws] + TEXTS
-    texts += pq.read_table(corpus_path, columns=["text"]).slice(0, 300).column("text").to_pylist()
+    texts += pq.read_table(CUT / "head1500.parquet", columns=["text"]).slice(0, 300).column("text").to_pylist()
     arr = pa.array(texts)
     for norm in (NormaliseConfig(), NormaliseConfig(strip_punctuation=True, lowercase=False)):
         for n in (1, 3, 5):
@@ -119,7 +121,7 @@ def test_word_shingles_skip_the_whitespace_collapse_without_changing_a_hash(corp
             np.testing.assert_array_equal(h1, h2)
 
 
-def test_tokens_kernel_matches_arrow_split(corpus_path):
+def test_tokens_kernel_matches_arrow_split():
     """The word-splitting kernel against Arrow's utf8_split_whitespace: every whitespace
     character alone, in runs and at the ends, other multi-byte characters sharing their lead
     bytes, empty and null texts, and corpus texts (as byte spans of the same buffer)."""
@@ -130,7 +132,7 @@ def test_tokens_kernel_matches_arrow_split(corpus_path):
     chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF and chr(c).isspace()]
     chars += ["\u2001", "\u200b", "\u2030", "\u2060", "\u1681", "\u3001", "\u00a1", "\u0100", "é", "日本"]
     texts = [f"{w}a{w}{w}bc d{w}" for w in chars] + ["", None, "   ", "x", " x ", "\u3000\u3000"]
-    texts += pq.read_table(corpus_path, columns=["text"]).slice(0, 500).column("text").to_pylist()
+    texts += pq.read_table(CUT / "head1500.parquet", columns=["text"]).slice(0, 500).column("text").to_pylist()
     arr = pa.array(texts, pa.string())
     data, (starts, ends), doc_off = _tokens(arr)
     want = [_arrow_words(t) for t in texts]
