@@ -44,14 +44,18 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s) or "none"
 
 
-def base_table(rows: int | None = None) -> pa.Table:
-    """The corpus sorted by id, or a deterministic subset of about `rows` rows (by id hash)."""
-    t = corpus().select(COLUMNS)
+def hash_subset(t: pa.Table, rows: int | None = None) -> pa.Table:
+    """`t` sorted by id, or a deterministic subset of about `rows` of its rows (by id hash)."""
     if rows is not None and rows < t.num_rows:
         ids = t.column("id").to_pylist()
         keep = np.array([_h(i, 1_000_003) for i in ids]) < int(1_000_003 * rows / t.num_rows)
         t = t.filter(pa.array(keep))
     return t.sort_by("id")
+
+
+def base_table(rows: int | None = None) -> pa.Table:
+    """The corpus sorted by id, or a deterministic subset of about `rows` rows (by id hash)."""
+    return hash_subset(corpus().select(COLUMNS), rows)
 
 
 def _by_bucket(t: pa.Table, pct: int, salt: str = "s") -> pa.Table:
@@ -208,13 +212,14 @@ def write_table(path: Path, t: pa.Table, opts: dict) -> None:
                    write_statistics=opts.get("write_statistics", True))
 
 
-def build_lake(out: Path, rows: int | None = None, small: bool = False) -> list[str]:
-    """Write the lake under `out` (one folder per table; replaces `out`); returns the names."""
+def build_lake(out: Path, rows: int | None = None, small: bool = False, base: pa.Table | None = None) -> list[str]:
+    """Write the lake under `out` (one folder per table; replaces `out`); returns the names.
+    `base` (a cut of the corpus, as the tests ship) replaces reading the shared corpus."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    base = base_table(rows)
+    base = base_table(rows) if base is None else hash_subset(base.select(COLUMNS), rows)
     names = []
     for name, t, opts in lake_tables(base, small):
         assert name not in names, name
@@ -265,7 +270,8 @@ def exact_truth(lake: Path) -> dict[tuple[str, str], float]:
     return truth
 
 
-def load_or_build(out: Path, rows: int | None = None, small: bool = False) -> dict[tuple[str, str], float]:
+def load_or_build(out: Path, rows: int | None = None, small: bool = False,
+                  base: pa.Table | None = None) -> dict[tuple[str, str], float]:
     """Build the lake and its truth once; later calls reuse them when the recipe is unchanged."""
     out = Path(out)
     key = hashlib.sha256(json.dumps([rows, small, Path(__file__).read_text()]).encode()).hexdigest()[:16]
@@ -274,7 +280,7 @@ def load_or_build(out: Path, rows: int | None = None, small: bool = False) -> di
         stored = json.loads(tf.read_text())
         if stored.get("key") == key:
             return {tuple(k.split("\t")): v for k, v in stored["truth"].items()}
-    build_lake(out, rows, small)
+    build_lake(out, rows, small, base)
     truth = exact_truth(out)
     tf.write_text(json.dumps({"key": key, "truth": {f"{a}\t{b}": f for (a, b), f in truth.items()}}))
     return truth

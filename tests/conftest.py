@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "data" / "debian_demo.parquet"
-CORPUS = Path(os.environ.get("THRESHER_CORPUS", REPO.parent / "shared" / "corpora" / "debian_bookworm_descriptions.parquet"))
+# Rows cut from the shared Debian corpus by tests/data/cut_fixtures.py: the tests read only these.
+CUT = REPO / "tests" / "data" / "corpus"
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +44,6 @@ def run_curate(spark, tmp_path):
         return execute(cfg, spark=spark, **kw), out
 
     return go
-
-
-@pytest.fixture(scope="session")
-def corpus_path():
-    if not CORPUS.exists():
-        pytest.skip(f"{CORPUS} not present")
-    return CORPUS
 
 
 # Servers the tests start themselves (Prefect, Spark standalone): loopback ports, process groups.
@@ -79,3 +73,14 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait(10)
     except ProcessLookupError:
         pass
+
+
+LAYERS = ("unit", "spark", "integration")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(m) for m in LAYERS):
+            continue
+        uses_spark = {"spark", "run_curate"} & set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.spark if uses_spark else pytest.mark.unit)
