@@ -22,6 +22,10 @@ demo: setup
 test: setup chromium
 	$(BIN)/python -m pytest -q tests
 
+# Unit tests only (no Spark session, no server): under a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m unit tests
+
 # The report test renders HTML in headless Chromium. On Debian as root (CI) it is installed
 # here; elsewhere the test skips when /usr/bin/chromium is absent.
 chromium:
