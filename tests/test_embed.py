@@ -94,7 +94,7 @@ def test_bf16_within_bound(spark, sample, st_model, tmp_path):
     docs = pq.read_table(sample)
     ids = docs.column("id").to_pylist()
     dest = tmp_path / "embeddings"
-    embed.write_table("embeddings", out["embeddings"], dest, embed.Config())
+    embed.write_embeddings(out["embeddings"], dest, embed.Config())
     got = read_vectors(dest)
     ref = st_model.encode(docs.column("text").to_pylist(), convert_to_numpy=True)
     assert min_cos(got, ids, ref) >= 0.99
@@ -135,7 +135,7 @@ def test_bad_input_gets_a_vector_each(spark, st_model, tmp_path):
     assert min_cos(got, keys, ref) >= 0.999
     # Written through the runner's hook, the folder keeps files, metadata and sidecar.
     dest = tmp_path / "dest"
-    embed.write_table("embeddings", out["embeddings"], dest, cfg)
+    embed.write_embeddings(out["embeddings"], dest, cfg)
     assert json.loads((dest / embed.SIDECAR).read_text())["rows"] == len(rows)
 
 
