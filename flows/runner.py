@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,19 @@ def validate_table(name: str, path: Path) -> None:
     if not files:
         raise StageError(f"{path}: table '{name}' has no Parquet files")
     schemas.validate(name, pq.read_schema(files[0]), str(files[0]))
+
+
+def link_tree(src: Path, dest: Path) -> None:
+    """The Parquet files (and a sidecar JSON) of folder `src` under `dest`: hard links where the
+    filesystem allows (free, and safe: thresher replaces such files, never edits them), else copies."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_symlink() or not f.is_file() or f.name.startswith((".", "_")) or f.suffix not in (".parquet", ".json"):
+            continue
+        try:
+            os.link(f, dest / f.name)
+        except OSError:
+            shutil.copy2(f, dest / f.name)
 
 
 def arrow_schema_of(df):
@@ -125,6 +140,13 @@ class Runner:
 
     def _write(self, spec, table: str, df, dest: Path, stage_cfg) -> None:
         schema_name = "documents" if table == "dataset" else table
+        if isinstance(df, Path):
+            # A table the stage wrote itself (its files carry their own metadata): validated from
+            # the footers and linked in, never rewritten.
+            if schema_name in schemas.TABLES:
+                validate_table(schema_name, df)
+            link_tree(df, dest)
+            return
         if schema_name in schemas.TABLES:
             schemas.validate(schema_name, arrow_schema_of(df), f"{spec.name} output '{table}'")
         writer = spec.writers.get(table)
