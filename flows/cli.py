@@ -74,7 +74,8 @@ def main(ctx, debug: bool):
 
 def _run_options(f):
     for opt in reversed([
-        click.option("--input", "-i", "inputs", multiple=True, help="Input file, folder or glob (repeatable); replaces the config's input."),
+        click.option("--input", "-i", "inputs", multiple=True,
+                     help="Input file, folder or glob (repeatable); replaces the config's input."),
         click.option("--output", "-o", help="Run folder; replaces the config's output."),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value (repeatable)."),
         click.option("--spark-master", help="Spark master URL, e.g. spark://HOST:7077 (default local[*])."),
@@ -145,7 +146,8 @@ def demo(**kw):
 @click.argument("catalog")
 @click.option("--output", "-o", required=True, help="Folder for the containment table, the plan and the manifest.")
 @click.option("--config", "config", help="Config file (default: the shipped configs/containment.yaml).")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value, e.g. containment.tau=0.95 (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config value, e.g. containment.tau=0.95 (repeatable).")
 @click.option("--spark-master", help="Spark master URL, e.g. spark://HOST:7077 (default local[*]).")
 @click.option("--overwrite", is_flag=True, help="Replace a previous containment result in the output folder.")
 @click.option("--no-prefect", is_flag=True, help="Run the steps without a Prefect flow (no API server).")

@@ -83,7 +83,8 @@ def test_fp32_matches_sentence_transformers_and_second_run_hits_cache(run_curate
     assert st2["cache"] == "hit" and st2["truncated"] == over
     again = read_vectors(out2 / "embed" / "embeddings")
     assert all(np.array_equal(got[i], again[i]) for i in ids)
-    assert pq.read_metadata(sorted((out2 / "embed" / "embeddings").glob("part-*.parquet"))[0]).metadata[b"thresher.embed.precision"] == b"fp32"
+    first = sorted((out2 / "embed" / "embeddings").glob("part-*.parquet"))[0]
+    assert pq.read_metadata(first).metadata[b"thresher.embed.precision"] == b"fp32"
 
 
 def test_bf16_within_bound(spark, sample, st_model, tmp_path):
