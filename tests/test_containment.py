@@ -196,14 +196,32 @@ def test_sketch_never_rejects_a_true_containment():
 
 
 def test_bottom_k_matches_numpy():
-    # The per-partition sketch kernel against the plain definition: k smallest distinct per key.
+    # The per-partition sketch kernel against its reference: k smallest distinct per key.
+    from thresher.kernels.sketch import bottom_k_ref
+
     rng = np.random.default_rng(1)
     ds, s = rng.integers(0, 4, 5000), rng.integers(0, 3, 5000)
     h = rng.integers(-50, 50, 5000) * 10**15
     got = C.bottom_k(ds, s, h, 7)
-    assert len(got) == 12
-    for (a, b), v in got.items():
-        assert v.tolist() == np.unique(h[(ds == a) & (s == b)])[:7].tolist()
+    want = bottom_k_ref(ds, s, h, 7)
+    assert len(got) == 12 and got.keys() == want.keys()
+    for key, v in got.items():
+        assert v.tolist() == want[key].tolist()
+
+
+def test_fingerprint_kernels_match_reference():
+    # The driver's distinct-with-counts and membership kernels against their references, with
+    # many repeated h1 values so that equal first hashes with different second ones occur.
+    from thresher.kernels.sketch import distinct_counts, distinct_counts_ref, found_in_ref
+
+    rng = np.random.default_rng(2)
+    h1, h2 = rng.integers(-3, 3, 4000) * 2**61, rng.integers(-40, 40, 4000)
+    got, want = distinct_counts(h1, h2), distinct_counts_ref(h1, h2)
+    assert all(g.tolist() == w.tolist() for g, w in zip(got, want)) and got[2].sum() == 4000
+    b1, b2, _ = distinct_counts(h1[:1500], h2[:1500])
+    a1, a2 = h1[1000:], h2[1000:]
+    hit = C.found_in(a1, a2, b1, b2)
+    assert hit.tolist() == found_in_ref(a1, a2, b1, b2).tolist() and 0 < hit.sum() < len(a1)
 
 
 def test_driver_check_matches_truth_on_every_pair(lake):
