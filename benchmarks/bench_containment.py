@@ -42,9 +42,9 @@ def _pr(found: set, true: set) -> dict:
 
 def run(quick: bool = False):
     from thresher.flows.config import SparkConfig
-    from thresher.flows.containment import analyse
     from thresher.flows.spark import get_spark
     from thresher.stages import containment as C
+    from thresher.stages.containment import analyse
 
     base = Path(os.environ.get("THRESHER_BENCH_DIR", "/tmp"))
     # Full scale: all 216 tables from the whole corpus. THRESHER_BENCH_LAKE_ROWS derives the same

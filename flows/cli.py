@@ -159,19 +159,19 @@ def containment(catalog, output, config, sets, spark_master, overwrite, no_prefe
     from thresher.flows.containment import load_config as load_containment, run_config as run_containment
 
     over = parse_overrides(list(sets))
-    over["catalog"], over["output"] = catalog, output
+    over["input"], over["output"] = [catalog], output
     if spark_master:
         over.setdefault("spark", {})["master"] = spark_master
         if not spark_master.startswith("local"):
             over["spark"].setdefault("driver_host", None)
     cfg = load_containment(config, over)
     m = run_containment(cfg, overwrite=overwrite, use_prefect=not no_prefect)
-    c = m["counts"]
+    c = m["stages"]["containment"]["stats"]["counts"]
     click.echo(f"\ndatasets {c['datasets']} (compared {c['compared']}, empty {c['empty']}, skipped {c['skipped']})")
     click.echo(f"pairs: ordered {c['ordered_pairs']} -> schema {c['after_schema']} -> min-max {c['after_minmax']} "
                f"-> sketch {c['after_sketch']} -> content {c['after_content']} contained")
     click.echo(f"plan: drop {c['dropped']} datasets, {c['bytes_saved'] / 1e6:.1f} MB saved (nothing deleted)")
-    click.echo(f"output: {os.path.abspath(output)}  (containment/, plan.parquet, plan.json, manifest.json)")
+    click.echo(f"output: {os.path.abspath(output)}  (containment/containment/, plan.parquet, plan.json, manifest.json)")
 
 
 @main.command()

@@ -53,19 +53,22 @@ class RunConfig(Strict):
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
 
 
-_MODEL: type[RunConfig] | None = None
+_MODELS: dict[tuple[str, ...] | None, type[RunConfig]] = {}
 
 
-def config_model() -> type[RunConfig]:
-    global _MODEL
-    if _MODEL is None:
-        from thresher.stages import stage_modules
+def config_model(stages: tuple[str, ...] | None = None) -> type[RunConfig]:
+    """The config model of a flow: the run's sections plus one section per stage of `stages`
+    (default: curate's, the registry's STAGES). A flow with its own stage list (containment)
+    also gets that list as its default `stages`."""
+    if stages not in _MODELS:
+        from thresher.stages import STAGES, get_stage
 
-        fields: dict[str, Any] = {
-            name: (mod.Config, Field(default_factory=mod.Config)) for name, mod in stage_modules().items()
-        }
-        _MODEL = create_model("Config", __base__=RunConfig, **fields)
-    return _MODEL
+        names = tuple(STAGES) if stages is None else stages
+        fields: dict[str, Any] = {name: (get_stage(name).Config, Field(default_factory=get_stage(name).Config)) for name in names}
+        if stages is not None:
+            fields["stages"] = (list[str], Field(default_factory=lambda: list(names)))
+        _MODELS[stages] = create_model("Config", __base__=RunConfig, **fields)
+    return _MODELS[stages]
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -142,10 +145,16 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"{path}: config file not found")
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None, raw: dict | None = None):
-    """Load, merge overrides and validate. Relative input paths resolve against the config's folder."""
+def load_config(path: str | Path | None = None, overrides: dict | None = None, raw: dict | None = None, *,
+                default: str | Path | None = None, stages: tuple[str, ...] | None = None):
+    """Load, merge overrides and validate. Relative input paths resolve against the config's folder.
+
+    A flow other than curate passes its own `default` config file (read when no `path` is given)
+    and its `stages` (the sections the config may have, and the stages a run may list)."""
     data: dict = dict(raw or {})
     base = Path.cwd()
+    if path is None and default is not None and Path(default).exists():
+        path = default
     if path is not None:
         p = resolve_config_path(path)
         try:
@@ -166,12 +175,13 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None, r
         data = _merge(data, overrides)
     if isinstance(data.get("input"), str):
         data["input"] = [data["input"]]
-    model = config_model()
+    model = config_model(stages)
     try:
         cfg = model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{path or 'config'}: {_one_line(err, model)}") from None
-    check_stage_order(cfg)
+        where = Path(path).name if path is not None and path == default else (path or "config")
+        raise ConfigError(f"{where}: {_one_line(err, model)}") from None
+    check_stage_order(cfg, stages)
     return cfg
 
 
@@ -179,14 +189,16 @@ def _is_absolute(p: str) -> bool:
     return p.startswith("/") or "://" in p
 
 
-def check_stage_order(cfg: RunConfig) -> None:
-    from thresher.stages import stage_modules
+def check_stage_order(cfg: RunConfig, stages: tuple[str, ...] | None = None) -> None:
+    """Preflight of the stage list against the flow's stages (default: curate's)."""
+    from thresher.stages import STAGES, get_stage
 
-    mods = stage_modules()
+    mods = {n: get_stage(n) for n in (tuple(STAGES) if stages is None else stages)}
+    sources = [n for n, m in mods.items() if m.SPEC.source]
     available: set[str] = set()
     seen: set[str] = set()
     if not cfg.stages:
-        raise ConfigError("stages: empty; a run needs at least ingest")
+        raise ConfigError(f"stages: empty; a run needs at least {sources[0]}")
     for i, name in enumerate(cfg.stages):
         if name not in mods:
             near = difflib.get_close_matches(name, list(mods), n=1)
@@ -197,7 +209,7 @@ def check_stage_order(cfg: RunConfig) -> None:
         seen.add(name)
         spec = mods[name].SPEC
         if i == 0 and not spec.source:
-            raise ConfigError(f"stages: the first stage must be ingest, found '{name}'")
+            raise ConfigError(f"stages: the first stage must be {' or '.join(sources)}, found '{name}'")
         for t in spec.required(getattr(cfg, name)):
             if t not in available:
                 producers = [n for n, m in mods.items() if t in m.SPEC.all_outputs()]

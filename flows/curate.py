@@ -1,8 +1,10 @@
-"""The curate flow: the configured stages in order, each one a Prefect task run by the runner."""
+"""The curate flow: the configured stages in order, each one a Prefect task run by the runner.
+
+`preflight` and `run_flow` are the one flow driver: the containment flow (flows/containment.py)
+runs its stage through them too, with its own finishing step."""
 
 from __future__ import annotations
 
-import glob
 import logging
 import shutil
 from pathlib import Path
@@ -34,28 +36,30 @@ def execute(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force
 
     Usable without Prefect (tests, notebooks); `curate` wraps it as a flow with task retries.
     """
-    return _execute(cfg, overwrite, resume, force, spark, as_tasks=False)
+    return run_flow(cfg, overwrite, resume, force, spark, as_tasks=False)
 
 
 def preflight(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force=()) -> tuple[RunFolder, list[Path]]:
-    """Every check that needs no Spark: inputs, schemas, the output folder. Nothing is written,
-    so bad input fails fast and leaves nothing behind."""
-    from thresher.stages.ingest import list_files, unified_schema
+    """Every check that needs no Spark: inputs (the source stage's `check`), the output folder.
+    Nothing is written, so bad input fails fast and leaves nothing behind."""
+    from thresher.stages import spec_of
 
     if not cfg.output:
         raise ConfigError("output: no output folder (set `output:` in the config or pass --output)")
     unknown = set(force) - set(cfg.stages)
     if unknown:
         raise ConfigError(f"--force {sorted(unknown)[0]}: not a stage of this run ({', '.join(cfg.stages)})")
-    files = list_files(cfg.input, cfg.ingest.format)
-    unified_schema(files, cfg.ingest)
-    inputs = [Path(p).absolute() for p, _, _ in files] + [Path(i).absolute() for i in cfg.input if not glob.has_magic(i)]
+    source = spec_of(cfg.stages[0])
+    read = source.check(cfg.input, getattr(cfg, source.name)) if source.check else cfg.input
+    inputs = [Path(p).absolute() for p in read]
     folder = RunFolder(Path(cfg.output), overwrite=overwrite, resume=resume)
     folder.check(inputs)
     return folder, inputs
 
 
-def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) -> dict:
+def run_flow(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool, finish=None) -> dict:
+    """The stages of `cfg` over its run folder; `finish(folder, manifest)` then writes the flow's
+    own files beside the tables (curate: the dataset card and the report)."""
     folder, inputs = preflight(cfg, overwrite, resume, force)
     created = not folder.root.exists()
     folder.prepare(cfg.stages, inputs)
@@ -70,10 +74,7 @@ def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) ->
             else:
                 stage_task.fn(runner, name)
         manifest = runner.write_manifest("complete")
-        _write_card(folder, manifest)
-        from thresher.flows.report import report_after_run
-
-        report_after_run(folder.root)  # logs a warning on failure; never fails the run
+        (finish or _finish_curate)(folder, manifest)
         return manifest
     except BaseException as exc:
         shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
@@ -87,6 +88,13 @@ def _execute(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool) ->
         raise
     finally:
         shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
+
+
+def _finish_curate(folder: RunFolder, manifest: dict) -> None:
+    from thresher.flows.report import report_after_run
+
+    _write_card(folder, manifest)
+    report_after_run(folder.root)  # logs a warning on failure; never fails the run
 
 
 def _write_card(folder: RunFolder, manifest: dict) -> None:
@@ -103,7 +111,7 @@ def _write_card(folder: RunFolder, manifest: dict) -> None:
 def curate(config: dict, overwrite: bool = False, resume: bool = False, force: list[str] | None = None) -> dict:
     """Prefect flow over a config mapping (the YAML as a dict, already merged with overrides)."""
     cfg = load_config(raw=config)
-    return _execute(cfg, overwrite, resume, tuple(force or ()), None, as_tasks=True)
+    return run_flow(cfg, overwrite, resume, tuple(force or ()), None, as_tasks=True)
 
 
 def run_config(cfg: RunConfig, overwrite=False, resume=False, force=(), use_prefect=True) -> dict:

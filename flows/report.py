@@ -55,9 +55,6 @@ def table_paths(root: Path, manifest: dict, name: str) -> list[tuple[str, Path]]
         info = st.get("tables", {}).get(name)
         if info and (root / info["path"]).exists():
             out.append((stage, root / info["path"]))
-    if not out and (root / name).is_dir() and manifest.get("flow"):
-        # Flows other than curate (containment) keep their one table at the top of the run folder.
-        out.append((manifest["flow"], root / name))
     return out
 
 
@@ -405,10 +402,6 @@ def plot_containment(root: Path, manifest: dict):
 def plot_time_memory(manifest: dict):
     stages = manifest.get("stages", {})
     if not stages:
-        # The containment flow records seconds per step rather than stage records.
-        steps = {k: v for k, v in (manifest.get("timings") or {}).items() if isinstance(v, (int, float))}
-        stages = {k: {"wall_s": v} for k, v in steps.items()}
-    if not stages:
         return None
     plt = _plt()
     names = list(stages)
@@ -465,6 +458,23 @@ def _stage_table(manifest: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _stage_figures(manifest: dict) -> list[tuple[str, object]]:
+    """The plain numbers of every stage's `stats` (nested ones by dotted key): containment's step
+    counts and timings, say."""
+    out: list[tuple[str, object]] = []
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}", x)
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            out.append((prefix, v))
+
+    for n, st in manifest.get("stages", {}).items():
+        walk(n, st.get("stats") or {})
+    return out
+
+
 def render(root: Path, manifest: dict) -> tuple[str, dict[str, bool]]:
     """The HTML text, and which plots it holds."""
     acc = manifest.get("accounting", {})
@@ -484,10 +494,10 @@ def render(root: Path, manifest: dict) -> tuple[str, dict[str, bool]]:
             f"<span class='{'ok' if closes else 'bad'}'>{'closes' if closes else 'DOES NOT CLOSE'}</span></p>")
     if manifest.get("stages"):
         parts.append(_stage_table(manifest))
-    counts = {k: v for k, v in (manifest.get("counts") or {}).items() if isinstance(v, (int, float, str))}
-    if counts:
-        parts.append("<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                                         for k, v in counts.items()) + "</table>")
+    figures = _stage_figures(manifest)
+    if figures:
+        parts.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                                         for k, v in figures) + "</table>")
     shown: dict[str, bool] = {}
     for key, title, needs, fn in PLOTS:
         parts.append(f"<h2 id='{key}'>{html.escape(title)}</h2>")

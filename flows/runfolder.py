@@ -12,7 +12,7 @@ from pathlib import Path
 from thresher.schemas.errors import OutputError
 
 MANIFEST = "manifest.json"
-OWNED = {MANIFEST, ".tmp", "dataset", "report.html", "README.md"}
+OWNED = {MANIFEST, ".tmp", "dataset", "report.html", "README.md", "plan.parquet", "plan.json"}
 
 
 class RunFolder:

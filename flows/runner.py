@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher import schemas
@@ -49,6 +50,8 @@ def _sha(*parts: Any) -> str:
 
 
 def parquet_files(path: Path) -> list[Path]:
+    if path.is_file():  # a top-level table written as one file (containment's plan.parquet)
+        return [path]
     return sorted(p for p in path.rglob("*.parquet") if not any(s.startswith((".", "_")) for s in p.relative_to(path).parts))
 
 
@@ -78,6 +81,8 @@ def link_tree(src: Path, dest: Path) -> None:
 
 
 def arrow_schema_of(df):
+    if isinstance(df, pa.Table):  # a small table built in the driver, written by the stage's writer
+        return df.schema
     from pyspark.sql.pandas.types import to_arrow_schema
 
     return to_arrow_schema(df.schema)

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from thresher.stages.base import StageContext, StageSpec
 
-__all__ = ["STAGES", "StageContext", "StageSpec", "get_stage", "spec_of", "stage_modules"]
+__all__ = ["FLOW_STAGES", "STAGES", "StageContext", "StageSpec", "get_stage", "spec_of", "stage_modules"]
 
 # Order is the pipeline order; a stage added by a later change is one line here.
 STAGES: dict[str, str] = {
@@ -33,12 +33,18 @@ STAGES: dict[str, str] = {
     "export": "thresher.stages.export",
 }
 
+# Stages of the other flows, run by the same runner but never part of a curate run: the
+# containment flow's one stage (flows/containment.py).
+FLOW_STAGES: dict[str, str] = {
+    "containment": "thresher.stages.containment",
+}
+
 _LOADED: dict[str, ModuleType] = {}
 
 
 def stage_modules() -> dict[str, ModuleType]:
     if not _LOADED:
-        for name, modpath in STAGES.items():
+        for name, modpath in {**STAGES, **FLOW_STAGES}.items():
             mod = importlib.import_module(modpath)
             assert mod.SPEC.name == name, f"{modpath} declares SPEC.name={mod.SPEC.name!r}"
             _LOADED[name] = mod

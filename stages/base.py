@@ -38,10 +38,13 @@ class StageSpec:
     - outputs: tables it may return. A stage with `removes=True` returns a `removed` table
       (build it with `ctx.removed`) and NOT the kept documents: the runner derives them as the
       input documents minus the removed ids, so the row accounting closes by construction.
-    - source: reads the run's input paths (`ctx.input_paths`) instead of tables (ingest);
-      `fingerprint(paths, cfg)` then says what of the inputs decides its result.
+    - source: reads the run's input paths (`ctx.input_paths`) instead of tables (ingest,
+      containment); `fingerprint(paths, cfg)` then says what of the inputs decides its result, and
+      `check(paths, cfg)` is its preflight: every input check that needs no Spark, returning the
+      paths the run reads (the output folder must not lie inside them).
     - writers: tables the stage writes itself, `write(df, dest: Path, cfg)` (say, export's
       sharded files); `top_level` maps tables that live at the run folder's top (`dataset`).
+      A small table built in the driver may be returned as a pyarrow Table; it then needs a writer.
     """
 
     name: str
@@ -52,6 +55,7 @@ class StageSpec:
     removes: bool = False
     source: bool = False
     fingerprint: Callable[[list[str], Any], dict] | None = None
+    check: Callable[[list[str], Any], list[str]] | None = None
     writers: Mapping[str, Callable[..., None]] = field(default_factory=dict)
     top_level: Mapping[str, str] = field(default_factory=dict)
 

@@ -372,5 +372,13 @@ def run(spark, tables, cfg: Config, ctx):
     return {"documents": documents, "rejected": rejected, "stats": stats}
 
 
+def check_inputs(inputs: list[str], cfg: Config) -> list[str]:
+    """Preflight (no Spark): the input files and their schemas; returns every file read and each
+    input named without a glob, which the output folder must not be inside."""
+    files = list_files(inputs, cfg.format)
+    unified_schema(files, cfg)
+    return [p for p, _, _ in files] + [i for i in inputs if not glob.has_magic(i)]
+
+
 SPEC = StageSpec(name="ingest", outputs=("documents", "rejected"), source=True,
-                 fingerprint=lambda paths, cfg: input_fingerprint(paths, cfg))
+                 fingerprint=lambda paths, cfg: input_fingerprint(paths, cfg), check=check_inputs)

@@ -51,7 +51,8 @@ def result(lake, spark, tmp_path_factory):
                                   "--set", "containment.local_max_rows=400"])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
-    table = pq.read_table(out / "containment").to_pylist()
+    # The runner's layout: the stage's folder holds its table (and _stage.json) like any stage's.
+    table = pq.read_table(out / "containment" / "containment").to_pylist()
     plan = {r["dataset"]: r for r in pq.read_table(out / "plan.parquet").to_pylist()}
     return {"manifest": manifest, "table": table, "plan": plan, "out": out, "lake": path, "stdout": r.output}
 
@@ -81,7 +82,7 @@ def test_exact_recall_and_precision(lake, result):
             assert r["fraction"] == pytest.approx(truth[(r["contained"], r["container"])], abs=1e-12)
         else:  # pruned without the exact check: must be a true non-containment
             assert truth[(r["contained"], r["container"])] < 1.0
-    c = result["manifest"]["counts"]
+    c = result["manifest"]["stages"]["containment"]["stats"]["counts"]
     assert c["ordered_pairs"] > c["after_schema"] > c["after_minmax"] >= c["after_sketch"] > c["after_content"] == len(true)
     assert c["sketched_pairs"] > 0 and c["after_sketch"] < c["after_minmax"]
     assert 0 < c["local_pairs"] < c["exact_pairs"]  # both the driver and the Spark check decided pairs
@@ -132,9 +133,13 @@ def test_plan_properties(lake, result):
     for n in ["sample_05", "sample_10", "sample_20", "sample_50", "sec_libs_half", "proj_meta", "secmeta_libs"]:
         assert plan[n]["contained_in"] == keeper, (n, plan[n])
     doc = json.loads((result["out"] / "plan.json").read_text())
-    assert doc["counts"] == result["manifest"]["counts"] and len(doc["plan"]) == len(plan)
-    # Nothing but thresher's own files in the output folder.
+    rec = result["manifest"]["stages"]["containment"]
+    assert doc["counts"] == rec["stats"]["counts"] and len(doc["plan"]) == len(plan)
+    assert rec["tables"] == {"containment": {"rows": len(result["table"]), "path": "containment/containment"},
+                             "plan": {"rows": len(plan), "path": "plan.parquet"}}
+    # Nothing but thresher's own files in the output folder; the stage folder as the runner makes it.
     assert sorted(p.name for p in result["out"].iterdir()) == ["containment", "manifest.json", "plan.json", "plan.parquet"]
+    assert sorted(p.name for p in (result["out"] / "containment").iterdir()) == ["_stage.json", "containment"]
 
 
 def _toy(names_rows: dict[str, int], cols=("a",)) -> list[C.Dataset]:
@@ -273,11 +278,9 @@ def test_footer_statistics(tmp_path):
     assert C.minmax_excludes(z, b) == "k"  # z has a null, b none
     assert C.minmax_excludes(a, z) is None
     # Near-containment tolerates missing rows, so footer bounds prune nothing there.
-    from thresher.flows.containment import minmax_task
-
     ds = [a, c]
-    assert minmax_task.fn(ds, [(0, 1)], C.Config())[0] == []
-    assert minmax_task.fn(ds, [(0, 1)], C.Config(tau=0.9))[0] == [(0, 1)]
+    assert C.minmax_step(ds, [(0, 1)], C.Config())[0] == []
+    assert C.minmax_step(ds, [(0, 1)], C.Config(tau=0.9))[0] == [(0, 1)]
 
 
 def test_bad_catalogs(tmp_path):
@@ -340,7 +343,7 @@ def test_cli_summary_and_refusals(result):
 
     from thresher.flows.cli import main
 
-    c = result["manifest"]["counts"]
+    c = result["manifest"]["stages"]["containment"]["stats"]["counts"]
     assert f"plan: drop {c['dropped']} datasets" in result["stdout"]
     assert f"-> content {c['after_content']} contained" in result["stdout"]
     assert result["plan"]["proj_meta"]["rebuild"] == "projection+filter"
