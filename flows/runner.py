@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher import schemas
@@ -81,8 +80,6 @@ def link_tree(src: Path, dest: Path) -> None:
 
 
 def arrow_schema_of(df):
-    if isinstance(df, pa.Table):  # a small table built in the driver, written by the stage's writer
-        return df.schema
     from pyspark.sql.pandas.types import to_arrow_schema
 
     return to_arrow_schema(df.schema)

@@ -44,7 +44,8 @@ class StageSpec:
       paths the run reads (the output folder must not lie inside them).
     - writers: tables the stage writes itself, `write(df, dest: Path, cfg)` (say, export's
       sharded files); `top_level` maps tables that live at the run folder's top (`dataset`).
-      A small table built in the driver may be returned as a pyarrow Table; it then needs a writer.
+      A small table built in the driver may be returned as a pyarrow Table with a writer
+      (containment's plan.parquet); it must not be one of schemas/' interchange tables.
     """
 
     name: str

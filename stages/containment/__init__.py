@@ -164,12 +164,6 @@ def input_fingerprint(paths, cfg: Config) -> dict:
          "files": [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in parquet_files(r.path)]} for r in refs]}
 
 
-def write_folder(table: pa.Table, dest: Path, cfg) -> None:
-    """A small table built in the driver, as one Parquet file in the table's folder."""
-    Path(dest).mkdir(parents=True)
-    pq.write_table(table, Path(dest) / "part-00000.parquet", compression="zstd")
-
-
 def write_file(table: pa.Table, dest: Path, cfg) -> None:
     """A top-level table as a single Parquet file at `dest` (plan.parquet: a user opens it by name)."""
     pq.write_table(table, dest, compression="zstd")
@@ -180,7 +174,13 @@ def run(spark, tables, cfg: Config, ctx):
     pair and the step that decided it) and the `plan` (plan.parquet at the run's top)."""
     datasets = inspect_all(load_catalog(catalog_of(ctx.input_paths)), cfg.on_bad_dataset)
     result = analyse(spark, datasets, cfg)
-    return {"containment": result["table"], "plan": plan_table(result["plan"]),
+    # Both tables are small and built in the driver: no round trip through Spark. The pair table
+    # is written here as one file (the runner validates it and links it in); the plan goes to the
+    # run's top as plan.parquet through the writer below.
+    pairs = ctx.scratch / "containment"
+    pairs.mkdir()
+    pq.write_table(result["table"], pairs / "part-00000.parquet", compression="zstd")
+    return {"containment": pairs, "plan": plan_table(result["plan"]),
             "stats": {"counts": result["counts"], "timings": result["timings"]}}
 
 
@@ -194,7 +194,6 @@ def plan_document(plan: pa.Table, stats: dict, cfg: Config) -> dict:
     }
 
 
-# Small tables built in the driver: they are returned as pyarrow Tables and written as one file each.
 SPEC = StageSpec(name="containment", outputs=("containment", "plan"), source=True,
                  fingerprint=input_fingerprint, check=check_inputs,
-                 writers={"containment": write_folder, "plan": write_file}, top_level={"plan": "plan.parquet"})
+                 writers={"plan": write_file}, top_level={"plan": "plan.parquet"})
