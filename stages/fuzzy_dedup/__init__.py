@@ -1,0 +1,139 @@
+"""fuzzy_dedup: MinHash/LSH near-duplicate removal, verified, with distributed components.
+
+1. One pass over the texts (signing.py; mapInArrow, numba kernels of kernels/minhash.py):
+   normalise, shingle, sign, band; one row per document with shingles: (id, length, its sorted
+   shingle-hash set as bytes, its LSH bucket keys). Cached: buckets, verification and survivors
+   read it.
+2. Spark groups the exploded bucket keys. Every member of a bucket is linked to the bucket's
+   smallest id (a star), so a bucket of k documents yields k-1 candidate pairs, never k(k-1)/2.
+3. Verification (default): each hub's candidates are gathered with their sets, hub first, and
+   the exact Jaccard of each with the hub comes from one kernel call per Arrow batch; pairs
+   below `threshold` are dropped and counted.
+4. Connected components of the verified pairs (stages/components.py): each partition's edges
+   contracted in its executor (union-find over that partition), then large-star/small-star
+   rounds, one Spark job each, for what spans partitions; up to `cc_task_edges` verified
+   edges sit in one partition and need no round.
+5. One survivor per component by `survivor` (ties by id): members sorted by the rule, the
+   survivor first, each compared with it by the same kernel; the others go to `removed` with
+   reason `near_duplicate`, by_id the survivor, score their Jaccard with it.
+
+Steps 2-5 live in distributed.py. Inputs of up to `one_task_docs` documents and
+`one_task_bytes` of text take all five steps in one executor task instead (one_task.py, the
+same kernels, the same result): on a small corpus the shuffles and Spark jobs of the
+distributed path cost more than the work they spread. results.py turns either path's
+`duplicates` table into the stage's outputs and stats.
+
+Per document, the driver receives at most the component labels of up to `broadcast_labels`
+nodes (or the ids of as many removed documents), for a broadcast join; otherwise counts and the
+LSH parameters only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from thresher.schemas.errors import ConfigError
+from thresher.stages.base import StageConfig, StageSpec
+from thresher.stages.text import NormaliseConfig, ShingleConfig
+
+NAME = "fuzzy_dedup"
+
+
+class Config(StageConfig):
+    normalise: NormaliseConfig = Field(default_factory=NormaliseConfig)
+    shingle: ShingleConfig = Field(default_factory=ShingleConfig)
+    threshold: float = Field(0.7, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=2, le=1024)
+    # Weights datasketch's optimiser gives to the false positive and false negative
+    # probability areas when it picks bands x rows. Verification removes false positives, so
+    # missing a pair costs more than checking one: 0.1/0.9 gives 20 x 6 at 0.7 (datasketch's
+    # own 0.5/0.5 gives 14 x 9, which finds a pair at exactly 0.7 only 44% of the time).
+    false_positive_weight: float = Field(0.1, ge=0.0, le=1.0)
+    false_negative_weight: float = Field(0.9, ge=0.0, le=1.0)
+    # Set both to override the optimiser.
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    # Exact Jaccard of every candidate pair; off: MinHash estimates, no pair dropped.
+    verify: bool = True
+    survivor: Literal["longest", "quality", "smallest_id"] = "longest"
+    max_cc_rounds: int = Field(64, ge=1)
+    # Verified edges per connected-components contraction task (one Python worker holds that
+    # many id pairs: about 340 MB at a million); up to this many edges, components need no
+    # distributed round at all.
+    cc_task_edges: int = Field(1_000_000, ge=1)
+    # Largest node count whose component labels are broadcast to the survivor join. A broadcast
+    # passes through the driver (about 60 bytes a node with Debian-like ids), so this caps what
+    # the driver holds; above it the join shuffles instead.
+    broadcast_labels: int = Field(200_000, ge=0)
+    # local: intermediate tables live on the executors (fast); reliable: also written to the
+    # checkpoint folder, so a lost executor does not lose them (clusters).
+    checkpoint: Literal["local", "reliable"] = "local"
+    # Up to this many documents, the whole dedup runs in one executor task (one Python worker
+    # holds every document's shingle set and bucket keys: about 0.8 KB a Debian document), with
+    # the same result as the distributed path and without its shuffles and jobs. 0: never.
+    one_task_docs: int = Field(100_000, ge=0)
+    # ... and at most this many bytes of text (UTF-8): the one task's memory grows with the words,
+    # not the documents (64k Debian descriptions are 26 MB and peak at about 0.5 GB in the worker).
+    one_task_bytes: int = Field(64 << 20, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("bands and rows: set both or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        if abs(self.false_positive_weight + self.false_negative_weight - 1.0) > 1e-9:
+            raise ValueError("false_positive_weight + false_negative_weight must be 1")
+        return self
+
+
+def lsh_params(cfg: Config) -> tuple[int, int]:
+    """(bands, rows): the config's, or datasketch's optimum for the threshold and weights."""
+    if cfg.bands is not None:
+        return cfg.bands, cfg.rows
+    from datasketch.lsh import _optimal_param
+
+    b, r = _optimal_param(cfg.threshold, cfg.num_perm, cfg.false_positive_weight, cfg.false_negative_weight)
+    return int(b), int(r)
+
+
+def run(spark, tables, cfg: Config, ctx):
+    out = run_with_pairs(spark, tables, cfg)[0]
+    out.pop("documents")  # the runner derives the kept documents from `removed`
+    return out
+
+
+def run_with_pairs(spark, tables, cfg: Config):
+    """The stage's result and its scored candidate pairs (a, b, size, j) for inspection: the
+    pairs with j >= threshold are the verified edges of the components."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages.fuzzy_dedup.distributed import run_distributed
+    from thresher.stages.fuzzy_dedup.one_task import run_one_task
+
+    bands, rows = lsh_params(cfg)
+    if bands * rows > cfg.num_perm:
+        raise ConfigError(f"fuzzy_dedup: bands x rows = {bands * rows} exceeds num_perm = {cfg.num_perm}")
+    docs = tables["documents"]
+    has_quality = tables.get("quality") is not None or "quality" in docs.columns
+    if cfg.survivor == "quality" and not has_quality:
+        raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
+    if cfg.one_task_docs and cfg.one_task_bytes:
+        size = docs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("text")).alias("b")).first()
+        if size["n"] <= cfg.one_task_docs and (size["b"] or 0) <= cfg.one_task_bytes:
+            return run_one_task(docs, tables, cfg, bands, rows)
+    return run_distributed(docs, tables, cfg, bands, rows, has_quality)
+
+
+# The pieces the tests and benchmarks reach through the stage module.
+from thresher.kernels.lsh import star_pairs  # noqa: E402
+from thresher.stages.fuzzy_dedup.distributed import reference_batches  # noqa: E402
+from thresher.stages.fuzzy_dedup.results import size_bins  # noqa: E402
+
+SPEC = StageSpec(name=NAME, inputs=("documents",), optional_inputs=("quality",), outputs=("removed", "duplicates"),
+                 removes=True)
+
+__all__ = ["NAME", "SPEC", "Config", "lsh_params", "run", "run_with_pairs",
+           "star_pairs", "reference_batches", "size_bins"]

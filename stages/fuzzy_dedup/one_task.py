@@ -1,0 +1,153 @@
+"""The one-task path: the whole dedup of a small corpus in one executor task, with the
+distributed path's kernels and result."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from thresher.stages.fuzzy_dedup.results import outputs, size_bins, stage_stats
+from thresher.stages.fuzzy_dedup.signing import sign
+
+if TYPE_CHECKING:
+    from thresher.stages.fuzzy_dedup import Config
+
+# One mapInArrow yields three tables, so each row fills exactly one of three struct columns:
+# `member` a row of `duplicates`, `pair` a scored candidate pair, `count` a number for the stats.
+MEMBER = pa.struct([("id", pa.string()), ("component_id", pa.string()), ("representative_id", pa.string()),
+                    ("size", pa.int64()), ("similarity", pa.float64())])
+PAIR = pa.struct([("a", pa.string()), ("b", pa.string()), ("size", pa.int64()), ("j", pa.float64())])
+COUNT = pa.struct([("name", pa.string()), ("value", pa.int64())])
+ONE_TASK = pa.schema([("member", MEMBER), ("pair", PAIR), ("count", COUNT)])
+
+
+def _rows(kind: str, arrays: list) -> pa.RecordBatch:
+    """A batch whose `kind` column holds `arrays` and whose other two columns are null."""
+    n = len(arrays[0])
+    cols = [pa.StructArray.from_arrays(arrays, fields=list(f.type)) if f.name == kind else pa.nulls(n, f.type)
+            for f in ONE_TASK]
+    return pa.RecordBatch.from_arrays(cols, schema=ONE_TASK)
+
+
+def one_task_batches(cfg: Config, bands: int, rows: int):
+    """mapInArrow function for the whole corpus in one task: (id, text[, _quality]) -> rows of
+    ONE_TASK. Signs every document as sign_batches does, then buckets (star_pairs), verifies
+    each pair with the same Jaccard kernel, labels components by the same union-find kernel
+    (nodes numbered in id order, so each root is its component's smallest id) and ranks each
+    component by the survivor rule, ties by id: what the distributed path computes, row for row."""
+    num_perm, seed, verify, survivor, threshold = cfg.num_perm, int(cfg.seed or 0), cfg.verify, cfg.survivor, cfg.threshold
+
+    def stat_rows(stats: dict):
+        return _rows("count", [pa.array(list(stats), pa.string()), pa.array(list(stats.values()), pa.int64())])
+
+    def fn(batches):
+        import pyarrow.compute as pc
+
+        from thresher.kernels.lsh import star_pairs
+        from thresher.kernels.minhash import jaccard_pairs, min_roots, permutations, signature_agreement
+        from thresher.kernels.threads import limit_task_threads
+
+        limit_task_threads()
+        a, b = permutations(num_perm, seed)
+        ids, lengths, quality, starts, values, keys = [], [], [], [], [], []
+        base = 0
+        for batch in batches:
+            text = batch.column(1)
+            has, off, h, sig, bk = sign(text, cfg, a, b, bands, rows)
+            if len(has) == 0:
+                continue
+            take = pa.array(has)
+            ids.append(batch.column(0).take(take))
+            lengths.append(pc.fill_null(pc.utf8_length(text), 0).take(take).to_numpy(zero_copy_only=False))
+            if survivor == "quality":
+                quality.append(batch.column(2).take(take).cast(pa.float64()))
+            keys.append(bk)
+            if verify:  # documents without shingles hold no values: the kept sets stay contiguous
+                starts.append(off[has] + base)
+                base += len(h)
+                values.append(h)
+            else:
+                values.append(sig)
+        if not ids:
+            yield stat_rows({"documents": 0})
+            return
+        ids = pa.concat_arrays(ids)
+        n = len(ids)
+        if verify:
+            off, val = np.append(np.concatenate(starts), base), np.concatenate(values)
+        else:
+            sig = np.concatenate(values)
+
+        def sim(x, y):
+            return jaccard_pairs(off, val, x, y) if verify else signature_agreement(sig[x], sig[y])
+
+        doc = pc.sort_indices(ids).to_numpy()  # node number -> document; Arrow and Spark order strings alike
+        node = np.empty(n, np.int64)
+        node[doc] = np.arange(n)
+        hub, mem, size = star_pairs(np.concatenate(keys), node, n)
+        j = sim(doc[hub], doc[mem])
+        edge = j >= threshold if verify else np.ones(len(j), bool)
+        stats = {"documents": n, "candidate_pairs": len(j), "verified_pairs": int(edge.sum()),
+                 "largest_bucket": int(size.max(initial=0))}
+        yield _rows("pair", [ids.take(pa.array(doc[hub])), ids.take(pa.array(doc[mem])), pa.array(size), pa.array(j)])
+        root = min_roots(hub[edge], mem[edge], n)
+        member = np.flatnonzero(np.bincount(root, minlength=n)[root] >= 2)
+        if len(member):
+            d = doc[member]
+            if survivor == "longest":
+                key = -np.concatenate(lengths)[d].astype(np.float64)
+            elif survivor == "quality":
+                q = pa.concat_arrays(quality).take(pa.array(d))
+                # Highest first, unscored after every score (as rank_key orders them).
+                key = np.where(q.is_null().to_numpy(zero_copy_only=False), np.inf,
+                               -pc.fill_null(q, 0.0).to_numpy(zero_copy_only=False))
+            else:
+                key = np.zeros(len(d))
+            o = np.lexsort((member, key, root[member]))
+            member, r = member[o], root[member][o]
+            first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+            sizes = np.diff(np.append(first, len(member)))
+            rep = np.repeat(member[first], sizes)
+            s = sim(doc[rep], doc[member])
+            s[first] = 1.0
+            yield _rows("member", [ids.take(pa.array(doc[member])), ids.take(pa.array(doc[r])),
+                                   ids.take(pa.array(doc[rep])), pa.array(np.repeat(sizes, sizes)), pa.array(s)])
+            stats.update(components=len(sizes), docs_in_components=len(member),
+                         **{f"size {k}": v for k, v in size_bins(sizes).items()})
+        yield stat_rows(stats)
+
+    return fn
+
+
+def run_one_task(docs, tables, cfg: Config, bands: int, rows: int):
+    """The whole dedup of a small corpus in one executor task (one_task_batches); its counts
+    reach the driver as observed metrics of the same job."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from thresher.stages.components import materialise, with_quality
+
+    t0 = time.perf_counter()
+    src, _ = with_quality(docs.select("id", "text"), docs, tables, cfg.survivor)
+    src = src.select("id", "text", *(["_quality"] if cfg.survivor == "quality" else []))
+    obs = Observation("fuzzy_dedup_counts")
+    out = (src.coalesce(1).mapInArrow(one_task_batches(cfg, bands, rows), from_arrow_schema(ONE_TASK))
+           .observe(obs, F.collect_list(F.col("count")).alias("counts")))
+    out = materialise(out, cfg.checkpoint == "reliable")
+    m = {r["name"]: int(r["value"]) for r in obs.get["counts"]}
+    scored = out.where(F.col("pair").isNotNull()).select("pair.*")
+    dups = out.where(F.col("member").isNotNull()).select(
+        "member.id", "member.component_id", "member.representative_id",
+        (F.col("member.id") == F.col("member.representative_id")).alias("is_representative"),
+        "member.similarity")
+    comps, members = m.get("components", 0), m.get("docs_in_components", 0)
+    comp = {"components": comps, "docs_in_components": members, "docs_removed": members - comps,
+            "component_sizes": {k[5:]: v for k, v in m.items() if k.startswith("size ")}}
+    stats = stage_stats(cfg, bands, rows, m.get("candidate_pairs", 0), m.get("verified_pairs", 0),
+                        m.get("largest_bucket", 0), 0, comp)
+    stats["step_s"] = {"one_task": round(time.perf_counter() - t0, 3)}
+    return outputs(docs, dups, stats, cfg), scored
