@@ -49,3 +49,76 @@ def star_pairs_ref(keys: np.ndarray, node: np.ndarray, nodes: int):
     pairs = sorted(best)
     return (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64),
             np.array([best[p] for p in pairs], np.int64))
+
+
+def buckets(keys: np.ndarray, node: np.ndarray):
+    """The buckets of two or more documents: (members, starts, sizes), members in node order
+    within each bucket, buckets in key order."""
+    bands = keys.shape[1]
+    k = keys.reshape(-1)
+    mem = np.repeat(node, bands)
+    o = np.lexsort((mem, k))
+    k, mem = k[o], mem[o]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    sizes = np.diff(np.append(starts, len(k)))
+    big = sizes > 1
+    keep = np.repeat(big, sizes)
+    mem = mem[keep]
+    sizes = sizes[big]
+    return mem, np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), sizes
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray, size: np.ndarray, nodes: int):
+    """(lo, hi, size) once per distinct pair, sorted, with the largest size that links them."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    code = lo.astype(np.int64) * nodes + hi
+    o = np.lexsort((size, code))
+    code, size = code[o], size[o]
+    last = np.r_[code[1:] != code[:-1], True] if len(code) else np.zeros(0, bool)
+    code, size = code[last], size[last]
+    return code // nodes, code % nodes, size
+
+
+def capped_pairs(keys: np.ndarray, node: np.ndarray, nodes: int, cap: int):
+    """Buckets of up to `cap` documents linked all to all, larger ones as stars to their
+    smallest node: at most max(cap(cap-1)/2, k-1) pairs from a bucket of k. (lo, hi, size)."""
+    mem, starts, sizes = buckets(keys, node)
+    a, b, s = [], [], []
+    star = sizes > cap
+    if star.any():
+        st, sz = starts[star], sizes[star]
+        idx = np.repeat(st, sz - 1) + (np.arange(int((sz - 1).sum())) - np.repeat(np.cumsum(sz - 1) - (sz - 1), sz - 1)) + 1
+        a.append(np.repeat(mem[st], sz - 1))
+        b.append(mem[idx])
+        s.append(np.repeat(sz, sz - 1))
+    for k in np.unique(sizes[~star]):
+        st = starts[sizes == k]
+        block = mem[st[:, None] + np.arange(k)]  # (buckets, k)
+        i, j = np.triu_indices(k, 1)
+        a.append(block[:, i].reshape(-1))
+        b.append(block[:, j].reshape(-1))
+        s.append(np.full(len(st) * len(i), k))
+    if not a:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    return unique_pairs(np.concatenate(a), np.concatenate(b), np.concatenate(s), nodes)
+
+
+def capped_pairs_ref(keys: np.ndarray, node: np.ndarray, nodes: int, cap: int):
+    """capped_pairs spelled out over a dict of buckets."""
+    groups: dict[int, list[int]] = {}
+    for d in range(keys.shape[0]):
+        for k in keys[d]:
+            groups.setdefault(int(k), []).append(int(node[d]))
+    best: dict[tuple[int, int], int] = {}
+    for members in groups.values():
+        m = sorted(members)
+        if len(m) < 2:
+            continue
+        pairs = ([(m[i], m[j]) for i in range(len(m)) for j in range(i + 1, len(m))] if len(m) <= cap
+                 else [(m[0], x) for x in m[1:]])
+        for p in pairs:
+            best[p] = max(best.get(p, 0), len(m))
+    pairs = sorted(best)
+    return (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64),
+            np.array([best[p] for p in pairs], np.int64))

@@ -76,8 +76,9 @@ def test_config_errors():
         FD.Config(bands=10)
     with pytest.raises(ValueError, match="exceeds num_perm"):
         FD.Config(bands=20, rows=10, num_perm=128)
-    assert FD.lsh_params(FD.Config()) == (20, 6)
+    assert FD.lsh_params(FD.Config()) == (25, 5)
     assert FD.lsh_params(FD.Config(false_positive_weight=0.5, false_negative_weight=0.5)) == (14, 9)
+    assert FD.lsh_params(FD.Config(false_positive_weight=0.1, false_negative_weight=0.9)) == (20, 6)
     assert FD.lsh_params(FD.Config(bands=16, rows=8)) == (16, 8)
 
 
@@ -336,3 +337,105 @@ def test_star_pairs_against_buckets_spelled_out():
     assert list(zip(hub.tolist(), mem.tolist())) == sorted(want)
     assert dict(zip(zip(hub.tolist(), mem.tolist()), size.tolist())) == want
     assert FD.size_bins([2, 2, 3, 4, 5, 8, 9, 300]) == {"2": 2, "3-4": 2, "5-8": 2, "9-16": 1, "257-512": 1}
+
+
+def test_capped_pairs_against_buckets_spelled_out():
+    """All pairs in buckets of up to `cap` documents, stars above; cap 1 is the star linking."""
+    import numpy as np
+
+    from thresher.kernels.lsh import capped_pairs_ref
+
+    rng = np.random.default_rng(4)
+    n, bands = 300, 6
+    # Bucket sizes from 1 to about 60: key spaces of different widths per band.
+    keys = np.stack([rng.integers(0, w, n) * 100 + band for band, w in enumerate((5, 9, 40, 150, 300, 2))], 1)
+    node = rng.permutation(n)
+    for cap in (1, 2, 8, 32, 1000):
+        got = FD.capped_pairs(keys, node, n, cap)
+        want = capped_pairs_ref(keys, node, n, cap)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    star = FD.star_pairs(keys, node, n)
+    for g, w in zip(FD.capped_pairs(keys, node, n, 1), star):
+        np.testing.assert_array_equal(g, w)
+
+
+# ------------------------------------------------------------------------------------ families
+FAMILIES = __import__("pathlib").Path(__file__).parent / "data" / "families_small.parquet"
+
+
+def test_family_fixture_drifts():
+    """The fixture of benchmarks/families.py: every family is one component of the exact truth,
+    yet most of its pairs are below the threshold (members drift away from their ancestors);
+    four scripts."""
+    from collections import defaultdict
+
+    t = pq.read_table(FAMILIES)
+    ids, texts, fam = (t.column(c).to_pylist() for c in ("id", "text", "family"))
+    truth = exact_pairs(ids, texts, 0.7)
+    parent = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for a, b in truth:
+        parent[find(a)] = find(b)
+    members = defaultdict(list)
+    for i, f in zip(ids, fam):
+        if f:
+            members[f].append(i)
+    assert set(t.column("script").to_pylist()) == {"latin", "cyrillic", "arabic", "cjk"}
+    assert max(len(m) for m in members.values()) >= 300 and min(len(m) for m in members.values()) >= 10
+    for f, m in members.items():
+        assert len({find(x) for x in m}) == 1, f
+        inside = sum(1 for a, b in truth if a in set(m) and b in set(m))
+        if len(m) >= 30:
+            assert inside < 0.5 * len(m) * (len(m) - 1) / 2, f
+
+
+def test_family_edit_steps():
+    """One generator step keeps the parent's word-5-gram Jaccard in [0.70, 0.86]; a chain of
+    them drifts below 0.7 from its root."""
+    from benchmarks.families import HI, LO, _grams, _words, child, jaccard
+
+    rng = random.Random(0)
+    root = _words("this package provides a library for reading and writing configuration files with comments "
+                  "sections and typed values it also ships a command line tool that validates files against "
+                  "a schema and prints the errors it finds with line numbers and hints for fixing them quickly")
+    vocab = sorted(set(root)) + [f"v{i}" for i in range(50)]
+    chain = [root]
+    for _ in range(6):
+        c = child(rng, chain[-1], vocab)
+        assert c is not None and LO <= jaccard(_grams(chain[-1]), _grams(c)) <= HI
+        chain.append(c)
+    assert jaccard(_grams(root), _grams(chain[-1])) < 0.7
+
+
+def test_family_fixture_recall_on_both_paths(spark):
+    """Drifting families in four scripts: every verified edge true (precision 1.000), >= 0.99 of
+    the true pairs in one component, the one-task and the distributed path equal. Stars alone
+    (the linking before issue 16) lose the drifting members."""
+    t = pq.read_table(FAMILIES, columns=["id", "text"])
+    ids, texts = t.column("id").to_pylist(), t.column("text").to_pylist()
+    truth = exact_pairs(ids, texts, 0.7)
+    rows = list(zip(ids, texts))
+
+    def go(**kw):
+        out, scored = FD.run_with_pairs(spark, {"documents": _df(spark, rows, 3)}, FD.Config(seed=0, **kw))
+        edges = {tuple(sorted((r["a"], r["b"]))) for r in scored.where("j >= 0.7").collect()}
+        comp = {r["id"]: r["component_id"] for r in out["duplicates"].collect()}
+        recall = sum(1 for a, b in truth if a in comp and comp[a] == comp.get(b)) / len(truth)
+        return edges, comp, recall, sorted(tuple(r) for r in out["removed"].collect()), out["stats"]
+
+    one = go()
+    dist = go(one_task_docs=0)
+    assert "one_task" in one[4]["step_s"] and "one_task" not in dist[4]["step_s"]
+    assert one[:4] == dist[:4]
+    assert one[4]["candidate_pairs"] == dist[4]["candidate_pairs"] and one[4]["largest_bucket"] == dist[4]["largest_bucket"]
+    edges, comp, recall, removed, _ = one
+    assert edges <= truth and recall >= 0.99, recall
+    stars = go(bucket_all_pairs=0, false_positive_weight=0.1, false_negative_weight=0.9)
+    assert stars[2] < 0.97, stars[2]
+    assert len(removed) > len(stars[3])

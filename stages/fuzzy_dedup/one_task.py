@@ -34,11 +34,12 @@ def _rows(kind: str, arrays: list) -> pa.RecordBatch:
 
 def one_task_batches(cfg: Config, bands: int, rows: int):
     """mapInArrow function for the whole corpus in one task: (id, text[, _quality]) -> rows of
-    ONE_TASK. Signs every document as sign_batches does, then buckets (star_pairs), verifies
+    ONE_TASK. Signs every document as sign_batches does, then buckets (capped_pairs), verifies
     each pair with the same Jaccard kernel, labels components by the same union-find kernel
     (nodes numbered in id order, so each root is its component's smallest id) and ranks each
     component by the survivor rule, ties by id: what the distributed path computes, row for row."""
     num_perm, seed, verify, survivor, threshold = cfg.num_perm, int(cfg.seed or 0), cfg.verify, cfg.survivor, cfg.threshold
+    cap = cfg.bucket_all_pairs
 
     def stat_rows(stats: dict):
         return _rows("count", [pa.array(list(stats), pa.string()), pa.array(list(stats.values()), pa.int64())])
@@ -46,7 +47,7 @@ def one_task_batches(cfg: Config, bands: int, rows: int):
     def fn(batches):
         import pyarrow.compute as pc
 
-        from thresher.kernels.lsh import star_pairs
+        from thresher.kernels.lsh import capped_pairs
         from thresher.kernels.minhash import jaccard_pairs, min_roots, permutations, signature_agreement
         from thresher.kernels.threads import limit_task_threads
 
@@ -87,7 +88,7 @@ def one_task_batches(cfg: Config, bands: int, rows: int):
         doc = pc.sort_indices(ids).to_numpy()  # node number -> document; Arrow and Spark order strings alike
         node = np.empty(n, np.int64)
         node[doc] = np.arange(n)
-        hub, mem, size = star_pairs(np.concatenate(keys), node, n)
+        hub, mem, size = capped_pairs(np.concatenate(keys), node, n, cap)
         j = sim(doc[hub], doc[mem])
         edge = j >= threshold if verify else np.ones(len(j), bool)
         stats = {"documents": n, "candidate_pairs": len(j), "verified_pairs": int(edge.sum()),
