@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from benchmarks.common import PeakRSS, median_time, record
 from benchmarks.data import CORPUS
 
 THRESHOLD = 0.7
+PEER_TIMEOUT = float(os.environ.get("THRESHER_PEER_TIMEOUT", 1800))  # seconds a peer may take on one corpus
 NUM_PERM = 128
 
 
@@ -212,11 +214,22 @@ def rensa_pipeline(texts: list[str], work: Path):
     return z["roots"], {(int(a), int(b)) for a, b in z["pairs"]}, res["seconds"]
 
 
+def textdedup_pipeline(path: Path, work: Path, workers: int):
+    """text-dedup's MinHash (verified) in its own Python >= 3.12 virtualenv: (labels, removed, seconds)."""
+    from benchmarks.peers import run_peer
+
+    res = json.loads(run_peer("text-dedup", "peer_textdedup.py", path, work / "textdedup", workers,
+                              timeout=PEER_TIMEOUT).strip().splitlines()[-1])
+    c = np.load(work / "textdedup" / "labels.npy")
+    idx = np.arange(len(c))
+    return np.where(c >= 0, c, idx), (c >= 0) & (c != idx), res["seconds"]
+
+
 def datatrove_pipeline(path: Path, work: Path, workers: int):
     """DataTrove's four MinHash steps in its own virtualenv: (labels, removed, seconds)."""
     from benchmarks.peers import run_peer
 
-    res = json.loads(run_peer("datatrove", "peer_datatrove.py", path, work / "datatrove", workers)
+    res = json.loads(run_peer("datatrove", "peer_datatrove.py", path, work / "datatrove", workers, timeout=PEER_TIMEOUT)
                      .strip().splitlines()[-1])
     ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
     pos = {d: i for i, d in enumerate(ids)}
@@ -331,13 +344,14 @@ def bench_pipeline(label: str, path: Path, peers=("datatrove", "rensa", "text-de
                     seconds[peer] = time.perf_counter() - t0
                     scores[peer] = quality(lab, None, ex_labels, ex_pairs, pairs)
                 elif peer == "text-dedup":
-                    from benchmarks.peers import peer_python
-
-                    peer_python(peer)
-                    raise PeerUnavailable("text-dedup: installed, but its MinHash run is not wired into this bench yet")
+                    lab, rem, seconds[peer] = textdedup_pipeline(path, work, workers)
+                    scores[peer] = quality(lab, rem, ex_labels, ex_pairs)
             except PeerUnavailable as e:
                 skipped[peer] = str(e)
                 print(f"# skipped: {e}", flush=True)
+            except subprocess.TimeoutExpired as e:
+                skipped[peer] = f"{peer}: did not finish in {e.timeout:.0f} s (THRESHER_PEER_TIMEOUT)"
+                print(f"# {skipped[peer]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     # Local mode: the driver JVM runs the executors' tasks; the Python workers are the
@@ -347,6 +361,7 @@ def bench_pipeline(label: str, path: Path, peers=("datatrove", "rensa", "text-de
     names = {"datatrove": f"DataTrove 0.10.1 minhash 16x8, {workers} workers (own venv)",
              "rensa": "rensa RMinHash+RMinHashLSH 16x8+union-find (own venv)",
              "datasketch": "datasketch MinHash+MinHashLSH+union-find",
+             "text-dedup": f"text-dedup 0.4.1 minhash, verified, {workers} processes (own venv, Python 3.12)",
              "exact": "SetSimilaritySearch all_pairs (exact)+union-find"}
     common = {"docs": len(ids), "true_pairs": len(ex_pairs), "thresher": scores["thresher"],
               "thresher_stats": {k: stats[k] for k in ("bands", "rows", "candidate_pairs", "verified_pairs",
@@ -370,7 +385,7 @@ def run(quick: bool = False):
         return
     from benchmarks.replicate import replicated_corpus
 
-    big = yield from bench_pipeline("640k", replicated_corpus(10), peers=("datatrove", "rensa", "datasketch"))
+    big = yield from bench_pipeline("640k", replicated_corpus(10))
     # Growth: time ratio over size ratio (1 = linear), each tool's.
     size = big[0] / small[0]
     yield {"bench": "dedup_fuzzy_growth_64k_to_640k", "docs": [small[0], big[0]],

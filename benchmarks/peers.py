@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,15 @@ def run_peer(name: str, script: str, *args, timeout: float = 3600, env: dict | N
     py = peer_python(name)
     path = Path(__file__).resolve().parent / script
     env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}, **(env or {})}
-    r = subprocess.run([str(py), str(path), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"{name} failed: {r.stderr.strip()[-2000:]}")
-    return r.stdout
+    # Its own process group: on a timeout its worker processes go too.
+    proc = subprocess.Popen([str(py), str(path), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed: {err.strip()[-2000:]}")
+    return out
