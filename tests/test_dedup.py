@@ -346,7 +346,7 @@ def test_capped_pairs_against_buckets_spelled_out():
     from thresher.kernels.lsh import capped_pairs_ref
 
     rng = np.random.default_rng(4)
-    n, bands = 300, 6
+    n = 300
     # Bucket sizes from 1 to about 60: key spaces of different widths per band.
     keys = np.stack([rng.integers(0, w, n) * 100 + band for band, w in enumerate((5, 9, 40, 150, 300, 2))], 1)
     node = rng.permutation(n)

@@ -83,6 +83,7 @@ def with_reference(frame, cfg: Config, drop_reference: bool):
 
 def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_quality: bool):
     """Steps 1-5 as Spark jobs: (the stage's outputs, the scored candidate pairs (a, b, size, j))."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from thresher.stages.components import connected_components, materialise, rank_key, with_quality
@@ -92,21 +93,26 @@ def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_qualit
     # verification, survivors), so it is cached the first time it is computed.
     signed = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
 
-    # 2. Buckets: each bucket's ids sorted; up to `bucket_all_pairs` documents every pair
-    # (lo, hi), above it every member with the smallest id (its hub). Each pair's left id also
-    # gets its own row (a, a), which leads its group below. Keys of different bands are
+    # 2. Buckets: a bucket's size and smallest id (its hub) come from a window over the bucket
+    # key, which spills rather than holding a big bucket's member list. Above `bucket_all_pairs`
+    # documents every member is linked to the hub; up to it the bucket's ids (at most that many)
+    # are collected, sorted, and one SQL expression emits every pair (lo, hi). Each pair's left
+    # id also gets its own row (a, a), which leads its group below. Keys of different bands are
     # different hashes, so the key alone names the bucket.
     t0 = time.perf_counter()
     cap = max(1, cfg.bucket_all_pairs)
-    pair = "named_struct('a', {0}, 'b', {1}, 'size', size)"
-    self_and_pairs = (f"flatten(transform(sequence(0, IF(size <= {cap}, size - 2, 0)), i -> "
-                      f"concat(array({pair.format('ids[i]', 'ids[i]').replace('size)', '0)')}), "
-                      f"transform(slice(ids, i + 2, size - i - 1), x -> {pair.format('ids[i]', 'x')}))))")
-    linked = (signed.select("id", F.explode("bk").alias("k"))
-              .groupBy("k").agg(F.array_sort(F.collect_list("id")).alias("ids"))
-              .withColumn("size", F.size("ids")).where(F.col("size") > 1)
-              .select(F.explode(F.expr(self_and_pairs)).alias("p")).select("p.*")
-              .groupBy("a", "b").agg(F.max("size").alias("size")))
+    w = Window.partitionBy("k")
+    sized = (signed.select("id", F.explode("bk").alias("k"))
+             .withColumn("hub", F.min("id").over(w)).withColumn("size", F.count(F.lit(1)).over(w))
+             .where(F.col("size") > 1))
+    stars = sized.where(F.col("size") > cap).select(F.col("hub").alias("a"), F.col("id").alias("b"), "size")
+    pair = "named_struct('a', ids[i], 'b', {0}, 'size', {1})"
+    all_pairs = (f"flatten(transform(sequence(0, size - 2), i -> concat(array({pair.format('ids[i]', 'CAST(0 AS BIGINT)')}), "
+                 f"transform(slice(ids, i + 2, size - i - 1), x -> {pair.format('x', 'size')}))))")
+    small = (sized.where(F.col("size") <= cap).groupBy("k")
+             .agg(F.array_sort(F.collect_list("id")).alias("ids"), F.first("size").alias("size"))
+             .select(F.explode(F.expr(all_pairs)).alias("p")).select("p.*"))
+    linked = stars.unionByName(small).groupBy("a", "b").agg(F.max("size").alias("size"))
 
     # 3. Verification (or estimates): each hub's rows gathered, the hub first, and every member
     # compared with it in one kernel call per Arrow batch; the sets travel once, with the rows.
