@@ -118,9 +118,13 @@ def _summary(cfg, manifest: dict) -> None:
     acc = manifest["accounting"]
     out(f"\nrows in {acc['rows_in']} = kept {acc['kept']} + removed {sum(acc['removed'].values())} "
         f"+ rejected {sum(acc['rejected'].values())}: {'closes' if acc['closes'] else 'DOES NOT CLOSE'}")
-    out(f"run folder: {os.path.abspath(cfg.output)}")
+    from thresher.flows.curate import publish_url, run_folder_path
+
+    root = run_folder_path(cfg)
+    out(f"run folder: {root}")
     if "export" in manifest["stages"]:
-        out(f"dataset:    {os.path.join(os.path.abspath(cfg.output), 'dataset')}")
+        url = publish_url(cfg)
+        out(f"dataset:    {url + '/dataset' if url else root / 'dataset'}")
 
 
 @main.command()
@@ -207,7 +211,7 @@ def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, c
     if inputs:
         over["input"] = list(inputs)
     if output:
-        over["output"] = os.path.abspath(output)
+        over["output"] = output if "://" in output else os.path.abspath(output)
     if spark_master:
         over.setdefault("spark", {})["master"] = spark_master
         if not spark_master.startswith("local"):
@@ -217,7 +221,8 @@ def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, c
         raise click.UsageError("no output folder: set `output:` in the config or pass --output")
     cfg_json = config_json(cfg)
     # Served runs execute in another working directory: pin the run folder to an absolute path.
-    cfg_json["output"] = os.path.abspath(cfg_json["output"])
+    if "://" not in cfg_json["output"]:
+        cfg_json["output"] = os.path.abspath(cfg_json["output"])
     serve_flow(cfg_json, name, overwrite=overwrite, resume=resume, cron=cron, interval_s=interval_s, limit=limit)
 
 
@@ -228,6 +233,20 @@ def report(run_dir):
     from thresher.flows.report import write_report
 
     click.echo(write_report(run_dir))
+
+
+@main.command("export-hub")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo as private (when it does not exist yet).")
+@click.option("--revision", help="Branch to commit to (default: main).")
+def export_hub(run_dir, repo_id, private, revision):
+    """Push RUN_DIR's dataset/*.parquet and README.md (the dataset card) to the Hub dataset REPO_ID.
+
+    The token comes from HF_TOKEN or a stored `hf auth login`; HF_ENDPOINT selects another Hub."""
+    from thresher.flows.hub import push
+
+    click.echo(push(run_dir, repo_id, private=private, revision=revision))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 
 from thresher.schemas.errors import ConfigError
 from thresher.stages.base import StageConfig, Strict  # noqa: F401  (StageConfig re-exported for one release)
+from thresher.stages.storage import StorageConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -46,7 +47,13 @@ class RunConfig(Strict):
     """The sections every run has; stage sections are added by `config_model()`."""
 
     input: list[str] = Field(default_factory=list)
+    # A local folder (the run folder), or a URL (s3://, gs://, hf://, ...) that receives the
+    # published dataset; the run folder then lives in `work_dir`.
     output: str | None = None
+    # The run folder (intermediate tables) when `output` is a URL: a filesystem Spark can commit
+    # to (local, NFS, HDFS). Default: $THRESHER_CACHE_DIR/runs/<output's hash>.
+    work_dir: str | None = None
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     seed: int = 0
     stages: list[str] = Field(default_factory=lambda: ["ingest", "export"])
     spark: SparkConfig = Field(default_factory=SparkConfig)

@@ -5,8 +5,12 @@ runs its stage through them too, with its own finishing step."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 from prefect import flow, task
@@ -17,6 +21,7 @@ from thresher.schemas.errors import ConfigError
 from thresher.flows.spark import get_spark
 from thresher.flows.runfolder import RunFolder
 from thresher.flows.runner import Runner
+from thresher.stages import storage
 
 log = logging.getLogger("thresher.flow")
 
@@ -39,20 +44,51 @@ def execute(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force
     return run_flow(cfg, overwrite, resume, force, spark, as_tasks=False)
 
 
+def run_folder_path(cfg: RunConfig) -> Path:
+    """The run folder: `output` itself, or `work_dir` (default under the cache) when the output
+    is a URL. Intermediate tables need a filesystem Spark commits to by renames."""
+    if not storage.is_remote(cfg.output):
+        return Path(storage.local_path(cfg.output))
+    if cfg.work_dir:
+        if storage.is_remote(cfg.work_dir):
+            raise ConfigError(f"work_dir: {cfg.work_dir}: the run folder must be a local, NFS or HDFS-mounted folder, not a URL")
+        return Path(storage.local_path(cfg.work_dir))
+    from thresher.flows.spark import cds_dir
+
+    key = hashlib.sha256(storage.canonical(cfg.output).encode()).hexdigest()[:16]
+    return cds_dir() / "runs" / key
+
+
+def publish_url(cfg: RunConfig) -> str | None:
+    return storage.canonical(cfg.output) if cfg.output and storage.is_remote(cfg.output) else None
+
+
 def preflight(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force=()) -> tuple[RunFolder, list[Path]]:
     """Every check that needs no Spark: inputs (the source stage's `check`), the output folder.
     Nothing is written, so bad input fails fast and leaves nothing behind."""
     from thresher.stages import spec_of
 
+    storage.configure(getattr(cfg, "storage", None))
     if not cfg.output:
         raise ConfigError("output: no output folder (set `output:` in the config or pass --output)")
     unknown = set(force) - set(cfg.stages)
     if unknown:
         raise ConfigError(f"--force {sorted(unknown)[0]}: not a stage of this run ({', '.join(cfg.stages)})")
+    url = publish_url(cfg)
+    if url:
+        storage.filesystem(url)  # an unknown scheme fails here, before any listing
+        if "export" not in cfg.stages:
+            raise ConfigError(f"output: {url} is a URL, which receives the exported dataset; add export to the stages")
+        # URL-aware overlap (globs, prefixes); local folders are the run folder's check
+        storage.check_output_overlap(url, cfg.input)
     source = spec_of(cfg.stages[0])
     read = source.check(cfg.input, getattr(cfg, source.name)) if source.check else cfg.input
-    inputs = [Path(p).absolute() for p in read]
-    folder = RunFolder(Path(cfg.output), overwrite=overwrite, resume=resume)
+    inputs = [Path(storage.local_path(p)).absolute() for p in read if not storage.is_remote(p)]
+    folder = RunFolder(run_folder_path(cfg), overwrite=overwrite, resume=resume)
+    if url:
+        storage.check_output_url(url, overwrite=overwrite, resume=resume or folder.root.exists())
+        if not overwrite and folder.previous_status() == "complete" and not _published(folder, url):
+            folder.resume = True  # finished here but killed while publishing: reuse the stages, publish again
     folder.check(inputs)
     return folder, inputs
 
@@ -61,6 +97,7 @@ def run_flow(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool, fi
     """The stages of `cfg` over its run folder; `finish(folder, manifest)` then writes the flow's
     own files beside the tables (curate: the dataset card and the report)."""
     folder, inputs = preflight(cfg, overwrite, resume, force)
+    url = publish_url(cfg)
     created = not folder.root.exists()
     folder.prepare(cfg.stages, inputs)
     spark = spark or get_spark(cfg.spark)
@@ -75,6 +112,8 @@ def run_flow(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool, fi
                 stage_task.fn(runner, name)
         manifest = runner.write_manifest("complete")
         (finish or _finish_curate)(folder, manifest)
+        if url:
+            _publish(spark, folder, url, manifest)
         return manifest
     except BaseException as exc:
         shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
@@ -97,13 +136,47 @@ def _finish_curate(folder: RunFolder, manifest: dict) -> None:
     report_after_run(folder.root)  # logs a warning on failure; never fails the run
 
 
+def _published(folder: RunFolder, url: str) -> bool:
+    """Whether the marker at `url` names the export of the run in `folder`."""
+    try:
+        local = json.loads((folder.root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    marker = storage.read_marker(url)
+    fp = local.get("stages", {}).get("export", {}).get("fingerprint")
+    return bool(marker and fp and marker.get("export_fingerprint") == fp)
+
+
+def _publish(spark, folder: RunFolder, url: str, manifest: dict) -> None:
+    """The dataset, its card and the manifest to `url`, with the marker written last. Skipped when
+    the marker there already names this export (a resumed run with nothing new to publish)."""
+    export = manifest["stages"].get("export", {})
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    old = storage.read_marker(url)
+    if old and old.get("export_fingerprint") == export.get("fingerprint"):
+        log.info("publish: %s already holds this dataset (export %s)", url, str(export.get("fingerprint"))[:12])
+        return
+    storage.clear_staging(url)
+    storage.publish(str(folder.root), url, ["dataset", "README.md", "manifest.json"], run_id,
+                    extra={"export_fingerprint": export.get("fingerprint"), "rows": export.get("kept"),
+                           "run_folder": str(folder.root)},
+                    upload=storage.upload_in_executors(spark))
+    log.info("publish: dataset committed to %s (%s)", url, storage.MARKER)
+
+
 def _write_card(folder: RunFolder, manifest: dict) -> None:
     """The dataset card goes beside dataset/, not in it: readers that open the folder as a
     dataset (pyarrow.dataset, duckdb globs) must find nothing but Parquet there."""
+    import pyarrow.parquet as pq
+
+    from thresher.flows.runner import parquet_files
     from thresher.stages.export import dataset_card
 
+    data = folder.root / "dataset"
+    files = parquet_files(data) if data.is_dir() else []
+    schema = pq.read_schema(files[0]) if files else None
     t = folder.root / ".README.md.tmp"
-    t.write_text(dataset_card(manifest))
+    t.write_text(dataset_card(manifest, schema, sum(f.stat().st_size for f in files) if files else None))
     t.replace(folder.root / "README.md")
 
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from thresher.stages import storage
 from thresher.stages.base import StageConfig, StageSpec, Strict
 from thresher.schemas.errors import ConfigError, InputError
 from thresher.stages.text import NormaliseConfig, ShingleConfig, normalise, shingle_hashes
@@ -54,6 +55,8 @@ class Config(StageConfig):
 
 # ------------------------------------------------------------------------------- evaluation side
 def _eval_files(spec: EvalSet) -> list[str]:
+    if storage.is_remote(spec.path):
+        return _remote_eval_files(spec)
     matches = sorted(glob.glob(spec.path, recursive=True)) if glob.has_magic(spec.path) else [spec.path]
     if not matches or not all(os.path.exists(m) for m in matches):
         raise InputError(f"decontaminate.eval_sets: {spec.path}: no such file or folder")
@@ -71,6 +74,27 @@ def _eval_files(spec: EvalSet) -> list[str]:
     return files
 
 
+def _remote_eval_files(spec: EvalSet) -> list[str]:
+    try:
+        matches = storage.expand(spec.path)
+    except InputError as exc:
+        raise InputError(f"decontaminate.eval_sets: {exc}") from None
+    if not matches:
+        raise InputError(f"decontaminate.eval_sets: {spec.path}: no such file or folder")
+    files = []
+    for loc, root, is_dir in matches:
+        if is_dir:
+            files += [e.loc for e in storage.walk_files(loc) if _kind(e.loc)
+                      and not any(s.startswith((".", "_")) for s in storage.relpath(e.loc, root).split("/"))]
+        elif _kind(loc):
+            files.append(loc)
+        else:
+            raise InputError(f"decontaminate.eval_sets: {loc}: unknown file type (expected .parquet or .jsonl[.gz])")
+    if not files:
+        raise InputError(f"decontaminate.eval_sets: {spec.path}: holds no .parquet or .jsonl[.gz] files")
+    return files
+
+
 def _kind(path: str) -> str | None:
     p = path.lower()
     if p.endswith(".parquet"):
@@ -82,9 +106,11 @@ def _kind(path: str) -> str | None:
 
 def _read_file(path: str, spec: EvalSet) -> tuple[list[str], list[str | None]]:
     name = os.path.basename(path)
+    remote = storage.is_remote(path)
     if _kind(path) == "parquet":
+        src = storage.open_input_file(path) if remote else path
         try:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(src)
         except Exception as exc:  # pyarrow raises several types for a damaged footer
             raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
         if spec.text_column not in schema.names:
@@ -95,15 +121,15 @@ def _read_file(path: str, spec: EvalSet) -> tuple[list[str], list[str | None]]:
             raise InputError(f"{path}: column '{spec.text_column}' has type {t}, expected string")
         use_id = spec.id_column is not None and spec.id_column in schema.names
         cols = [spec.text_column] + ([spec.id_column] if use_id else [])
-        tbl = pq.read_table(path, columns=cols)
+        tbl = pq.read_table(src, columns=cols) if not remote else pq.ParquetFile(src).read(columns=cols)
         texts = tbl.column(spec.text_column).cast(pa.string()).to_pylist()
         ids = ([None if v is None else str(v) for v in tbl.column(spec.id_column).to_pylist()] if use_id
                else [f"{name}#{i}" for i in range(len(texts))])
         return ids, texts
     ids, texts = [], []
-    opener = gzip.open if path.lower().endswith(".gz") else open
+    opener = storage.open_binary if remote else (lambda p: gzip.open(p, "rb") if p.lower().endswith(".gz") else open(p, "rb"))
     try:
-        with opener(path, "rb") as fh:
+        with opener(path) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
                     continue

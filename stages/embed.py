@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from thresher.stages.base import StageConfig, StageSpec
 from thresher.schemas.errors import ConfigError, StageError
@@ -85,6 +85,14 @@ class Config(StageConfig):
     # A folder (shared by all executors on a cluster) where finished tables are kept for reuse
     # by later runs; None disables the cross-run cache.
     cache_dir: str | None = None
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _local_cache(cls, v):
+        # The cache commits finished tables by renames, which object stores do not have.
+        if v is not None and "://" in v and not v.startswith("file://"):
+            raise ValueError(f"{v}: the embedding cache must be a local, NFS or HDFS-mounted folder, not a URL")
+        return v[len("file://"):] if v is not None and v.startswith("file://") else v
 
 
 # ---------------------------------------------------------------------------------- model

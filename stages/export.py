@@ -112,9 +112,71 @@ def write_dataset(df, dest: Path, cfg: Config) -> None:
         pq.write_table(schema.empty_table(), str(dest / "part-00000.parquet"), compression=compression)
 
 
-def dataset_card(manifest: dict) -> str:
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+                   (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (10 ** 12, "100B<n<1T")]
+
+
+def size_category(n: int) -> str:
+    return next((label for bound, label in SIZE_CATEGORIES if n < bound), "n>1T")
+
+
+def hf_feature(name: str | None, t: pa.DataType) -> dict:
+    """One feature in the Hub's dataset_info YAML (the `datasets` Features spelling)."""
+    out: dict = {} if name is None else {"name": name}
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        inner = hf_feature(None, t.value_type)
+        out["sequence"] = inner.get("dtype", inner)
+        if pa.types.is_fixed_size_list(t):
+            out["length"] = t.list_size
+    elif pa.types.is_struct(t):
+        out["struct"] = [hf_feature(t.field(i).name, t.field(i).type) for i in range(t.num_fields)]
+    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        out["dtype"] = "string"
+    elif pa.types.is_boolean(t):
+        out["dtype"] = "bool"
+    elif pa.types.is_timestamp(t):
+        out["dtype"] = f"timestamp[{t.unit}" + (f", tz={t.tz}]" if t.tz else "]")
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        out["dtype"] = "binary"
+    else:
+        out["dtype"] = str(t)  # int64, float32, date32[day], ... are spelled as in Arrow
+    return out
+
+
+def dataset_card(manifest: dict, schema: pa.Schema | None = None, num_bytes: int | None = None,
+                 data_files: str = "dataset/*.parquet") -> str:
+    """README.md for the run folder and the Hub: YAML front matter (configs, features, size
+    category, row counts) that the Hub's viewer and `datasets.load_dataset` read, then the row
+    accounting and the config in Markdown."""
+    import json
+
+    import yaml
+
     acc = manifest.get("accounting", {})
+    kept_rows = (manifest.get("stages", {}).get("export", {}).get("tables", {}).get("dataset", {}).get("rows")
+                 if "export" in manifest.get("stages", {}) else None)
+    n = kept_rows if kept_rows is not None else (acc.get("kept") or 0)
+    front: dict = {
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+        "size_categories": [size_category(int(n))],
+        "tags": ["thresher", "curated"],
+    }
+    if schema is not None:
+        info: dict = {"features": [hf_feature(f.name, f.type) for f in schema],
+                      "splits": [{"name": "train", "num_examples": int(n)}]}
+        if num_bytes is not None:
+            info["download_size"] = int(num_bytes)
+        front["dataset_info"] = info
+    front["thresher"] = {
+        "rows_in": acc.get("rows_in"), "kept": acc.get("kept"), "exported_rows": int(n),
+        "removed": acc.get("removed", {}), "rejected": acc.get("rejected", {}), "accounting_closes": acc.get("closes"),
+    }
     lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        "",
         "# thresher dataset",
         "",
         f"Made by thresher {manifest.get('thresher')} on {manifest.get('started')}.",
@@ -135,8 +197,6 @@ def dataset_card(manifest: dict) -> str:
         rej = ", ".join(f"{k}: {v}" for k, v in st.get("rejected", {}).items()) or "0"
         lines.append(f"| {name} | {st['rows_in']} | {st['kept']} | {rem} | {rej} | {st['wall_s']} |")
     lines += ["", "## Config", "", "```json"]
-    import json
-
     lines += [json.dumps(manifest.get("config", {}), indent=2), "```", "", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in manifest.get("versions", {}).items()]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""ingest: Parquet and JSONL (plain or gzip) from files, folders and globs into `documents`.
+"""ingest: Parquet, JSONL (plain or gzip) and Hugging Face `save_to_disk` folders (Arrow) from
+files, folders and globs, local or at any URL stages/storage.py serves, into `documents`.
 
 The driver only lists files and reads Parquet footers and a few JSONL lines to learn the schema;
 the rows themselves are read inside executors, one task per Parquet row group or JSONL file.
@@ -19,16 +20,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from thresher.stages import storage
 from thresher.schemas.errors import InputError
 from thresher.stages.base import StageConfig, StageSpec
 
 PARQUET_EXT = (".parquet", ".pq")
 JSONL_EXT = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+ARROW_EXT = (".arrow",)
+# Beside the .arrow files of a `datasets` save_to_disk folder (a Dataset, or a DatasetDict with
+# one sub-folder per split): metadata, not rows.
+HF_META = ("state.json", "dataset_info.json", "dataset_dict.json")
 SCHEMA_SAMPLE_LINES = 1000
 
 
 class Config(StageConfig):
-    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    format: Literal["auto", "parquet", "jsonl", "arrow"] = "auto"
     # None: use an `id` column when every file has one, else derive ids from path and row.
     # A named column must exist.
     id_column: str | None = None
@@ -46,62 +52,122 @@ def _kind(path: str, fmt: str) -> str | None:
         return "parquet"
     if low.endswith(JSONL_EXT):
         return "jsonl"
+    if low.endswith(ARROW_EXT):
+        return "arrow"
     return None
 
 
+def _matches(spec: str) -> list[tuple[str, str, bool]]:
+    """(location, root its id prefix is relative to, is_dir) for each match of a spec."""
+    if storage.is_remote(spec):
+        return storage.expand(spec)
+    spec = storage.local_path(spec) if storage.scheme_of(spec) == "file" else spec
+    matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
+    if not matches or not all(os.path.exists(m) for m in matches):
+        return []
+    return [(m, m if os.path.isdir(m) else os.path.dirname(m), os.path.isdir(m)) for m in matches]
+
+
+def _folder_files(m: str) -> list[str]:
+    if storage.is_remote(m):
+        return [e.loc for e in storage.walk_files(m)]
+    return sorted(str(p) for p in Path(m).rglob("*") if p.is_file())
+
+
+def _is_hf_meta(c: str, cands: set[str]) -> bool:
+    name = c.rsplit("/", 1)[-1] if storage.is_remote(c) else os.path.basename(c)
+    if name not in HF_META:
+        return False
+    folder = c[: len(c) - len(name)]
+    return any(x.startswith(folder) and x.endswith(ARROW_EXT) for x in cands) or name == "dataset_dict.json"
+
+
 def list_files(inputs: list[str], fmt: str = "auto") -> list[tuple[str, str, str]]:
-    """(absolute path, id prefix relative to its input root, kind), sorted and de-duplicated."""
+    """(absolute path or canonical URL, id prefix relative to its input root, kind), sorted and
+    de-duplicated."""
     if not inputs:
         raise InputError("input: no input given (set `input:` in the config or pass --input)")
     out: dict[str, tuple[str, str, str]] = {}
     for spec in inputs:
-        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
-        if not matches or not all(os.path.exists(m) for m in matches):
+        matches = _matches(spec)
+        if not matches:
             raise InputError(f"{spec}: no such file or folder")
         found = 0
-        for m in matches:
-            if os.path.isdir(m):
-                root = m
-                cands = sorted(str(p) for p in Path(m).rglob("*") if p.is_file())
-            else:
-                root = os.path.dirname(m)
-                cands = [m]
+        for m, root, is_dir in matches:
+            cands = _folder_files(m) if is_dir else [m]
+            cset = set(cands)
             for c in cands:
-                rel = os.path.relpath(c, root)
-                if any(part.startswith((".", "_")) for part in Path(rel).parts):
+                rel = storage.relpath(c, root)
+                if any(part.startswith((".", "_")) for part in rel.split("/" if storage.is_remote(c) else os.sep)):
                     continue  # Spark/Hadoop markers (_SUCCESS, .crc) and hidden files
+                if is_dir and fmt == "auto" and _is_hf_meta(c, cset):
+                    continue
                 k = _kind(c, fmt)
                 if k is None:
-                    if not os.path.isdir(m):
-                        raise InputError(f"{c}: unknown file type (expected .parquet or .jsonl[.gz]; or set ingest.format)")
+                    if not is_dir:
+                        raise InputError(f"{c}: unknown file type (expected .parquet, .jsonl[.gz] or .arrow; or set ingest.format)")
                     continue
-                out.setdefault(os.path.abspath(c), (os.path.abspath(c), rel, k))
+                loc = c if storage.is_remote(c) else os.path.abspath(c)
+                out.setdefault(loc, (loc, rel, k))
                 found += 1
         if found == 0:
-            raise InputError(f"{spec}: holds no .parquet or .jsonl[.gz] files")
+            raise InputError(f"{spec}: holds no .parquet, .jsonl[.gz] or .arrow files")
     return [out[k] for k in sorted(out)]
 
 
 def input_fingerprint(inputs: list[str], cfg: Config) -> dict:
     files = list_files(inputs, cfg.format)
-    return {
-        "files": [
-            {"path": p, "bytes": os.stat(p).st_size, "mtime_ns": os.stat(p).st_mtime_ns} for p, _, _ in files
-        ]
-    }
+    out = []
+    for p, _, _ in files:
+        if storage.is_remote(p):
+            e = storage.stat(p)
+            out.append({"path": p, "bytes": e.size, "mtime_ns": e.mtime_ns})
+        else:
+            st = os.stat(p)
+            out.append({"path": p, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return {"files": out}
 
 
 # ---------------------------------------------------------------------------------- schema
 def _open_text(path: str):
+    if storage.is_remote(path):
+        return storage.open_binary(path)
     return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+def _parquet_file(path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(storage.open_input_file(path) if storage.is_remote(path) else path)
 
 
 def _parquet_schema(path: str) -> tuple[pa.Schema, pq.FileMetaData]:
     try:
-        pf = pq.ParquetFile(path)
+        pf = _parquet_file(path)
         return pf.schema_arrow, pf.metadata
+    except InputError:
+        raise
     except Exception as exc:  # pyarrow raises several types for a damaged footer
         raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def _arrow_reader(path: str):
+    """A `datasets` save_to_disk file is an Arrow IPC stream; an IPC file (Feather v2) works too."""
+    src = storage.open_input_file(path) if storage.is_remote(path) else pa.memory_map(path)
+    try:
+        return pa.ipc.open_stream(src)
+    except pa.ArrowInvalid:
+        src.seek(0)
+        try:
+            return pa.ipc.open_file(src)
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"{path}: not a readable Arrow file ({str(exc).splitlines()[0]})") from None
+
+
+def _arrow_batches(reader):
+    if isinstance(reader, pa.ipc.RecordBatchFileReader):
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+    else:
+        yield from reader
 
 
 def _jsonl_schema(path: str) -> pa.Schema:
@@ -161,6 +227,13 @@ def unified_schema(files: list[tuple[str, str, str]], cfg: Config) -> tuple[pa.S
                 raise InputError(f"{path}: text column '{cfg.text_column}' not found (columns: {', '.join(schema.names[:12])})")
             tt = _normal(schema.field(cfg.text_column).type)
             if tt != pa.string():
+                raise InputError(f"{path}: column '{cfg.text_column}' has type {schema.field(cfg.text_column).type}, expected string")
+        elif kind == "arrow":
+            schema = _arrow_reader(path).schema
+            units.append((idx, path, rel, kind, -1, 0))
+            if cfg.text_column not in schema.names:
+                raise InputError(f"{path}: text column '{cfg.text_column}' not found (columns: {', '.join(schema.names[:12])})")
+            if _normal(schema.field(cfg.text_column).type) != pa.string():
                 raise InputError(f"{path}: column '{cfg.text_column}' has type {schema.field(cfg.text_column).type}, expected string")
         else:
             schema = _jsonl_schema(path)
@@ -222,16 +295,31 @@ def _read_parquet_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, 
     file_idx, path, rel, _, rg, offset = unit
     if rg < 0:
         return
-    pf = pq.ParquetFile(path)
+    pf = _parquet_file(path)
     names = set(pf.schema_arrow.names)
     want = [c for c in [id_column(cfg), cfg.text_column, *passthrough.names] if c in names]
     table = pf.read_row_group(rg, columns=sorted(set(want), key=want.index))
-    for b in table.to_batches(max_chunksize=batch_rows):
+    yield from _table_batches(table.to_batches(max_chunksize=batch_rows), file_idx, rel, offset, cfg, passthrough, derive, "#")
+
+
+def _read_arrow_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    file_idx, path, rel, _, _, _ = unit
+
+    def batches():
+        for b in _arrow_batches(_arrow_reader(path)):
+            for off in range(0, b.num_rows, batch_rows):
+                yield b.slice(off, batch_rows)
+
+    yield from _table_batches(batches(), file_idx, rel, 0, cfg, passthrough, derive, "#")
+
+
+def _table_batches(batches, file_idx, rel, offset, cfg, passthrough, derive, sep) -> Iterator[pa.RecordBatch]:
+    for b in batches:
         n = b.num_rows
         rows = list(range(offset, offset + n))
         offset += n
         if derive:
-            ids = pa.array([f"{rel}#{r}" for r in rows], pa.string())
+            ids = pa.array([f"{rel}{sep}{r}" for r in rows], pa.string())
         else:
             ids = b.column(b.schema.get_field_index(id_column(cfg)))
             ids = ids if ids.type == pa.string() else ids.cast(pa.string())
@@ -326,11 +414,15 @@ def run(spark, tables, cfg: Config, ctx):
     batch_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "2048"))
     out_schema = _out_schema(passthrough)
 
+    storage_opts = storage.current().model_dump()
+    readers = {"parquet": _read_parquet_unit, "jsonl": _read_jsonl_unit, "arrow": _read_arrow_unit}
+
     def read_units(batches):
+        storage.configure(storage_opts)  # executors do not share the driver's module state
         for b in batches:
             for u in b.to_pylist():
                 unit = (u["file_idx"], u["path"], u["rel"], u["kind"], u["rg"], u["offset"])
-                reader = _read_parquet_unit if u["kind"] == "parquet" else _read_jsonl_unit
+                reader = readers[u["kind"]]
                 yield from reader(unit, cfg, passthrough, derive, batch_rows)
 
     unit_rows = [dict(zip(["file_idx", "path", "rel", "kind", "rg", "offset"], u)) for u in units]

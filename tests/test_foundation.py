@@ -49,7 +49,7 @@ def test_demo_ingest_export_roundtrip(run_curate):
         assert ids == sorted(ids)
     acc = manifest["accounting"]
     assert acc["closes"] and acc["rows_in"] == acc["kept"] == src.num_rows
-    assert (out / "README.md").read_text().startswith("# thresher dataset")
+    assert "\n# thresher dataset\n" in (out / "README.md").read_text()
     assert {p.suffix for p in (out / "dataset").iterdir()} == {".parquet"}
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     # Every stage's tables are readable where the manifest says they are.

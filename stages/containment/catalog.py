@@ -71,6 +71,8 @@ def load_catalog(catalog: str | os.PathLike) -> list[DatasetRef]:
     top-level .parquet files) are datasets. Paths in a YAML catalog are relative to its folder."""
     import yaml
 
+    if "://" in str(catalog):
+        raise InputError(f"{catalog}: catalogs are read from local, NFS or HDFS-mounted folders; a URL is not supported yet")
     src = Path(catalog)
     if not src.exists():
         raise InputError(f"{catalog}: catalog not found (a YAML list of datasets, or a folder of dataset folders)")
@@ -114,6 +116,8 @@ def load_catalog(catalog: str | os.PathLike) -> list[DatasetRef]:
         if name in first:
             raise InputError(f"{catalog}: two datasets named '{name}' (entries {first[name]} and {i})")
         first[name] = i
+        if "://" in str(path):
+            raise InputError(f"{catalog}: dataset '{name}': {path}: URLs in catalogs are not supported yet; use a local or mounted path")
         p = Path(os.path.expanduser(path))
         p = p if p.is_absolute() else base / p
         if not p.exists():
