@@ -340,7 +340,7 @@ class Entry(tuple):
 def _loc(url: str, path: str) -> str:
     if not is_remote(url):
         return path
-    return f"{canonical(url).split('://', 1)[0]}://{path}"
+    return f"{canonical(url).split('://', 1)[0]}://{path.lstrip('/')}"
 
 
 def info(url: str):
@@ -376,8 +376,10 @@ def expand(spec: str) -> list[tuple[str, str, bool]]:
     except OSError as exc:
         raise InputError(f"{spec}: {explain(exc)}") from None
     out = []
+    b = base.strip("/")
     for i in infos:
-        rel = i.path[len(base):].lstrip("/") if base else i.path
+        ip = i.path.lstrip("/")  # some fsspec filesystems (memory, local) answer with a leading '/'
+        rel = ip[len(b):].lstrip("/") if b and ip.startswith(b) else ip
         if rx.match(rel):
             out.append((_loc(spec, i.path), i.type == FileType.Directory))
     # as with glob.glob: a matched file is relative to its own folder, a matched folder to itself

@@ -70,6 +70,30 @@ def test_file_urls_and_hf_save_to_disk_input(tmp_path):
     assert len(list_files([str(tmp_path / "dd" / "train")])) == 1
 
 
+def test_any_fsspec_protocol_lists_and_reads_footers():
+    """memory:// stands for any installed fsspec protocol (hf://, abfs://, ...): globs, folders
+    and Parquet footers go through the same pyarrow wrapper."""
+    import fsspec
+
+    from thresher.stages.ingest import Config, list_files, unified_schema
+
+    mem = fsspec.filesystem("memory")
+    src = pq.read_table(DEMO).slice(0, 20).select(["id", "text"])
+    for i in range(2):
+        with mem.open(f"/t18/in/sub/p{i}.parquet", "wb") as f:
+            pq.write_table(src.slice(10 * i, 10), f)
+    with mem.open("/t18/in/sub/_SUCCESS", "wb") as f:
+        f.write(b"")
+    files = list_files(["memory://t18/in/**/*.parquet"])
+    assert [(p, rel, k) for p, rel, k in files] == [
+        ("memory://t18/in/sub/p0.parquet", "p0.parquet", "parquet"), ("memory://t18/in/sub/p1.parquet", "p1.parquet", "parquet")]
+    assert [rel for _, rel, _ in list_files(["memory://t18/in"])] == ["sub/p0.parquet", "sub/p1.parquet"]
+    _, has_id, units = unified_schema(files, Config())
+    assert has_id and [u[4] for u in units] == [0, 0]
+    with pytest.raises(InputError, match="memory://t18/nothing/\\*.parquet: no such file or folder"):
+        list_files(["memory://t18/nothing/*.parquet"])
+
+
 # ------------------------------------------------------------------------------ the S3 server
 AUTH_SETUP_CALLS = 4  # create_user, put_user_policy, create_access_key x2: then every call is signed
 
