@@ -105,13 +105,13 @@ def list_files(inputs: list[str], fmt: str = "auto") -> list[tuple[str, str, str
                 k = _kind(c, fmt)
                 if k is None:
                     if not is_dir:
-                        raise InputError(f"{c}: unknown file type (expected .parquet, .jsonl[.gz] or .arrow; or set ingest.format)")
+                        raise InputError(f"{c}: unknown file type (expected .parquet or .jsonl[.gz], or .arrow; or set ingest.format)")
                     continue
                 loc = c if storage.is_remote(c) else os.path.abspath(c)
                 out.setdefault(loc, (loc, rel, k))
                 found += 1
         if found == 0:
-            raise InputError(f"{spec}: holds no .parquet, .jsonl[.gz] or .arrow files")
+            raise InputError(f"{spec}: holds no .parquet or .jsonl[.gz] files (nor the .arrow files of a datasets save_to_disk folder)")
     return [out[k] for k in sorted(out)]
 
 
