@@ -37,6 +37,7 @@ from pydantic import Field, field_validator
 
 from thresher.stages.base import StageConfig, StageSpec
 # The submodules refer to Config for type hints only, so they import before it is defined.
+from thresher.stages.embed.backends import Plan, resolve_plan
 from thresher.stages.embed.cache import (
     SIDECAR, STAGING, _aggregate, _remove_stale, _staging_root, _valid_entry, cache_key,
     documents_fingerprint, settings_of)
@@ -51,14 +52,19 @@ log = logging.getLogger("thresher.embed")
 # The stage's public surface (tests, benchmarks and the runner use these names from here).
 __all__ = ["SPEC", "Config", "run", "write_embeddings",
            "DEFAULT_MODEL", "SIDECAR", "STAGING", "CHARS_PER_TOKEN", "MIN_BATCH", "PAD_SLACK", "Encoder",
-           "resolve_model", "model_fingerprint", "resolve_device", "resolve_precision", "load_model",
+           "resolve_model", "resolve_plan", "model_fingerprint", "resolve_device", "resolve_precision", "load_model",
            "embed_and_write", "settings_of", "documents_fingerprint", "cache_key"]
 
 
 class Config(StageConfig):
     # A packaged model name (all-MiniLM-L6-v2) or a local sentence-transformers model folder.
     model: str = DEFAULT_MODEL
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # auto: an exported model (onnx, then openvino) whose vectors hold min cosine >= 0.999 to torch
+    # fp32 on fixed check texts, else torch; see backends.py. CUDA and bf16/fp16 run on torch.
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    # torch: fp32 | bf16 | fp16 (auto: fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32);
+    # onnx: fp32 | int8 (dynamically quantised for the CPU's instruction set); openvino: fp32 | bf16.
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     normalize: bool = True
     # What happens to text beyond max_seq_length tokens: cut it, or embed it in chunks and
@@ -99,17 +105,23 @@ def run(spark, tables, cfg: Config, ctx):
     import torch  # noqa: F401  (the driver resolves device and precision for the cache key)
 
     device = resolve_device(cfg.device)
-    precision, why = resolve_precision(cfg.precision, device)
-    log.info("embed: %s, %s on %s (%s)", label, precision, device, why)
-    settings = settings_of(cfg)
     model_fp = model_fingerprint(model_path)
+    plan = resolve_plan(cfg.backend, cfg.precision, device, model_path, model_fp)
+    if plan.backend == "torch":
+        precision, why = resolve_precision(cfg.precision, device)
+        why = f"{plan.why}; {why}" if cfg.backend == "auto" else why
+        plan = Plan("torch", precision, why)
+    else:
+        precision, why, device = plan.precision, plan.why, "cpu"
+    log.info("embed: %s, %s %s on %s (%s)", label, plan.backend, precision, device, why)
+    settings = settings_of(cfg)
     root = _staging_root(spark, cfg)
     key = ""
     docs_fp = None
     if cfg.cache_dir:
         t0 = time.perf_counter()
         docs_fp = documents_fingerprint(docs)
-        key = cache_key(docs_fp, model_fp, settings, precision)
+        key = cache_key(docs_fp, model_fp, settings, precision, plan.backend, plan.fingerprint)
         entry = root / key
         meta = _valid_entry(entry, docs_fp["rows"]) if entry.exists() else None
         if meta is not None:
@@ -130,7 +142,7 @@ def run(spark, tables, cfg: Config, ctx):
         # Same rows in the same order in every task whatever the input's partitioning or the
         # cores: batches, and so the vectors' last bits, are reproducible.
         docs = docs.repartition(want, F.xxhash64("id")).sortWithinPartitions("id")
-        fn = embed_and_write(cfg, str(model_path), label, str(staging), key)
+        fn = embed_and_write(cfg, str(model_path), label, str(staging), key, plan)
         t0 = time.perf_counter()
         rows = [json.loads(r["stats"]) for r in docs.mapInArrow(fn, "stats string").collect()]
         wall = time.perf_counter() - t0
@@ -143,10 +155,12 @@ def run(spark, tables, cfg: Config, ctx):
         if not rows or not any(staging.glob("part-*.parquet")):
             # No documents: an empty file still tells readers the schema.
             schema = pa.schema([pa.field("id", pa.string(), False), pa.field("vector", pa.list_(pa.float32()), False)],
-                               metadata=_metadata(cfg, label, 0, precision, device, cfg.max_seq_length or 0, key))
+                               metadata=_metadata(cfg, label, 0, precision, device, cfg.max_seq_length or 0, key,
+                                                  plan.backend))
             pq.write_table(schema.empty_table(), str(staging / "part-00000.parquet"))
         stats["cache"] = "miss" if cfg.cache_dir else "off"
         sidecar = {"model": label, "model_path": str(model_path), "model_fingerprint": model_fp,
+                   "backend": plan.backend, "export": plan.artifact, "export_fingerprint": plan.fingerprint,
                    "dimension": stats["dimension"], "precision": stats["precision"] or precision,
                    "device": stats["device"] or device, "normalized": cfg.normalize, "settings": settings,
                    "rows": stats["docs"], "key": key, "stats": stats}
@@ -166,8 +180,9 @@ def run(spark, tables, cfg: Config, ctx):
     except BaseException:
         remove_tree(staging)
         raise
-    log.info("embed: %d docs, %d truncated, %s, %.1f docs/s", stats["docs"], stats["truncated"],
-             stats["precision"], stats["docs_per_s"] or 0)
+    stats["backend_why"] = why
+    log.info("embed: %d docs, %d truncated, %s %s, %.1f docs/s", stats["docs"], stats["truncated"],
+             stats["backend"], stats["precision"], stats["docs_per_s"] or 0)
     return {"embeddings": _table(spark, final), "stats": stats}
 
 

@@ -39,9 +39,14 @@ def documents_fingerprint(docs) -> dict:
     return {"rows": int(r["n"]), "x1": int(r["x1"] or 0), "x2": int(r["x2"] or 0), "s1": str(r["s1"] or 0)}
 
 
-def cache_key(docs_fp: dict, model_fp: str, settings: dict, precision: str) -> str:
-    blob = json.dumps({"docs": docs_fp, "model": model_fp, "settings": settings, "precision": precision},
-                      sort_keys=True).encode()
+def cache_key(docs_fp: dict, model_fp: str, settings: dict, precision: str, backend: str = "torch",
+              export_fp: str = "") -> str:
+    """`export_fp`: the sha256 of the exported model an onnx/openvino backend ran (torch: none, and
+    the key is the one torch entries always had)."""
+    parts = {"docs": docs_fp, "model": model_fp, "settings": settings, "precision": precision}
+    if backend != "torch":
+        parts.update(backend=backend, export=export_fp)
+    blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:40]
 
 
@@ -89,6 +94,7 @@ def _aggregate(rows: list[dict]) -> dict:
     out["models_loaded"] = sum(1 for r in rows if r["load_s"] > 0)
     out["precision"] = ",".join(sorted({r["precision"] for r in rows}))
     out["precision_why"] = ",".join(sorted({r["precision_why"] for r in rows}))
+    out["backend"] = ",".join(sorted({r.get("backend", "torch") for r in rows}))
     out["device"] = ",".join(sorted({r["device"] for r in rows}))
     out["dimension"] = max((r["dim"] for r in rows), default=0)
     out["max_seq_length"] = max((r["max_seq_length"] for r in rows), default=0)

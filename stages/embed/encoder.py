@@ -28,11 +28,13 @@ CHARS_PER_TOKEN = 100
 class Encoder:
     """Tokenise, length-bucket, run the model and pool chunks, for one window of documents."""
 
-    def __init__(self, model, cfg: Config, device: str, precision: str):
+    def __init__(self, model, cfg: Config, device: str, precision: str, runner=None):
         import torch
 
         self.torch = torch
         self.model = model
+        # An exported model (onnx, openvino) called on numpy batches; None: the torch model.
+        self.runner = runner
         self.cfg = cfg
         self.device = device
         self.precision = precision
@@ -61,6 +63,8 @@ class Encoder:
                 "tokenize_s": 0.0, "model_s": 0.0}
 
     def autocast(self):
+        if self.runner is not None:
+            return contextlib.nullcontext()
         if self.precision == "bf16":
             return self.torch.autocast(self.device, dtype=self.torch.bfloat16)
         if self.precision == "fp16":
@@ -177,14 +181,17 @@ class Encoder:
             else:
                 x[k, :L] = seqs[s]
                 am[k, :L] = 1
-        feats = {"input_ids": torch.from_numpy(x).to(self.device),
-                 "attention_mask": torch.from_numpy(am).to(self.device), "modality": "text"}
-        if self.type_ids:
-            feats["token_type_ids"] = torch.zeros_like(feats["input_ids"])
         t0 = time.perf_counter()
         try:
-            emb = self.model.forward(feats)["sentence_embedding"]
-            vecs[sel] = emb.float().cpu().numpy()
+            if self.runner is not None:
+                vecs[sel] = self.runner(x, am, np.zeros_like(x))
+            else:
+                feats = {"input_ids": torch.from_numpy(x).to(self.device),
+                         "attention_mask": torch.from_numpy(am).to(self.device), "modality": "text"}
+                if self.type_ids:
+                    feats["token_type_ids"] = torch.zeros_like(feats["input_ids"])
+                emb = self.model.forward(feats)["sentence_embedding"]
+                vecs[sel] = emb.float().cpu().numpy()
         except (RuntimeError, MemoryError) as exc:
             # Out of memory on a wide batch: halve it; only a single sequence may fail the task.
             if len(sel) == 1:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.schemas.errors import StageError
+from thresher.stages.embed.backends import Plan, load_runner
 from thresher.stages.embed.cache import SIDECAR, STAGING
 from thresher.stages.embed.encoder import Encoder
 from thresher.stages.embed.model import load_model, resolve_device, resolve_precision
@@ -23,8 +25,10 @@ if TYPE_CHECKING:
     from thresher.stages.embed import Config
 
 
-def _metadata(cfg: Config, label: str, dim: int, precision: str, device: str, max_len: int, key: str) -> dict:
+def _metadata(cfg: Config, label: str, dim: int, precision: str, device: str, max_len: int, key: str,
+              backend: str = "torch") -> dict:
     return {
+        "thresher.embed.backend": backend,
         "thresher.schema": "embeddings/v1",
         "thresher.embed.model": label,
         "thresher.embed.dimension": str(dim),
@@ -37,8 +41,9 @@ def _metadata(cfg: Config, label: str, dim: int, precision: str, device: str, ma
     }
 
 
-def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key: str):
-    """The mapInArrow function: embed a partition's documents and write them as one file."""
+def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key: str, plan: Plan | None = None):
+    """The mapInArrow function: embed a partition's documents and write them as one file. `plan`
+    (from the driver) names an exported model to run instead of torch."""
 
     def fn(batches):
         from pyspark import TaskContext
@@ -49,8 +54,13 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
         import torch  # noqa: F401  (limit_task_threads caps torch only once it is imported)
 
         threads = limit_task_threads()
-        device = resolve_device(cfg.device)
-        precision, why = resolve_precision(cfg.precision, device)
+        exported = plan is not None and plan.backend != "torch"
+        if exported:
+            device, precision, why = "cpu", plan.precision, plan.why
+        else:
+            device = resolve_device(cfg.device)
+            precision, why = resolve_precision(cfg.precision, device)
+        backend = plan.backend if exported else "torch"
         ctx = TaskContext.get()
         part = ctx.partitionId() if ctx else 0
         tmp = os.path.join(out_dir, f".part-{part:05d}-{uuid.uuid4().hex[:8]}.parquet")
@@ -64,13 +74,21 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
             if enc is None:
                 # Loaded on the first documents, so an empty partition never loads the model.
                 model, load_s = load_model(model_path, device)
+                runner = None
+                if exported:
+                    if not Path(plan.artifact, "export.json").exists():
+                        raise StageError(f"embed.backend: the {plan.backend} export {plan.artifact} is not on this "
+                                         "executor; set THRESHER_CACHE_DIR to a folder all executors share")
+                    t0 = time.perf_counter()
+                    runner = load_runner(plan.backend, plan.precision, plan.artifact, threads)
+                    load_s += time.perf_counter() - t0
                 if load_s:
-                    logging.getLogger("thresher.embed").info("embed worker %d: loaded %s in %.1fs; %s on %s (%s)",
-                                                             os.getpid(), label, load_s, precision, device, why)
-                enc = Encoder(model, cfg, device, precision)
+                    logging.getLogger("thresher.embed").info("embed worker %d: loaded %s in %.1fs; %s %s on %s (%s)",
+                                                             os.getpid(), label, load_s, backend, precision, device, why)
+                enc = Encoder(model, cfg, device, precision, runner)
                 schema = pa.schema([pa.field("id", pa.string(), nullable=False),
                                     pa.field("vector", pa.list_(pa.float32(), enc.dim), nullable=False)],
-                                   metadata=_metadata(cfg, label, enc.dim, precision, device, enc.max_len, key))
+                                   metadata=_metadata(cfg, label, enc.dim, precision, device, enc.max_len, key, backend))
             vec = enc.encode(texts, ids)
             t0 = time.perf_counter()
             arr = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1), pa.float32()), enc.dim)
@@ -106,7 +124,7 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
         st = dict(counters, write_s=write_s, load_s=load_s, setup_s=setup_s, task_s=task_s,
                   input_s=task_s - setup_s - encode_s,
                   prep_s=encode_s - write_s - load_s - counters["tokenize_s"] - counters["model_s"],
-                  precision=precision, precision_why=why, device=device, dim=enc.dim if enc else 0,
+                  precision=precision, precision_why=why, backend=backend, device=device, dim=enc.dim if enc else 0,
                   max_seq_length=enc.max_len if enc else 0, threads=threads, pid=os.getpid())
         yield pa.RecordBatch.from_pylist([{"stats": json.dumps(st)}], schema=pa.schema([("stats", pa.string())]))
 
