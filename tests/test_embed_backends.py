@@ -111,6 +111,7 @@ def test_auto_picks_an_export_within_bound_and_says_why(cache, model):
     q = embed.resolve_plan("auto", "int8", "cpu", path, fp)
     assert (q.backend, q.precision) == ("onnx", "int8") and ">= 0.99 " in q.why
     assert embed.resolve_plan("auto", "bf16", "cpu", path, fp).backend == "torch"
+    assert embed.resolve_plan("auto", "fp32", "cpu", path, fp).precision == "fp32"
 
 
 def test_int8_recipe_follows_the_instruction_set(monkeypatch):

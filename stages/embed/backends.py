@@ -349,10 +349,13 @@ def auto_order() -> tuple[tuple[str, str], ...]:
 def pick_auto(precision: str, device: str, model_path: Path, model_fp: str) -> Plan:
     """backend: auto. On CUDA or with a torch-only precision: torch. Otherwise the first of
     AUTO_ORDER (the int8 export when precision is int8) whose vectors hold the bound against torch
-    fp32 on the check texts; torch fp32 when none does or none is installed."""
+    fp32 on the check texts; torch fp32 when none does or none is installed. A configured precision
+    keeps to candidates of that precision (fp32 never becomes bf16)."""
     if device == "cuda" or precision in ("bf16", "fp16"):
         return Plan("torch", "", "auto: torch runs CUDA and bf16/fp16 autocast")
     order = (("onnx", "int8"),) if precision == "int8" else auto_order()
+    if precision != "auto":
+        order = tuple(c for c in order if c[1] == precision)
     tried = []
     for backend, prec in order:
         try:
