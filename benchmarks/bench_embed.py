@@ -1,12 +1,18 @@
 """embed stage vs plain SentenceTransformer.encode (its defaults) on the same corpus documents.
 
 Both sides embed the same documents in the same process run: the peer is the packaged
-all-MiniLM-L6-v2 called as `model.encode(texts)` (batch_size 32, fp32, torch's default
-threads); thresher is the embed stage on local Spark (one task slot per core, one torch thread
-per slot, length-bucketed batches, bf16 autocast where the CPU has it). Timings are medians of
-warm repeats (the Python workers already hold the model); the first, cold run (workers load the
-model) is reported beside them. Set BENCH_EMBED_REPEAT to change the number of repeats. A second record times the stage forced to fp32, to show how much
-of the gain is precision and how much is batching and parallelism.
+all-MiniLM-L6-v2 called as `model.encode(texts)` (batch_size 32, fp32, torch's default threads);
+thresher is the embed stage on local Spark (one task slot per core, one thread per slot,
+length-bucketed batches) once per backend: the default (`backend: auto`), torch fp32, onnx int8
+and the other exports. Every record has the ratio (peer / thresher), the min cosine of thresher's
+vectors to the peer's fp32 vectors, and the effective GFLOP/s of both sides (the model's FLOPs on
+the real, unpadded tokens over the wall time) beside the machine's fp32 matmul peak measured by
+torch in the same run.
+
+Environment: BENCH_EMBED_DOCS (default 5000, --quick 1000), BENCH_EMBED_REPEAT (default 3,
+--quick 1), BENCH_EMBED_VARIANTS (comma list of backend:precision, default all),
+BENCH_EMBED_LABEL (a label for the CPU path, e.g. "avx2 pinned on Zen 4" when run under
+ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 THRESHER_EMBED_ISA=avx2).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import pyarrow.parquet as pq
 
 from benchmarks.common import peak_rss_mb, record
 from benchmarks.data import corpus
+
+VARIANTS = ("auto:auto", "torch:fp32", "onnx:int8", "onnx:fp32", "openvino:fp32", "openvino:bf16", "torch:bf16")
 
 
 def _docs(n: int, folder: Path) -> Path:
@@ -49,28 +57,63 @@ def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(1).min())
 
 
+def model_gflop(lengths: np.ndarray, layers: int = 6, d: int = 384, ff: int = 1536) -> float:
+    """FLOPs of a BERT encoder on these (unpadded) sequence lengths: per layer 2*L*(4*d*d + 2*d*ff)
+    for the projections and 4*L*L*d for the attention products."""
+    L = lengths.astype(np.float64)
+    return float((layers * (2 * L * (4 * d * d + 2 * d * ff) + 4 * L * L * d)).sum() / 1e9)
+
+
+def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """fp32 matmul throughput of this machine with torch's default threads (best of `repeat`)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeat))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def run(quick: bool = False):
     from sentence_transformers import SentenceTransformer
 
     from thresher.flows.config import SparkConfig
     from thresher.flows.spark import get_spark
+    from thresher.kernels.backend import cpu_flags
     from thresher.stages import embed
 
-    n = 1000 if quick else 5000
-    # Medians of 3 by default; BENCH_EMBED_REPEAT=1 when the shared machine is too slow for that.
+    n = int(os.environ.get("BENCH_EMBED_DOCS", 1000 if quick else 5000))
     repeat = int(os.environ.get("BENCH_EMBED_REPEAT", 1 if quick else 3))
+    variants = [v for v in os.environ.get("BENCH_EMBED_VARIANTS", ",".join(VARIANTS)).split(",") if v]
+    label = os.environ.get("BENCH_EMBED_LABEL", "native")
+    flags = cpu_flags()
+    cpu = {"cpu_path": label, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+           "avx512_bf16": "avx512_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags,
+           "amx": "amx_bf16" in flags, "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", "")}
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     try:
         path = _docs(n, work)
         table = pq.read_table(path)
         ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+        model = SentenceTransformer(str(embed.resolve_model(embed.DEFAULT_MODEL)[0]), device="cpu")
+        lengths = np.array([len(x) for x in model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]])
+        gflop = model_gflop(lengths)
+        load0 = os.getloadavg()
+        peak = matmul_peak_gflops()
+
         spark = get_spark(SparkConfig(master="local[*]", driver_memory="2g"))
         slots = spark.sparkContext.defaultParallelism
         df = spark.read.parquet(str(path)).cache()
         df.count()
 
-        def stage(precision: str):
-            cfg = embed.Config(precision=precision, seed=0)
+        def stage(backend: str, precision: str):
+            cfg = embed.Config(backend=backend, precision=precision, seed=0)
             t0 = time.perf_counter()
             out = run_stage(spark, embed, {"documents": df}, cfg)
             dt = time.perf_counter() - t0
@@ -79,54 +122,48 @@ def run(quick: bool = False):
             shutil.rmtree(folder, ignore_errors=True)
             return dt, vec, out["stats"]
 
-        model = SentenceTransformer(str(embed.resolve_model(embed.DEFAULT_MODEL)[0]), device="cpu")
-
         def peer():
             t0 = time.perf_counter()
             vec = model.encode(texts)
             return time.perf_counter() - t0, vec
 
-        # Stage runs first and back to back: Spark stops Python workers idle for a minute, and a
-        # long peer run in between would make every "warm" stage run reload the model.
-        cold_s, _, cold_stats = stage("auto")
-        t_stage, t_peer = [], []
-        for _ in range(repeat):
-            ss, svec, stats = stage("auto")
-            t_stage.append(ss)
-        fp32 = stage("fp32") if stats["precision"] != "fp32" else None
-        for _ in range(repeat):
-            ps, pvec = peer()
-            t_peer.append(ps)
-        s_med, p_med = statistics.median(t_stage), statistics.median(t_peer)
-        bound = 0.999 if stats["precision"] == "fp32" else 0.99
-        cos = _min_cos(svec, pvec)
-        yield record(
-            "embed", s_med, "sentence-transformers encode (defaults)", p_med,
-            docs=n, repeats=repeat, slots=slots, precision=stats["precision"],
-            precision_why=stats["precision_why"],
-            thresher_docs_per_s=round(n / s_med, 1), peer_docs_per_s=round(n / p_med, 1),
-            thresher_runs_s=[round(x, 2) for x in t_stage], peer_runs_s=[round(x, 2) for x in t_peer],
-            cold_s=round(cold_s, 2), cold_model_load_s=cold_stats["load_s"],
-            min_cos=round(cos, 5), cos_bound=bound, within_bound=cos >= bound,
-            outside_model_share_tasks=stats.get("outside_model_share"),
-            outside_model_share_wall=stats.get("outside_model_share_wall"),
-            # Task time split (summed over tasks, seconds): Spark input + Arrow->Python, tokeniser,
-            # model, batch assembly/pooling, Parquet writing.
-            input_s=stats["input_s"], tokenize_s=stats["tokenize_s"], model_s=stats["model_s"],
-            prep_s=stats["prep_s"], write_s=stats["write_s"], task_s=stats["task_s"],
-            models_loaded=stats["models_loaded"], padding_overhead=stats["padding_overhead"],
-            truncated=stats["truncated"], rss_mb=round(peak_rss_mb(), 1),
-        )
-        if fp32 is not None:
-            ss, svec, stats32 = fp32
-            cos32 = _min_cos(svec, pvec)
+        # Peer and stage runs alternate, so a change in the shared machine's load hits both sides.
+        results = {}
+        t_peer = []
+        pvec = None
+        for v in variants:
+            backend, precision = v.split(":")
+            stage(backend, precision)  # cold: exports built, workers load the model; not timed
+            times = []
+            for _ in range(repeat):
+                ps, pvec = peer()
+                t_peer.append(ps)
+                ss, svec, stats = stage(backend, precision)
+                times.append(ss)
+            results[v] = (times, svec, stats)
+        p_med = statistics.median(t_peer)
+        load1 = os.getloadavg()
+        for v, (times, svec, stats) in results.items():
+            s_med = statistics.median(times)
+            cos = _min_cos(svec, pvec)
+            loose = stats["precision"] == "int8" or (stats["backend"], stats["precision"]) == ("torch", "bf16")
+            bound = 0.99 if loose else 0.999
             yield record(
-                "embed_fp32", ss, "sentence-transformers encode (defaults)", p_med,
-                docs=n, precision="fp32", thresher_docs_per_s=round(n / ss, 1),
-                speedup_of_auto_over_fp32=round(ss / s_med, 3),
-                min_cos=round(cos32, 5), cos_bound=0.999, within_bound=cos32 >= 0.999,
-                outside_model_share_wall=stats32.get("outside_model_share_wall"),
-                note="single run; peer_s is the median above",
+                f"embed[{v}]", s_med, "sentence-transformers encode (defaults)", p_med,
+                docs=n, repeats=repeat, slots=slots, backend=stats["backend"], precision=stats["precision"],
+                why=stats.get("backend_why", stats["precision_why"]), **cpu,
+                thresher_docs_per_s=round(n / s_med, 1), peer_docs_per_s=round(n / p_med, 1),
+                thresher_runs_s=[round(x, 2) for x in times], peer_runs_s=[round(x, 2) for x in t_peer],
+                min_cos=round(cos, 5), cos_bound=bound, within_bound=cos >= bound,
+                model_gflop=round(gflop, 1), thresher_gflops=round(gflop / s_med, 1),
+                peer_gflops=round(gflop / p_med, 1), fp32_matmul_peak_gflops=round(peak, 1),
+                thresher_share_of_peak=round(gflop / s_med / peak, 3),
+                outside_model_share_tasks=stats.get("outside_model_share"),
+                input_s=stats["input_s"], tokenize_s=stats["tokenize_s"], model_s=stats["model_s"],
+                prep_s=stats["prep_s"], write_s=stats["write_s"], task_s=stats["task_s"],
+                padding_overhead=stats["padding_overhead"], truncated=stats["truncated"],
+                load_before=[round(x, 2) for x in load0], load_after=[round(x, 2) for x in load1],
+                rss_mb=round(peak_rss_mb(), 1),
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
