@@ -17,7 +17,6 @@ ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 TH
 
 from __future__ import annotations
 
-from thresher.stages.base import run_stage
 import os
 import shutil
 import statistics
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 
 from benchmarks.common import peak_rss_mb, record
 from benchmarks.data import corpus
+from thresher.stages.base import run_stage
 
 VARIANTS = ("auto:auto", "torch:fp32", "onnx:int8", "onnx:fp32", "openvino:fp32", "openvino:bf16", "torch:bf16")
 

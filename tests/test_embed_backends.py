@@ -13,6 +13,7 @@ import pytest
 from conftest import DEMO
 from thresher.schemas.errors import ConfigError
 from thresher.stages import embed
+from thresher.stages.base import run_stage
 from thresher.stages.embed import backends
 
 N = 48
@@ -47,7 +48,7 @@ def model():
 
 
 def vectors(spark, docs: Path, **kw) -> tuple[dict, dict, Path]:
-    out = embed.run(spark, {"documents": spark.read.parquet(str(docs))}, embed.Config(seed=0, **kw))
+    out = run_stage(spark, embed, {"documents": spark.read.parquet(str(docs))}, embed.Config(seed=0, **kw))
     folder = Path(out["embeddings"]._thresher_embed_dir)
     t = pq.read_table(folder)
     vec = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(t.num_rows, -1)

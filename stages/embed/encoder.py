@@ -195,7 +195,8 @@ class Encoder:
         except (RuntimeError, MemoryError) as exc:
             # Out of memory on a wide batch: halve it; only a single sequence may fail the task.
             if len(sel) == 1:
-                raise StageError(f"embed: document '{ids[owner[sel[0]]]}' ({int(lens[sel[0]])} tokens) failed in the model: {str(exc).splitlines()[0][:160]}") from None
+                raise StageError(f"embed: document '{ids[owner[sel[0]]]}' ({int(lens[sel[0]])} tokens) failed in the model: "
+                                 f"{str(exc).splitlines()[0][:160]}") from None
             self.stats["split_batches"] += 1
             half = len(sel) // 2
             self.stats["model_s"] += time.perf_counter() - t0

