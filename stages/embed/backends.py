@@ -298,14 +298,14 @@ def quality_check(model_path: Path, plan: Plan) -> float:
     store = folder / f"check-{plan.backend}-{plan.precision}.json"
     if store.exists():
         return float(json.loads(store.read_text())["min_cos"])
-    from thresher.kernels.threads import limit_task_threads
+    from thresher.kernels.threads import task_threads
     from thresher.stages.embed.model import load_model
 
     model, _ = load_model(str(model_path), "cpu")
     texts = check_texts()
     max_len = int(model.max_seq_length or 256)
     ref = _embed_check(model, None, texts, max_len)
-    got = _embed_check(model, load_runner(plan.backend, plan.precision, plan.artifact, limit_task_threads()),
+    got = _embed_check(model, load_runner(plan.backend, plan.precision, plan.artifact, task_threads()),
                        texts, max_len)
     cos = float((ref * got).sum(1).min())
     tmp = store.with_name(f".{store.name}.{os.getpid()}")
