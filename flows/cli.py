@@ -34,10 +34,14 @@ def _setup_logging(debug: bool) -> None:
 
 
 class _NoUserTracebacks(logging.Filter):
-    """Prefect logs every failed run with its traceback; for errors the user caused, the CLI's
-    one line says it all (--debug brings the traceback back)."""
+    """Prefect logs every failed run with its traceback; for errors the user caused, and after
+    Ctrl-C, the CLI's one line says it all (--debug brings the traceback back)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from thresher.flows.spark import interrupted
+
+        if interrupted() and record.levelno >= logging.WARNING:
+            return False
         if record.exc_info and isinstance(record.exc_info[1], ThresherError):
             record.exc_info = None
             record.exc_text = None
@@ -49,13 +53,36 @@ class Cli(click.Group):
     """Turns user-caused errors into one line and a non-zero exit (the traceback under --debug)."""
 
     def invoke(self, ctx):
+        from thresher.flows.spark import interrupted, watch_interrupts
+
+        watch_interrupts()
         try:
             return super().invoke(ctx)
         except ThresherError as exc:
+            if interrupted():
+                _interrupted(ctx)
             if ctx.meta.get("thresher.debug"):
                 traceback.print_exc()
             click.echo(f"thresher: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.Abort):
+            _interrupted(ctx)
+        except Exception:
+            # After Ctrl-C, Spark and py4j fail in many ways (a cancelled job, a closed socket):
+            # all of them are the interruption.
+            if interrupted():
+                _interrupted(ctx)
+            raise
+
+
+def _interrupted(ctx) -> None:
+    if ctx.meta.get("thresher.debug"):
+        traceback.print_exc()
+    # Spark's and py4j's own messages about the cancelled jobs are not the user's business.
+    logging.disable(logging.CRITICAL)
+    click.echo("thresher: interrupted; rerun the same command to resume", err=True)
+    sys.stderr.flush()
+    sys.exit(130)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,9 +168,24 @@ def demo(**kw):
     """Run configs/demo.yaml on the shipped demo data (output: ./thresher-demo)."""
     if not kw.get("output"):
         kw["output"] = "thresher-demo"
-    if os.path.exists(os.path.join(kw["output"], "manifest.json")) and not kw.get("resume"):
-        kw["overwrite"] = True
+    if not kw.get("resume") and not kw.get("inputs") and _is_demo_run(kw["output"]):
+        kw["overwrite"] = True  # the demo replaces its own previous result, and only that
     _run("demo.yaml", **kw)
+
+
+def _is_demo_run(output: str) -> bool:
+    """True when OUTPUT holds a run of the shipped demo data (any other run is refused as by
+    `thresher run`, unless --overwrite)."""
+    import json
+
+    from thresher.flows.config import load_config
+
+    try:
+        m = json.loads(open(os.path.join(output, "manifest.json")).read())
+        demo_input = load_config("demo.yaml", {"output": output}).input
+        return [os.path.realpath(p) for p in m["config"]["input"]] == [os.path.realpath(p) for p in demo_input]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 @main.command()
@@ -202,7 +244,9 @@ def show_config(config):
 @click.option("--cron", help="Schedule runs with a cron expression (UTC).")
 @click.option("--interval", "interval_s", type=float, help="Schedule a run every N seconds.")
 @click.option("--limit", type=int, help="At most this many flow runs at once.")
-def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, cron, interval_s, limit):
+@click.option("--allow-spark-conf", "allow_spark_conf", multiple=True, metavar="KEY",
+              help="Let runs set this spark.conf key (or prefix ending in *); all other Spark settings are frozen (repeatable).")
+def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, cron, interval_s, limit, allow_spark_conf):
     """Serve the curate flow over CONFIG as a Prefect deployment (needs PREFECT_API_URL)."""
     from thresher.flows.config import config_json, load_config, parse_overrides
     from thresher.flows.serve import serve as serve_flow
@@ -223,7 +267,8 @@ def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, c
     # Served runs execute in another working directory: pin the run folder to an absolute path.
     if "://" not in cfg_json["output"]:
         cfg_json["output"] = os.path.abspath(cfg_json["output"])
-    serve_flow(cfg_json, name, overwrite=overwrite, resume=resume, cron=cron, interval_s=interval_s, limit=limit)
+    serve_flow(cfg_json, name, overwrite=overwrite, resume=resume, cron=cron, interval_s=interval_s, limit=limit,
+               allow_spark_conf=tuple(allow_spark_conf))
 
 
 @main.command()

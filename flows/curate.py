@@ -19,7 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from thresher.flows.config import RunConfig, config_json, load_config
 from thresher.schemas.errors import ConfigError
 from thresher.flows.spark import get_spark
-from thresher.flows.runfolder import RunFolder
+from thresher.flows.runfolder import MANIFEST, RunFolder
+from thresher.stages.scratch import remove_tree
 from thresher.flows.runner import Runner
 from thresher.stages import storage
 
@@ -83,26 +84,31 @@ def preflight(cfg: RunConfig, overwrite: bool = False, resume: bool = False, for
         storage.check_output_overlap(url, cfg.input)
     source = spec_of(cfg.stages[0])
     read = source.check(cfg.input, getattr(cfg, source.name)) if source.check else cfg.input
-    inputs = [Path(storage.local_path(p)).absolute() for p in read if not storage.is_remote(p)]
+    # Local inputs as given (globs included) and every local file they name, each resolved by
+    # RunFolder, which refuses any overlap with the run folder.
+    inputs = [*(storage.local_path(i) for i in cfg.input if not storage.is_remote(i)),
+              *(storage.local_path(p) for p in read if not storage.is_remote(p))]
     folder = RunFolder(run_folder_path(cfg), overwrite=overwrite, resume=resume)
     if url:
         storage.check_output_url(url, overwrite=overwrite, resume=resume or folder.root.exists())
         if not overwrite and folder.previous_status() == "complete" and not _published(folder, url):
             folder.resume = True  # finished here but killed while publishing: reuse the stages, publish again
-    folder.check(inputs)
+    folder.check(inputs, list(cfg.stages))
     return folder, inputs
 
 
 def run_flow(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool, finish=None) -> dict:
     """The stages of `cfg` over its run folder; `finish(folder, manifest)` then writes the flow's
     own files beside the tables (curate: the dataset card and the report)."""
+    from thresher.flows.spark import interrupted
+
     folder, inputs = preflight(cfg, overwrite, resume, force)
     url = publish_url(cfg)
-    created = not folder.root.exists()
-    folder.prepare(cfg.stages, inputs)
-    spark = spark or get_spark(cfg.spark)
-    runner = Runner(spark, cfg, folder, force=force)
+    folder.prepare(list(cfg.stages), inputs, check_stages=True)
+    runner = None
     try:
+        spark = spark or get_spark(cfg.spark)
+        runner = Runner(spark, cfg, folder, force=force)
         for name in cfg.stages:
             if as_tasks:
                 stage_task.with_options(
@@ -116,17 +122,21 @@ def run_flow(cfg: RunConfig, overwrite, resume, force, spark, as_tasks: bool, fi
             _publish(spark, folder, url, manifest)
         return manifest
     except BaseException as exc:
-        shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
-        if created and not runner.records:
-            shutil.rmtree(folder.root, ignore_errors=True)  # nothing finished: leave no trace
+        remove_tree(folder.root / ".tmp")
+        if runner is None or (not runner.records and MANIFEST in folder.created):
+            folder.discard()  # nothing finished: take away what this run created, nothing else
         else:
             # Finished stages stay (complete tables only) so a rerun resumes from them.
-            m = runner.write_manifest("failed")
-            m["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            folder.write_json(folder.root / "manifest.json", m)
+            try:
+                m = runner.manifest("interrupted" if interrupted() else "failed")
+                m["error"] = "interrupted" if interrupted() else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                folder.write_json(folder.root / MANIFEST, m)
+            except Exception as why:  # a full disk: the run's own error is the one to report
+                log.debug("could not record the failure in the manifest: %s", why)
         raise
     finally:
-        shutil.rmtree(folder.root / ".tmp", ignore_errors=True)
+        remove_tree(folder.root / ".tmp")
+        folder.unlock()
 
 
 def _finish_curate(folder: RunFolder, manifest: dict) -> None:
@@ -183,7 +193,9 @@ def _write_card(folder: RunFolder, manifest: dict) -> None:
 @flow(name="curate", log_prints=True, validate_parameters=False)
 def curate(config: dict, overwrite: bool = False, resume: bool = False, force: list[str] | None = None) -> dict:
     """Prefect flow over a config mapping (the YAML as a dict, already merged with overrides)."""
-    cfg = load_config(raw=config)
+    from thresher.flows.trust import served_config
+
+    cfg = load_config(raw=served_config(config))  # a served run may not choose its own Spark settings
     return run_flow(cfg, overwrite, resume, tuple(force or ()), None, as_tasks=True)
 
 

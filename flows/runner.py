@@ -14,12 +14,14 @@ the run resumes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 
 from thresher import schemas
 from thresher.flows import __version__
+from thresher.flows.codehash import stage_code
 from thresher.flows.config import RunConfig, config_json
 from thresher.flows.runfolder import MANIFEST, RunFolder
 from thresher.schemas.errors import StageError, ThresherError
@@ -57,6 +60,30 @@ def parquet_files(path: Path) -> list[Path]:
 def count_rows(path: Path) -> int:
     """Rows of a Parquet folder from the footers alone (no data read)."""
     return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
+def table_files(path: Path) -> dict[str, dict]:
+    """Each Parquet file of a table with its size and footer row count, for verifying it later."""
+    return {str(f.relative_to(path)): {"bytes": f.stat().st_size, "rows": pq.ParquetFile(f).metadata.num_rows}
+            for f in parquet_files(path)}
+
+
+def verify_table(path: Path, info: dict) -> str | None:
+    """Why a finished table cannot be reused (missing, truncated, changed), or None."""
+    if not path.exists():
+        return "missing"
+    try:
+        files = table_files(path)
+    except Exception as exc:  # a truncated or damaged footer: pyarrow raises several types
+        return f"unreadable ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+    want = info.get("files")
+    if want is not None and files != want:
+        gone = sorted(set(want) - set(files)) or sorted(set(files) - set(want))
+        changed = gone or sorted(f for f in want if files.get(f) != want[f])
+        return f"files differ from the record ({changed[0]})"
+    if sum(f["rows"] for f in files.values()) != info.get("rows"):
+        return "row count differs from the record"
+    return None
 
 
 def validate_table(name: str, path: Path) -> None:
@@ -167,7 +194,7 @@ class Runner:
     def fingerprint(self, name: str, spec, stage_cfg) -> str:
         ups = {t: self.fingerprints.get(t) for t in (*spec.required(stage_cfg), *spec.optional_inputs) if t in self.tables}
         extra = self.input_fingerprint if spec.source else {}
-        return _sha(__version__, name, config_json(stage_cfg), ups, extra)
+        return _sha(__version__, name, stage_code(get_stage(name)), config_json(stage_cfg), ups, extra)
 
     def run_stage(self, name: str) -> StageRecord:
         from thresher.flows.progress import StageMonitor
@@ -216,7 +243,9 @@ class Runner:
         kept = counts.get("documents", docs_in if docs_in is not None else 0)
         rec.kept = kept
         rec.rows_in = docs_in if docs_in is not None else kept + sum(rec.rejected.values())
-        rec.tables = {t: {"rows": counts[t], "path": str(loc.relative_to(self.folder.root))} for t, loc in locations.items()}
+        rec.tables = {t: {"rows": counts[t], "path": str(loc.relative_to(self.folder.root)),
+                          "files": table_files(tmp / t if t in counts and (tmp / t).exists() else loc)}
+                      for t, loc in locations.items()}
         rec.wall_s = round(time.time() - t0, 3)
         rec.peak_rss_mb = self._monitor.peak_rss_mb
         closed = rec.rows_in == rec.kept + sum(rec.removed.values()) + sum(rec.rejected.values())
@@ -251,6 +280,7 @@ class Runner:
         tmp = self.folder.tmp(name)
         locations: dict[str, Path] = {}
         order = sorted(result, key=lambda t: t != "removed")
+        table = None
         try:
             for table in order:
                 df = result[table]
@@ -269,12 +299,13 @@ class Runner:
                 # the stage's removal logic runs once, and kept + removed = input by construction.
                 gone = self.spark.read.parquet(str(tmp / "removed"))
                 result["documents"] = kept = kept_documents(inputs["documents"], gone)
+                table = "documents"
                 self._write(spec, "documents", kept, tmp / "documents", stage_cfg)
                 locations["documents"] = self.folder.root / name / "documents"
         except ThresherError:
             raise
         except Exception as exc:
-            raise _as_stage_error(name, exc) from exc
+            raise _as_stage_error(name, exc, table) from exc
         return tmp, result, stats, locations
 
     def _try_reuse(self, name: str, spec, fp: str, dest: Path) -> StageRecord | None:
@@ -288,7 +319,9 @@ class Runner:
             return None
         locations = {t: self.folder.root / info["path"] for t, info in stored["tables"].items()}
         for t, loc in locations.items():
-            if not loc.exists() or count_rows(loc) != stored["tables"][t]["rows"]:
+            problem = verify_table(loc, stored["tables"][t])
+            if problem:
+                log.warning("stage %s: not reusing finished output (%s/%s: %s); recomputing", name, name, t, problem)
                 return None
         rec = StageRecord(**{**stored, "reused": True})
         log.info("stage %s: reusing finished output (fingerprint %s)", name, fp[:12])
@@ -331,7 +364,12 @@ class Runner:
         }
 
     def write_manifest(self, status: str) -> dict:
-        manifest = {
+        manifest = self.manifest(status)
+        self.folder.write_json(self.folder.root / MANIFEST, manifest)
+        return manifest
+
+    def manifest(self, status: str) -> dict:
+        return {
             "thresher": __version__,
             "status": status,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
@@ -344,19 +382,32 @@ class Runner:
             "stages": {n: r.to_json() for n, r in self.records.items()},
             "accounting": self.accounting(),
         }
-        self.folder.write_json(self.folder.root / MANIFEST, manifest)
-        return manifest
 
 
-def _as_stage_error(stage: str, exc: Exception) -> Exception:
-    """Spark wraps user-caused failures (bad files, bad rows) in long JVM traces: keep one line."""
+_NO_SPACE = ("No space left on device", "ENOSPC", "Disk quota exceeded")
+_PY_ERROR = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Invalid)): (.+)$")
+
+
+def _as_stage_error(stage: str, exc: Exception, table: str | None = None) -> Exception:
+    """Spark wraps user-caused failures (bad files, bad rows, a full disk) in long JVM and
+    Python-worker traces: keep one line that names what failed and why."""
     msg = str(exc).strip()
-    for marker in ("ThresherError: ", "InputError: ", "StageError: ", "SchemaError: "):
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or any(m in msg for m in _NO_SPACE):
+        where = f"{stage}/{table}" if table else stage
+        return StageError(f"no space left on device while writing {where}")
+    for marker in ("ThresherError: ", "InputError: ", "StageError: ", "SchemaError: ", "OutputError: "):
         if marker in msg:
             line = msg.split(marker, 1)[1].splitlines()[0]
             return StageError(f"stage {stage}: {line}")
     name = type(exc).__name__
-    if name in ("AnalysisException", "Py4JJavaError", "PythonException", "SparkRuntimeException", "IllegalArgumentException"):
-        first = next((ln for ln in msg.splitlines() if ln.strip()), name)
+    if name in ("AnalysisException", "Py4JJavaError", "PythonException", "SparkRuntimeException",
+                "IllegalArgumentException", "SparkException"):
+        # An error raised in a Python worker: its own last line (type and reason) says more than
+        # Spark's "An exception was thrown from the Python worker".
+        py = [m for m in map(_PY_ERROR.match, msg.splitlines()) if m]
+        if "Python worker" in msg and py:
+            first = f"{py[-1].group(1)}: {py[-1].group(2).strip()}"
+        else:
+            first = next((ln for ln in msg.splitlines() if ln.strip()), name)
         return StageError(f"stage {stage}: {first[:300]}")
     return exc

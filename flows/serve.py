@@ -70,8 +70,11 @@ def deployment(cfg_json: dict, name: str, overwrite: bool = False, resume: bool 
     return dep
 
 
-def serve(cfg_json: dict, name: str, limit: int | None = None, **kw) -> None:
+def serve(cfg_json: dict, name: str, limit: int | None = None, allow_spark_conf: tuple[str, ...] = (), **kw) -> None:
     """Register the deployment and serve it until interrupted (SIGINT/SIGTERM)."""
+    import json
+
+    from thresher.flows.trust import ALLOW_ENV, FROZEN_ENV
     from prefect import serve as prefect_serve
 
     url = _api_url()
@@ -83,6 +86,10 @@ def serve(cfg_json: dict, name: str, limit: int | None = None, **kw) -> None:
     # Flow runs execute in subprocesses that inherit this environment: route thresher's own log
     # lines (stage summaries, progress) into the Prefect run logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "thresher")
+    # Whoever can create a flow run chooses its parameters: Spark settings stay the ones this
+    # server was started with (flows/trust.py), but for the conf keys the operator allows.
+    os.environ[FROZEN_ENV] = json.dumps(cfg_json.get("spark") or {})
+    os.environ[ALLOW_ENV] = ",".join(allow_spark_conf)
     dep = deployment(cfg_json, name, **kw)
     log.info("serving deployment curate/%s on %s", name, url)
     prefect_serve(dep, limit=limit, print_starting_message=True)

@@ -5,13 +5,69 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from thresher.flows.config import SparkConfig
 from thresher.kernels.threads import limit_task_threads, task_threads  # noqa: F401  (re-exported for one release)
 
 log = logging.getLogger("thresher.spark")
+
+# Set by Ctrl-C (SIGINT): whatever error then surfaces from Spark (a cancelled job, a closed
+# gateway) is reported as the interruption it is, not as a failure of the data.
+_INTERRUPTED = threading.Event()
+
+
+def interrupted() -> bool:
+    return _INTERRUPTED.is_set()
+
+
+def watch_interrupts() -> None:
+    """Ctrl-C: note it, cancel Spark's jobs, and stop the driver without breaking py4j.
+
+    pyspark's own handler calls into the JVM from inside the signal handler, on the connection
+    the interrupted call is still reading ("reentrant call"), and py4j logs the mess with
+    tracebacks. Here the jobs are cancelled from another thread (its own connection), so the
+    Spark action in progress ends with a cancelled-job error that surfaces normally; Python code
+    outside py4j gets a KeyboardInterrupt at once. A second Ctrl-C always interrupts at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if getattr(signal.getsignal(signal.SIGINT), "_thresher", False):
+        return
+
+    def cancel_jobs():
+        from pyspark import SparkContext
+
+        while True:  # jobs a stage starts after the first cancel are cancelled too
+            sc = SparkContext._active_spark_context
+            if sc is None:
+                return
+            try:
+                sc._jsc.sc().cancelAllJobs()
+            except Exception:
+                return
+            time.sleep(0.2)
+
+    def on_sigint(signum, frame):
+        again = _INTERRUPTED.is_set()
+        _INTERRUPTED.set()
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            logging.disable(logging.CRITICAL)  # what Spark and py4j say about the cancelled jobs
+        threading.Thread(target=cancel_jobs, name="thresher-cancel", daemon=True).start()
+        in_py4j = False
+        f = frame
+        while f is not None and not in_py4j:
+            in_py4j = "py4j" in f.f_code.co_filename
+            f = f.f_back
+        if again or not in_py4j:
+            raise KeyboardInterrupt
+
+    on_sigint._thresher = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def get_spark(cfg: SparkConfig | None = None):
@@ -54,6 +110,7 @@ def get_spark(cfg: SparkConfig | None = None):
         b = b.config(k, v)
     spark = b.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    watch_interrupts()  # after the context exists: it installs its own SIGINT handler
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -115,17 +116,46 @@ def list_files(inputs: list[str], fmt: str = "auto") -> list[tuple[str, str, str
     return [out[k] for k in sorted(out)]
 
 
+# Files up to this size are hashed whole; larger ones by sampled blocks (see content_hash).
+FULL_HASH_BYTES = 16 << 20
+SAMPLE_BLOCKS = 32
+SAMPLE_BLOCK_BYTES = 64 << 10
+
+
+def content_hash(path: str) -> dict:
+    """sha256 of the whole file, or for a large one of its size, first and last MiB and evenly
+    spaced blocks (about 4 MiB read); the record says which, and a sampled one also keeps the
+    mtime so an edit between the blocks still counts as a change unless the mtime is reset."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if st.st_size <= FULL_HASH_BYTES:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+            return {"path": path, "bytes": st.st_size, "sha256": h.hexdigest(), "hashed": "whole file"}
+        h.update(str(st.st_size).encode())
+        step = (st.st_size - (2 << 20)) // SAMPLE_BLOCKS
+        offsets = [0, *((1 << 20) + i * step for i in range(SAMPLE_BLOCKS)), st.st_size - (1 << 20)]
+        for off in offsets:
+            fh.seek(off)
+            h.update(fh.read(1 << 20 if off in (0, st.st_size - (1 << 20)) else SAMPLE_BLOCK_BYTES))
+    return {"path": path, "bytes": st.st_size, "sha256": h.hexdigest(), "mtime_ns": st.st_mtime_ns,
+            "hashed": f"sampled: first and last MiB and {SAMPLE_BLOCKS} blocks of {SAMPLE_BLOCK_BYTES >> 10} KiB"}
+
+
 def input_fingerprint(inputs: list[str], cfg: Config) -> dict:
     files = list_files(inputs, cfg.format)
     out = []
     for p, _, _ in files:
         if storage.is_remote(p):
+            # A remote object: its size and modification time (reading it whole to hash it would
+            # cost a download); the record says so.
             e = storage.stat(p)
-            out.append({"path": p, "bytes": e.size, "mtime_ns": e.mtime_ns})
+            out.append({"path": p, "bytes": e.size, "mtime_ns": e.mtime_ns, "hashed": "not hashed (remote: size and mtime)"})
         else:
-            st = os.stat(p)
-            out.append({"path": p, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return {"files": out}
+            out.append(content_hash(p))
+    return {"method": f"sha256 of each local file's content (whole up to {FULL_HASH_BYTES >> 20} MiB, sampled above)",
+            "files": out}
 
 
 # ---------------------------------------------------------------------------------- schema
@@ -181,7 +211,7 @@ def _jsonl_schema(path: str) -> pa.Schema:
                     obj = json.loads(raw.decode("utf-8"))
                 except (UnicodeDecodeError, ValueError):
                     continue  # bad lines are rejected row by row later
-                if isinstance(obj, dict):
+                if isinstance(obj, dict) and _lone_surrogate(raw, obj) is None:
                     rows.append(obj)
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
@@ -295,10 +325,15 @@ def _read_parquet_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, 
     file_idx, path, rel, _, rg, offset = unit
     if rg < 0:
         return
-    pf = _parquet_file(path)
-    names = set(pf.schema_arrow.names)
-    want = [c for c in [id_column(cfg), cfg.text_column, *passthrough.names] if c in names]
-    table = pf.read_row_group(rg, columns=sorted(set(want), key=want.index))
+    try:
+        pf = _parquet_file(path)
+        names = set(pf.schema_arrow.names)
+        want = [c for c in [id_column(cfg), cfg.text_column, *passthrough.names] if c in names]
+        table = pf.read_row_group(rg, columns=sorted(set(want), key=want.index))
+    except Exception as exc:  # corrupt pages behind a valid footer: pyarrow raises several types
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        reason = "".join(c if c.isprintable() else "?" for c in reason)
+        raise InputError(f"{path}: row group {rg} (from row {offset}): not readable ({reason})") from None
     yield from _table_batches(table.to_batches(max_chunksize=batch_rows), file_idx, rel, offset, cfg, passthrough, derive, "#")
 
 
@@ -364,7 +399,10 @@ def _read_jsonl_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, ba
             except ValueError as exc:
                 buf.append((lineno, "bad_json", str(exc)[:200], None))
             else:
-                if not isinstance(obj, dict):
+                bad = _lone_surrogate(raw, obj)
+                if bad is not None:
+                    buf.append((lineno, "not_utf8", bad, None))
+                elif not isinstance(obj, dict):
                     buf.append((lineno, "not_an_object", type(obj).__name__, None))
                 elif obj.get(cfg.text_column) is not None and not isinstance(obj.get(cfg.text_column), str):
                     buf.append((lineno, "text_not_string", type(obj[cfg.text_column]).__name__, None))
@@ -375,6 +413,18 @@ def _read_jsonl_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, ba
                 buf = []
     if buf:
         yield flush()
+
+
+def _lone_surrogate(raw: bytes, obj) -> str | None:
+    """JSON may spell a lone UTF-16 surrogate (`"\\ud800"`), which no UTF-8 text can hold: the
+    line is rejected as not_utf8 rather than failing the Arrow conversion (and the run)."""
+    if b"\\u" not in raw:
+        return None
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"lone surrogate {exc.object[exc.start:exc.end].encode('unicode_escape').decode()}: {exc.reason}"
+    return None
 
 
 def _as_id(v):

@@ -46,15 +46,20 @@ def owned_dir(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
 
-def remove_tree(path: Path) -> None:
-    """Removes a folder this run made; a symlink (at the top or inside) is unlinked, never followed."""
+def remove_tree(path: Path, strict: bool = False) -> None:
+    """Removes a folder this run made; a symlink (at the top or inside) is unlinked, never followed.
+    `strict` raises the first OSError instead of leaving what could not be removed."""
     path = Path(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(st.st_mode):
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError:
+            if strict:
+                raise
         return
     # On Linux rmtree works on file descriptors and does not follow symlinks inside the tree.
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=not strict)
