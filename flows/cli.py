@@ -26,6 +26,8 @@ def _setup_logging(debug: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if not debug:
+        os.environ.setdefault("THRESHER_SPARK_LOG_LEVEL", "OFF")
     for noisy in ("py4j", "httpx", "httpcore", "numba", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not debug:

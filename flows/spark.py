@@ -109,7 +109,9 @@ def get_spark(cfg: SparkConfig | None = None):
     for k, v in conf.items():
         b = b.config(k, v)
     spark = b.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    # The CLI turns JVM logging off unless --debug: a failed task's stack traces (a bad file, a
+    # full disk) would bury the one line that says what went wrong.
+    spark.sparkContext.setLogLevel(os.environ.get("THRESHER_SPARK_LOG_LEVEL", "ERROR"))
     watch_interrupts()  # after the context exists: it installs its own SIGINT handler
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark

@@ -49,7 +49,9 @@ def served_config(config: dict) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError("spark: must be a mapping")
     try:
-        asked = config_json(SparkConfig(**raw)) if raw else dict(frozen)
+        # What the run names, over the frozen settings: only the keys it names can differ.
+        merged = {**frozen, **raw, "conf": {**(frozen.get("conf") or {}), **(raw.get("conf") or {})}}
+        asked = config_json(SparkConfig(**merged))
     except ValueError as exc:  # pydantic's ValidationError
         raise ConfigError(f"spark: {str(exc).splitlines()[0]}") from None
     for key in sorted(set(asked) | set(frozen)):
