@@ -38,6 +38,17 @@ def bundled_zips(path: list[str]) -> list[str]:
 if __name__ == "__main__":
     drop = set(bundled_zips(sys.path))
     sys.path[:] = [p for p in sys.path if p not in drop]
-    from pyspark.daemon import manager
+    import pyspark.daemon as daemon
 
-    manager()
+    spark_worker = daemon.worker
+
+    def worker(sock, authenticated):
+        try:
+            return spark_worker(sock, authenticated)
+        except (BrokenPipeError, ConnectionResetError):
+            # The JVM closed this task's socket (its job failed or was cancelled): the driver
+            # reports why; a traceback of the closed pipe on the user's terminal says nothing.
+            return 1
+
+    daemon.worker = worker
+    daemon.manager()

@@ -397,7 +397,7 @@ def test_resume_recomputes_a_stage_whose_code_changed(run_curate, small, tmp_pat
     out = tmp_path / "out"
     run_curate(cfg, output=out)
     real = runner.stage_code
-    monkeypatch.setattr(runner, "stage_code", lambda mod: real(mod) + ("-edited" if mod.NAME == "export" else ""))
+    monkeypatch.setattr(runner, "stage_code", lambda mod: real(mod) + ("-edited" if mod.__name__.endswith(".export") else ""))
     m, _ = run_curate(cfg, output=out, resume=True)
     assert m["stages"]["ingest"]["reused"] and not m["stages"]["export"]["reused"]
 
@@ -471,8 +471,10 @@ def test_corrupt_pages_behind_a_valid_footer_name_the_file_and_row_group(small, 
 
 def test_disk_full_is_one_line_and_a_failed_manifest(small, tmp_path):
     """Case 7: a full disk (a tiny tmpfs as the output) was a traceback, exit 1, a manifest stuck
-    at `running` and a stray zero-byte temporary manifest. Done on a real 160 KiB tmpfs mounted in
-    a private mount namespace (`unshare -m`, or `-rm` for a user without root)."""
+    at `running` and a stray zero-byte temporary manifest. Done on a real 2 MiB tmpfs mounted in
+    a private mount namespace (`unshare -m`, or `-rm` for a user without root): a first run
+    finishes ingest, other data fills the disk to 48 KiB from full, and the resumed run's export
+    meets the full disk."""
     import shutil
 
     if shutil.which("unshare") is None:
@@ -481,25 +483,34 @@ def test_disk_full_is_one_line_and_a_failed_manifest(small, tmp_path):
     s0 = tree_digest(sentinel)
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
-    report = tmp_path / "report"
-    cfg = cfg_file(tmp_path, [DEMO])
+    r = tmp_path / "report"
+    (tmp_path / "first").mkdir()
+    c1 = cfg_file(tmp_path / "first", [small], stages=("ingest",))
+    c2 = cfg_file(tmp_path, [small])
+    fill = (f"import os; s = os.statvfs('{mnt}'); "
+            f"open('{mnt}/filler', 'wb').write(b'0' * (s.f_bavail * s.f_frsize - 48 * 1024))")
     script = (
-        f"mount -t tmpfs -o size=160k tmpfs {mnt} || exit 97\n"
-        f"{THRESHER} run {cfg} --output {mnt}/out --no-prefect 2> {report}.err\n"
+        f"mount -t tmpfs -o size=2m tmpfs {mnt} || exit 97\n"
+        f"{THRESHER} run {c1} --output {mnt}/out --no-prefect 2> {r}.err1 || exit 98\n"
+        f"{sys.executable} -c \"{fill}\" || exit 99\n"
+        f"{THRESHER} run {c2} --output {mnt}/out --no-prefect --resume 2> {r}.err\n"
         f"rc=$?\n"
-        f"ls -A {mnt}/out > {report}.ls 2>/dev/null; cp {mnt}/out/manifest.json {report}.json 2>/dev/null\n"
+        f"ls -A {mnt}/out > {r}.ls; cp {mnt}/out/manifest.json {r}.json; stat -c %s {mnt}/filler > {r}.filler\n"
         f"exit $rc\n"
     )
     ns = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    r = subprocess.run([*ns, "sh", "-c", script], env=env, timeout=420)
-    assert r.returncode != 97, "could not mount a tmpfs in a private mount namespace"
-    p = subprocess.CompletedProcess([], r.returncode, "", Path(f"{report}.err").read_text())
-    one_line(p, 2, "no space left on device while writing ingest/")
-    listing = Path(f"{report}.ls").read_text().split()
-    assert sorted(listing) == [".thresher.lock", "manifest.json"], listing  # no temp files, no .tmp
-    m = json.loads(Path(f"{report}.json").read_text())
+    done = subprocess.run([*ns, "sh", "-c", script], env=env, timeout=600)
+    assert done.returncode not in (97, 98, 99), (done.returncode, Path(f"{r}.err1").read_text()[-2000:]
+                                                 if Path(f"{r}.err1").exists() else "")
+    p = subprocess.CompletedProcess([], done.returncode, "", Path(f"{r}.err").read_text())
+    one_line(p, 2, "no space left on device while writing export/dataset")
+    listing = Path(f"{r}.ls").read_text().split()
+    assert sorted(listing) == [".thresher.lock", "ingest", "manifest.json"], listing  # no temp files, no .tmp
+    m = json.loads(Path(f"{r}.json").read_text())
     assert m["status"] == "failed" and "no space left on device" in m["error"]
+    assert m["stages"]["ingest"]["reused"]  # the finished stage stays, for the rerun
+    assert int(Path(f"{r}.filler").read_text()) > 1_000_000  # the other data on the disk is intact
     assert tree_digest(sentinel) == s0
 
 
