@@ -109,7 +109,8 @@ class RunFolder:
             if status is None:
                 raise OutputError(f"{root}: output folder is not empty and holds no thresher run; choose an empty folder")
             if status == "complete" and not (self.overwrite or self.resume):
-                raise OutputError(f"{root}: output folder holds a previous run; pass --overwrite to replace it or --resume to reuse its finished stages")
+                raise OutputError(f"{root}: output folder holds a previous run; pass --overwrite to replace it "
+                                  "or --resume to reuse its finished stages")
             if status != "complete" and not self.overwrite:
                 # An interrupted run (killed, or failed) continues where it stopped: finished
                 # stages whose fingerprints still match are reused, the rest recomputed.
@@ -123,10 +124,10 @@ class RunFolder:
     def _check_stage_list(self, stages: list[str]) -> None:
         """Resuming with fewer stages would finish `complete` beside stale results of the
         stages left out: refuse, naming them."""
-        from thresher.stages import get_stage
+        from thresher.stages import spec_of
 
         stale = sorted(n for n in known_stage_names() - set(stages) if (self.root / n).is_dir())
-        writes_dataset = any("dataset" in getattr(get_stage(s), "OUTPUT_PATHS", {}) for s in stages)
+        writes_dataset = any("dataset" in spec_of(s).top_level for s in stages)
         if (self.root / "dataset").exists() and not writes_dataset:
             stale.append("dataset")
         if stale:

@@ -125,7 +125,7 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import DEMO  # noqa: E402
-from thresher.schemas.errors import ConfigError, OutputError, StageError  # noqa: E402
+from thresher.schemas.errors import ConfigError, OutputError  # noqa: E402
 
 THRESHER = str(Path(sys.executable).parent / "thresher")
 INTERRUPTED = "thresher: interrupted; rerun the same command to resume"
