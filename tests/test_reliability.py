@@ -506,7 +506,8 @@ def test_disk_full_is_one_line_and_a_failed_manifest(small, tmp_path):
     p = subprocess.CompletedProcess([], done.returncode, "", Path(f"{r}.err").read_text())
     one_line(p, 2, "no space left on device while writing export/dataset")
     listing = Path(f"{r}.ls").read_text().split()
-    assert sorted(listing) == [".thresher.lock", "ingest", "manifest.json"], listing  # no temp files, no .tmp
+    # The first run's files, and no temporary file, no .tmp
+    assert sorted(listing) == [".thresher.lock", "README.md", "ingest", "manifest.json", "report.html"], listing
     m = json.loads(Path(f"{r}.json").read_text())
     assert m["status"] == "failed" and "no space left on device" in m["error"]
     assert m["stages"]["ingest"]["reused"]  # the finished stage stays, for the rerun
