@@ -179,11 +179,12 @@ def _is_demo_run(output: str) -> bool:
     """True when OUTPUT holds a run of the shipped demo data (any other run is refused as by
     `thresher run`, unless --overwrite)."""
     import json
+    from pathlib import Path
 
     from thresher.flows.config import load_config
 
     try:
-        m = json.loads(open(os.path.join(output, "manifest.json")).read())
+        m = json.loads((Path(output) / "manifest.json").read_text())
         demo_input = load_config("demo.yaml", {"output": output}).input
         return [os.path.realpath(p) for p in m["config"]["input"]] == [os.path.realpath(p) for p in demo_input]
     except (OSError, ValueError, KeyError, TypeError):
