@@ -64,7 +64,8 @@ def count_rows(path: Path) -> int:
 
 def table_files(path: Path) -> dict[str, dict]:
     """Each Parquet file of a table with its size and footer row count, for verifying it later."""
-    return {str(f.relative_to(path)): {"bytes": f.stat().st_size, "rows": pq.ParquetFile(f).metadata.num_rows}
+    return {(f.name if f == path else str(f.relative_to(path))): {"bytes": f.stat().st_size,
+                                                                "rows": pq.ParquetFile(f).metadata.num_rows}
             for f in parquet_files(path)}
 
 
