@@ -269,7 +269,8 @@ def unified_schema(files: list[tuple[str, str, str]], cfg: Config) -> tuple[pa.S
             schema = _jsonl_schema(path)
             units.append((idx, path, rel, kind, -1, 0))
             if len(schema) and cfg.text_column not in schema.names:
-                raise InputError(f"{path}: text column '{cfg.text_column}' not found in the first {SCHEMA_SAMPLE_LINES} lines (keys: {', '.join(schema.names[:12])})")
+                raise InputError(f"{path}: text column '{cfg.text_column}' not found in the first {SCHEMA_SAMPLE_LINES} lines "
+                                 f"(keys: {', '.join(schema.names[:12])})")
         if idc in schema.names:
             has_id_any = True
         else:
@@ -505,7 +506,8 @@ def run(spark, tables, cfg: Config, ctx):
     stats["duplicate_ids"] = {"count": int(n_dup), "examples": examples}
     if cfg.on_duplicate_id == "fail":
         raw.unpersist()
-        raise InputError(f"ingest: {n_dup} rows repeat an earlier id (e.g. {', '.join(examples)}); set ingest.on_duplicate_id: reject to set them aside")
+        raise InputError(f"ingest: {n_dup} rows repeat an earlier id (e.g. {', '.join(examples)}); "
+                         "set ingest.on_duplicate_id: reject to set them aside")
     documents = ranked.where(F.col("_n") == 1).select(*keep_cols)
     rejected = rejected.unionByName(
         dup.select(F.col("id"), F.col("_source").alias("source"), F.col("_row").alias("row"),
