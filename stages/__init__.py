@@ -22,6 +22,7 @@ __all__ = ["FLOW_STAGES", "STAGES", "StageContext", "StageSpec", "get_stage", "s
 # Order is the pipeline order; a stage added by a later change is one line here.
 STAGES: dict[str, str] = {
     "ingest": "thresher.stages.ingest",
+    "language": "thresher.stages.language",
     "heuristics": "thresher.stages.heuristics",
     "decontaminate": "thresher.stages.decontaminate",
     "exact_dedup": "thresher.stages.exact_dedup",
