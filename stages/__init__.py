@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "decontaminate": "thresher.stages.decontaminate",
     "exact_dedup": "thresher.stages.exact_dedup",
     "fuzzy_dedup": "thresher.stages.fuzzy_dedup",
+    "tokens": "thresher.stages.tokens",
     "embed": "thresher.stages.embed",
     "quality": "thresher.stages.quality",
     "cluster": "thresher.stages.cluster",

@@ -192,10 +192,19 @@ def dataset_card(manifest: dict, schema: pa.Schema | None = None, num_bytes: int
         "| stage | rows in | kept | removed | rejected | wall s |",
         "|---|---:|---:|---|---|---:|",
     ]
+    tok_lines: list[str] = []
     for name, st in manifest.get("stages", {}).items():
+        if st.get("stats", {}).get("tokens_total") is not None and name == "tokens":
+            tok_lines.append(f"- counted by the tokens stage ({st['stats'].get('tokenizer')}): "
+                             f"{st['stats']['tokens_total']} tokens in {st['stats'].get('documents')} documents")
+        if name == "sample" and "tokens_selected" in st.get("stats", {}):
+            tok_lines.append(f"- selected by sample: {st['stats']['tokens_selected']} tokens "
+                             f"({st['stats'].get('tokens_from')})")
         rem = ", ".join(f"{k}: {v}" for k, v in st.get("removed", {}).items()) or "0"
         rej = ", ".join(f"{k}: {v}" for k, v in st.get("rejected", {}).items()) or "0"
         lines.append(f"| {name} | {st['rows_in']} | {st['kept']} | {rem} | {rej} | {st['wall_s']} |")
+    if tok_lines:
+        lines += ["", "## Tokens", "", *tok_lines]
     lines += ["", "## Config", "", "```json"]
     lines += [json.dumps(manifest.get("config", {}), indent=2), "```", "", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in manifest.get("versions", {}).items()]

@@ -34,10 +34,11 @@ class Config(StageConfig):
     # Share of the pool (after the quality floor) to select, when `budget` is not set.
     fraction: float | None = Field(None, gt=0)
     unit: Literal["documents", "tokens"] = "documents"
-    # unit=tokens: a documents column holding each document's token count; without one, tokens
-    # are estimated as ceil(whitespace words * tokens_per_word).
+    # unit=tokens: a documents column holding each document's token count (None: the `tokens`
+    # column the tokens stage writes). Only when tokens_per_word is set and there is no such
+    # column are tokens estimated, as ceil(whitespace words * tokens_per_word).
     tokens_column: str | None = None
-    tokens_per_word: float = Field(1.3, gt=0)
+    tokens_per_word: float | None = Field(None, gt=0)
     # How often one document may be taken: budgets above the pool repeat documents (the paper's
     # multiplier). 1 means every document at most once.
     max_repeats: int = Field(1, ge=1)
@@ -240,6 +241,11 @@ def run(spark, tables, cfg: Config, ctx):
 
     if cfg.unit == "tokens" and cfg.tokens_column and cfg.tokens_column not in docs.columns:
         raise ConfigError(f"sample.tokens_column: column '{cfg.tokens_column}' is not in documents")
+    if cfg.unit == "tokens" and not cfg.tokens_column and "tokens" in docs.columns:
+        cfg = cfg.model_copy(update={"tokens_column": "tokens"})
+    if cfg.unit == "tokens" and not cfg.tokens_column and cfg.tokens_per_word is None:
+        raise ConfigError("sample.unit: tokens needs token counts: put the tokens stage before sample, set "
+                          "sample.tokens_column, or set sample.tokens_per_word to estimate from words")
     # The pool: documents still present, with their cluster path (UNCLUSTERED where missing).
     pool = docs.select("id", *([cfg.tokens_column] if cfg.unit == "tokens" and cfg.tokens_column else []),
                        *(["text"] if cfg.unit == "tokens" and not cfg.tokens_column else []))
@@ -350,6 +356,8 @@ def run(spark, tables, cfg: Config, ctx):
                   "max_repeats": cfg.max_repeats})
     if cfg.unit == "tokens":
         stats["tokens_selected"] = stats.pop("selected_tokens")
+        stats["tokens_from"] = (f"column {cfg.tokens_column}" if cfg.tokens_column
+                                else f"estimate: words x {cfg.tokens_per_word}")
     else:
         stats.pop("selected_tokens")
     return {"removed": removed, "selection": selection, "stats": stats}
