@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "ingest": "thresher.stages.ingest",
     "language": "thresher.stages.language",
     "heuristics": "thresher.stages.heuristics",
+    "pii": "thresher.stages.pii",
     "decontaminate": "thresher.stages.decontaminate",
     "exact_dedup": "thresher.stages.exact_dedup",
     "fuzzy_dedup": "thresher.stages.fuzzy_dedup",
