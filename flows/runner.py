@@ -284,6 +284,8 @@ class Runner:
         table = None
         try:
             for table in order:
+                if table == "documents" and spec.removes:
+                    continue  # the rewritten documents: the kept ones are derived below
                 df = result[table]
                 rel = spec.top_level.get(table)
                 if rel:  # a table that lives at the run's top level (the final dataset)
@@ -299,7 +301,7 @@ class Runner:
                 # From the written ids (footers give Spark their size, so a small set is broadcast):
                 # the stage's removal logic runs once, and kept + removed = input by construction.
                 gone = self.spark.read.parquet(str(tmp / "removed"))
-                result["documents"] = kept = kept_documents(inputs["documents"], gone)
+                result["documents"] = kept = kept_documents(result.get("documents", inputs["documents"]), gone)
                 table = "documents"
                 self._write(spec, "documents", kept, tmp / "documents", stage_cfg)
                 locations["documents"] = self.folder.root / name / "documents"

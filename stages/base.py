@@ -38,6 +38,9 @@ class StageSpec:
     - outputs: tables it may return. A stage with `removes=True` returns a `removed` table
       (build it with `ctx.removed`) and NOT the kept documents: the runner derives them as the
       input documents minus the removed ids, so the row accounting closes by construction.
+      A removing stage that also rewrites documents (C4's line filter, a new `language`
+      column) declares `documents` among its outputs and returns all of them, rewritten, one
+      row per input document; the kept ones are derived from those instead.
     - source: reads the run's input paths (`ctx.input_paths`) instead of tables (ingest,
       containment); `fingerprint(paths, cfg)` then says what of the inputs decides its result, and
       `check(paths, cfg)` is its preflight: every input check that needs no Spark, returning the
@@ -131,5 +134,5 @@ def run_stage(spark, mod, tables: dict, cfg, ctx: StageContext | None = None, in
         if own:
             ctx.cleanup()
     if spec.removes:
-        out["documents"] = kept_documents(tables["documents"], out["removed"])
+        out["documents"] = kept_documents(out.get("documents", tables["documents"]), out["removed"])
     return out

@@ -4,8 +4,9 @@ A filter is a function over one Arrow record batch of documents that returns a `
 reason each document is removed (None: kept), the value that decided it (the removed table's
 `score`), optionally replaced columns (a rewritten `text`, a new `language` column), and
 per-document counters summed into the stage's stats. `run_filter` runs it inside mapInArrow
-over every documents column, so nothing is joined back; the runner's accounting sees an ordinary
-removing stage (kept documents + `removed` with `stage`, `reason`, `score`).
+over every documents column, once (persisted), and returns every document (rewritten) and the
+`removed` table built by `ctx.removed`; the runner derives the kept documents from the two
+(stages/base.py StageSpec), so removals are accounted as any removing stage's.
 
 Used by the language, heuristics and pii stages, and by user-defined filters.
 """
@@ -31,15 +32,16 @@ class Verdict:
     counters: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def run_filter(docs, stage: str, fn: Callable[[pa.RecordBatch], Verdict], *,
+def run_filter(docs, ctx, fn: Callable[[pa.RecordBatch], Verdict], *,
                new_columns: dict[str, pa.DataType] | None = None, counters: tuple[str, ...] = ()):
-    """(kept documents, removed, stats) for a batch filter. `new_columns` are columns `fn` adds
+    """(all documents, rewritten; removed; stats) for a batch filter. `new_columns` are columns `fn` adds
     to the documents (name -> Arrow type); `counters` the names of the per-document counters it
     returns, summed into stats."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+    stage = ctx.name
     new_columns = dict(new_columns or {})
     base = to_arrow_schema(docs.schema)
     fields = [f for f in base if f.name not in new_columns]
@@ -81,16 +83,14 @@ def run_filter(docs, stage: str, fn: Callable[[pa.RecordBatch], Verdict], *,
 
     q = docs.mapInArrow(apply, from_arrow_schema(out_schema)).persist(StorageLevel.MEMORY_AND_DISK)
     doc_cols = [f.name for f in out_schema if not f.name.startswith("_tf_")]
-    kept = q.where(F.col(_REASON).isNull()).select(*doc_cols)
-    removed = q.where(F.col(_REASON).isNotNull()).select(
-        "id", F.lit(stage).alias("stage"), F.col(_REASON).alias("reason"),
-        F.lit(None).cast("string").alias("by_id"),
-        F.when(F.isnan(_VALUE), None).otherwise(F.col(_VALUE)).alias("score"))
+    documents = q.select(*doc_cols)
+    removed = ctx.removed(q.where(F.col(_REASON).isNotNull()), F.col(_REASON),
+                          score=F.when(F.isnan(_VALUE), None).otherwise(F.col(_VALUE)))
     stats: dict = {}
     if counters:
         row = q.agg(*[F.sum(_STAT + c).alias(c) for c in counters]).collect()[0]
         stats = {c: int(row[c] or 0) for c in counters}
-    return kept, removed, stats
+    return documents, removed, stats
 
 
 def first_reason(n: int, checks) -> tuple[np.ndarray, np.ndarray]:

@@ -23,11 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from thresher.kernels import text_rules as tr
 from thresher.schemas.errors import ConfigError
-from thresher.stages.base import StageConfig, Strict
-
-NAME = "heuristics"
-INPUTS = ("documents",)
-OUTPUTS = ("documents", "removed")
+from thresher.stages.base import StageConfig, StageSpec, Strict
 
 # rule -> (signal, comparison that removes the document, published threshold)
 RULES: dict[str, dict[str, tuple[str, str, float]]] = {
@@ -217,10 +213,17 @@ def make_filter(cfg: Config):
     return fn, counter_names
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from thresher.stages.batchfilter import run_filter
 
     fn, counters = make_filter(cfg)
-    kept, removed, stats = run_filter(tables["documents"], NAME, fn, counters=counters)
+    docs, removed, stats = run_filter(tables["documents"], ctx, fn, counters=counters)
     stats["rule_sets"] = list(cfg.rule_sets)
-    return {"documents": kept, "removed": removed, "stats": stats}
+    # Only C4 rewrites the text; otherwise the runner keeps the input documents as they are.
+    out = {"removed": removed, "stats": stats}
+    if "c4" in cfg.rule_sets:
+        out["documents"] = docs
+    return out
+
+
+SPEC = StageSpec(name="heuristics", inputs=("documents",), outputs=("documents", "removed"), removes=True)

@@ -30,11 +30,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from thresher.schemas.errors import ConfigError, StageError
-from thresher.stages.base import StageConfig
-
-NAME = "language"
-INPUTS = ("documents",)
-OUTPUTS = ("documents", "removed")
+from thresher.stages.base import StageConfig, StageSpec
 
 _ISO = re.compile(r"^[a-z]{2,3}$")
 
@@ -136,13 +132,16 @@ def make_filter(cfg: Config):
     return fn
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark.sql import functions as F
 
     from thresher.stages.batchfilter import run_filter
 
-    kept, removed, stats = run_filter(tables["documents"], NAME, make_filter(cfg),
+    docs, removed, stats = run_filter(tables["documents"], ctx, make_filter(cfg),
                                       new_columns={"language": pa.string(), "language_score": pa.float64()})
-    top = kept.groupBy("language").count().orderBy(F.desc("count"), "language").limit(20).collect()
-    stats["kept_by_language"] = {str(r["language"]): int(r["count"]) for r in top}
-    return {"documents": kept, "removed": removed, "stats": stats}
+    top = docs.groupBy("language").count().orderBy(F.desc("count"), "language").limit(20).collect()
+    stats["by_language"] = {str(r["language"]): int(r["count"]) for r in top}
+    return {"documents": docs, "removed": removed, "stats": stats}
+
+
+SPEC = StageSpec(name="language", inputs=("documents",), outputs=("documents", "removed"), removes=True)

@@ -15,11 +15,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from thresher.kernels import pii as kp
-from thresher.stages.base import StageConfig
-
-NAME = "pii"
-INPUTS = ("documents",)
-OUTPUTS = ("documents",)
+from thresher.stages.base import StageConfig, StageSpec
 
 
 class Config(StageConfig):
@@ -58,9 +54,12 @@ def make_filter(cfg: Config):
     return fn, tuple(f"redacted_{k}" for k in kp.KINDS if k in kinds) + ("documents_redacted",)
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from thresher.stages.batchfilter import run_filter
 
     fn, counters = make_filter(cfg)
-    kept, _, stats = run_filter(tables["documents"], NAME, fn, counters=counters)
-    return {"documents": kept, "stats": stats}
+    docs, _, stats = run_filter(tables["documents"], ctx, fn, counters=counters)
+    return {"documents": docs, "stats": stats}
+
+
+SPEC = StageSpec(name="pii", inputs=("documents",), outputs=("documents",))

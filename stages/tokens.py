@@ -22,11 +22,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from thresher.schemas.errors import ConfigError, StageError
-from thresher.stages.base import StageConfig
-
-NAME = "tokens"
-INPUTS = ("documents",)
-OUTPUTS = ("documents",)
+from thresher.stages.base import StageConfig, StageSpec
 
 
 class Config(StageConfig):
@@ -91,7 +87,7 @@ def count_tokens(texts, path: str, max_chars: int | None = None) -> np.ndarray:
     return n
 
 
-def run(spark, tables, cfg: Config):
+def run(spark, tables, cfg: Config, ctx):
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
@@ -122,3 +118,6 @@ def run(spark, tables, cfg: Config):
     row = out.agg(F.sum(col).alias("t"), F.count(F.lit(1)).alias("n")).collect()[0]
     return {"documents": out, "stats": {"tokenizer": cfg.tokenizer, "column": col,
                                          "tokens_total": int(row["t"] or 0), "documents": int(row["n"])}}
+
+
+SPEC = StageSpec(name="tokens", inputs=("documents",), outputs=("documents",))

@@ -77,5 +77,5 @@ def test_stage_on_spark(run_curate, tmp_path):
     kept = pq.read_table(out / "dataset")
     assert set(kept.column("language").to_pylist()) <= {"de", "fr"}
     assert st["removed"]["language"] == t.num_rows - kept.num_rows
-    assert kept.num_rows >= 20 and st["stats"]["kept_by_language"]["de"] >= 10
+    assert kept.num_rows >= 20 and st["stats"]["by_language"]["de"] >= 10
     assert pc.min(kept.column("language_score")).as_py() > 0

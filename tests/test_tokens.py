@@ -10,6 +10,7 @@ import pytest
 
 from thresher.schemas.errors import ConfigError
 from thresher.stages import sample, tokens
+from thresher.stages.base import run_stage
 
 
 def test_counts_are_the_tokenizers_wordpieces_without_truncation():
@@ -56,11 +57,11 @@ def test_sample_budget_reads_the_tokens_column(spark, tmp_path):
     toks = rng.integers(1, 40, size=100)
     files = write_tables(tmp_path, ids, [[i % 4, i % 8] for i in range(100)],
                          extra_docs={"tokens": pa.array(toks, pa.int64())})
-    out = sample.run(spark, read(spark, files), sample.Config(budget=500, unit="tokens", seed=0))
+    out = run_stage(spark, sample, read(spark, files), sample.Config(budget=500, unit="tokens", seed=0))
     sel = [r["id"] for r in out["selection"].select("id").collect()]
     assert out["stats"]["tokens_selected"] == int(toks[[ids.index(i) for i in sel]].sum()) <= 500
     assert out["stats"]["tokens_from"] == "column tokens"
     bare = read(spark, files)
     bare["documents"] = bare["documents"].drop("tokens")
     with pytest.raises(ConfigError, match="sample.unit: tokens needs token counts"):
-        sample.run(spark, bare, sample.Config(budget=500, unit="tokens"))
+        run_stage(spark, sample, bare, sample.Config(budget=500, unit="tokens"))
