@@ -60,22 +60,25 @@ class RunConfig(Strict):
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
 
 
-_MODELS: dict[tuple[str, ...] | None, type[RunConfig]] = {}
+_MODELS: dict[tuple, type[RunConfig]] = {}
 
 
-def config_model(stages: tuple[str, ...] | None = None) -> type[RunConfig]:
+def config_model(stages: tuple[str, ...] | None = None, user: dict | None = None) -> type[RunConfig]:
     """The config model of a flow: the run's sections plus one section per stage of `stages`
-    (default: curate's, the registry's STAGES). A flow with its own stage list (containment)
-    also gets that list as its default `stages`."""
-    if stages not in _MODELS:
+    (default: curate's, the registry's STAGES), and one per user-defined stage of this config
+    (`user`: name -> stage module, stages/user.py). A flow with its own stage list
+    (containment) also gets that list as its default `stages`."""
+    key = (stages, tuple(sorted((n, id(m.Config)) for n, m in (user or {}).items())))
+    if key not in _MODELS:
         from thresher.stages import STAGES, get_stage
 
         names = tuple(STAGES) if stages is None else stages
         fields: dict[str, Any] = {name: (get_stage(name).Config, Field(default_factory=get_stage(name).Config)) for name in names}
+        fields.update({n: (m.Config, Field(default_factory=m.Config)) for n, m in (user or {}).items()})
         if stages is not None:
             fields["stages"] = (list[str], Field(default_factory=lambda: list(names)))
-        _MODELS[stages] = create_model("Config", __base__=RunConfig, **fields)
-    return _MODELS[stages]
+        _MODELS[key] = create_model("Config", __base__=RunConfig, **fields)
+    return _MODELS[key]
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -182,7 +185,12 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None, r
         data = _merge(data, overrides)
     if isinstance(data.get("input"), str):
         data["input"] = [data["input"]]
-    model = config_model(stages)
+    user: dict = {}
+    if stages is None and isinstance(data.get("stages"), list):
+        from thresher.stages import resolve_stages
+
+        data["stages"], user = resolve_stages(data["stages"])
+    model = config_model(stages, user)
     try:
         cfg = model.model_validate(data)
     except ValidationError as err:
@@ -200,7 +208,12 @@ def check_stage_order(cfg: RunConfig, stages: tuple[str, ...] | None = None) -> 
     """Preflight of the stage list against the flow's stages (default: curate's)."""
     from thresher.stages import STAGES, get_stage
 
-    mods = {n: get_stage(n) for n in (tuple(STAGES) if stages is None else stages)}
+    from thresher.stages import stage_modules
+
+    names = tuple(STAGES) if stages is None else stages
+    if stages is None:  # user-defined stages this config resolved (stages/user.py)
+        names += tuple(n for n in cfg.stages if n not in names and n in stage_modules() and n not in FLOW_STAGES)
+    mods = {n: get_stage(n) for n in names}
     sources = [n for n, m in mods.items() if m.SPEC.source]
     available: set[str] = set()
     seen: set[str] = set()

@@ -17,7 +17,8 @@ from types import ModuleType
 
 from thresher.stages.base import StageContext, StageSpec
 
-__all__ = ["FLOW_STAGES", "STAGES", "StageContext", "StageSpec", "get_stage", "spec_of", "stage_modules"]
+__all__ = ["FLOW_STAGES", "STAGES", "StageContext", "StageSpec", "get_stage", "register", "resolve_stages", "spec_of",
+           "stage_modules"]
 
 # Order is the pipeline order; a stage added by a later change is one line here.
 STAGES: dict[str, str] = {
@@ -44,6 +45,8 @@ FLOW_STAGES: dict[str, str] = {
 }
 
 _LOADED: dict[str, ModuleType] = {}
+# User-defined stages (stages/user.py) resolved from a config, by name.
+_USER: dict[str, object] = {}
 
 
 def stage_modules() -> dict[str, ModuleType]:
@@ -52,7 +55,7 @@ def stage_modules() -> dict[str, ModuleType]:
             mod = importlib.import_module(modpath)
             assert mod.SPEC.name == name, f"{modpath} declares SPEC.name={mod.SPEC.name!r}"
             _LOADED[name] = mod
-    return _LOADED
+    return {**_LOADED, **_USER}
 
 
 def get_stage(name: str) -> ModuleType:
@@ -62,3 +65,32 @@ def get_stage(name: str) -> ModuleType:
 def spec_of(name_or_module) -> StageSpec:
     mod = get_stage(name_or_module) if isinstance(name_or_module, str) else name_or_module
     return mod.SPEC
+
+
+def register(name: str, mod) -> None:
+    """Adds a user-defined stage under `name` (it may not shadow a built-in one)."""
+    if name in STAGES or name in FLOW_STAGES:
+        from thresher.schemas.errors import ConfigError
+
+        raise ConfigError(f"stages: user stage '{name}' has the name of a built-in stage")
+    _USER[name] = mod
+
+
+def resolve_stages(entries: list) -> tuple[list, dict]:
+    """The `stages` list with user references (`pkg.mod:Attr`, entry points) replaced by their
+    stage names, and {name: module} of the user stages among them (registered)."""
+    from thresher.stages.user import resolve
+
+    names, user = [], {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str) or entry in STAGES:
+            names.append(entry)
+            continue
+        name, mod = resolve(entry, f"stages[{i}]")
+        if mod is None:
+            names.append(entry)  # neither built-in nor a reference: the order check names it
+            continue
+        register(name, mod)
+        user[name] = mod
+        names.append(name)
+    return names, user
