@@ -290,3 +290,12 @@ def test_bad_config_is_one_line():
         load_config(raw={"heuristics": {"gopher": {"thresholds": {"stopwords": 3}}}})
     with pytest.raises(ConfigError, match=r"bad_words_file.*nope\.txt not found"):
         load_config(raw={"heuristics": {"c4": {"bad_words_file": "/nope.txt"}}})
+
+
+def test_pretrain_config_chains_the_filters():
+    from thresher.flows.config import load_config
+
+    cfg = load_config("pretrain")
+    assert cfg.stages[:4] == ["ingest", "language", "heuristics", "pii"]
+    assert {"tokens", "embed", "cluster", "sample"} <= set(cfg.stages)
+    assert cfg.heuristics.rule_sets == ["gopher"] and cfg.sample.unit == "tokens" and cfg.sample.tokens_per_word is None
