@@ -45,6 +45,11 @@ class Config(StageConfig):
     # 0: balanced over the tree (equal caps); 1: proportional to cluster size; between: sizes ** t.
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     strategy: Literal["random", "closest", "quality"] = "random"
+    # A documents column (say `language`, from the language stage) whose values become the top
+    # level of the tree: the budget is balanced over its values first, then over the clusters
+    # within each. Its level is named after the cluster levels (level_{L+1}); stats["strata"]
+    # maps the level's ids to the values (null: -1).
+    stratify_by: str | None = None
     # Documents whose quality score is below the floor (or missing) are never sampled.
     quality_floor: float | None = None
     # Record why each document was chosen in `selection.why`.
@@ -246,13 +251,27 @@ def run(spark, tables, cfg: Config, ctx):
     if cfg.unit == "tokens" and not cfg.tokens_column and cfg.tokens_per_word is None:
         raise ConfigError("sample.unit: tokens needs token counts: put the tokens stage before sample, set "
                           "sample.tokens_column, or set sample.tokens_per_word to estimate from words")
+    if cfg.stratify_by and cfg.stratify_by not in docs.columns:
+        raise ConfigError(f"sample.stratify_by: column '{cfg.stratify_by}' is not in documents (have: {', '.join(docs.columns)})")
     # The pool: documents still present, with their cluster path (UNCLUSTERED where missing).
     pool = docs.select("id", *([cfg.tokens_column] if cfg.unit == "tokens" and cfg.tokens_column else []),
-                       *(["text"] if cfg.unit == "tokens" and not cfg.tokens_column else []))
+                       *(["text"] if cfg.unit == "tokens" and not cfg.tokens_column else []),
+                       *([F.col(cfg.stratify_by).cast("string").alias("_stratum_value")] if cfg.stratify_by else []))
     pool = pool.join(clusters.select("id", *levels, "distance"), "id", "left")
     pool = pool.withColumn("_clustered", F.col(levels[0]).isNotNull())
     for c in levels:
         pool = pool.withColumn(c, F.coalesce(F.col(c).cast("long"), F.lit(UNCLUSTERED).cast("long")))
+    strata: dict[int, str | None] = {}
+    if cfg.stratify_by:
+        values = sorted(r[0] for r in pool.select("_stratum_value").distinct().collect() if r[0] is not None)
+        strata = {i: v for i, v in enumerate(values)}
+        strata[-1] = None
+        top = f"level_{len(levels) + 1}"
+        ids = spark.createDataFrame([(v, i) for i, v in enumerate(values)], "_stratum_value string, _sid long")
+        pool = (pool.join(F.broadcast(ids), "_stratum_value", "left")
+                .withColumn(top, F.coalesce(F.col("_sid"), F.lit(-1).cast("long"))).drop("_sid", "_stratum_value"))
+        levels = levels + [top]
+        top_down = [top] + top_down
     if quality is not None:
         q = quality.select("id", F.col("score").cast("double").alias("_q"))
         pool = pool.join(q, "id", "left").withColumn("_q", F.when(F.isnan("_q"), None).otherwise(F.col("_q")))
@@ -354,6 +373,9 @@ def run(spark, tables, cfg: Config, ctx):
     stats.update({"budget": int(budget), "unit": cfg.unit, "pool": pool_size, "leaves": len(keys),
                   "unclustered": unclustered, "temperature": cfg.temperature, "strategy": cfg.strategy,
                   "max_repeats": cfg.max_repeats})
+    if cfg.stratify_by:
+        stats["stratify_by"] = cfg.stratify_by
+        stats["strata"] = {str(k): v for k, v in sorted(strata.items())}
     if cfg.unit == "tokens":
         stats["tokens_selected"] = stats.pop("selected_tokens")
         stats["tokens_from"] = (f"column {cfg.tokens_column}" if cfg.tokens_column

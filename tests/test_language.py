@@ -79,3 +79,24 @@ def test_stage_on_spark(run_curate, tmp_path):
     assert st["removed"]["language"] == t.num_rows - kept.num_rows
     assert kept.num_rows >= 20 and st["stats"]["by_language"]["de"] >= 10
     assert pc.min(kept.column("language_score")).as_py() > 0
+
+
+def test_sample_stratifies_by_language(spark, tmp_path):
+    from test_sample import read, write_tables
+
+    from thresher.stages import sample
+    from thresher.stages.base import run_stage
+
+    ids = [f"d{i:03d}" for i in range(120)]
+    langs = ["en"] * 100 + ["de"] * 20
+    files = write_tables(tmp_path, ids, [[0, 0]] * 120, extra_docs={"language": langs})
+    out = run_stage(spark, sample, read(spark, files), sample.Config(budget=40, seed=0, stratify_by="language"))
+    sel = {r["id"] for r in out["selection"].select("id").collect()}
+    got = {lang: sum(1 for i, g in zip(ids, langs) if g == lang and i in sel) for lang in ("en", "de")}
+    assert got == {"en": 20, "de": 20}  # balanced over the languages first (temperature 0)
+    assert out["stats"]["strata"] == {"-1": None, "0": "de", "1": "en"}
+    plain = run_stage(spark, sample, read(spark, files), sample.Config(budget=40, seed=0))
+    psel = {r["id"] for r in plain["selection"].select("id").collect()}
+    assert sum(1 for i in psel if langs[ids.index(i)] == "de") < 20
+    with pytest.raises(ConfigError, match="sample.stratify_by: column 'lang' is not in documents"):
+        run_stage(spark, sample, read(spark, files), sample.Config(budget=40, stratify_by="lang"))
