@@ -206,9 +206,7 @@ def _is_absolute(p: str) -> bool:
 
 def check_stage_order(cfg: RunConfig, stages: tuple[str, ...] | None = None) -> None:
     """Preflight of the stage list against the flow's stages (default: curate's)."""
-    from thresher.stages import STAGES, get_stage
-
-    from thresher.stages import stage_modules
+    from thresher.stages import FLOW_STAGES, STAGES, get_stage, stage_modules
 
     names = tuple(STAGES) if stages is None else stages
     if stages is None:  # user-defined stages this config resolved (stages/user.py)
