@@ -127,6 +127,7 @@ class CPUBackend:
         # the same), so the bf16 selection and bounds are exercised on every CPU.
         self.emulate = (matmul == "bf16" and not has_bf16_matmul()) if emulate is None else bool(emulate)
         self.sets = sets
+        self._logged: set[int] = set()
         self.name = "numba-cpu" + ("+bf16" + ("(emulated)" if self.emulate else "") if matmul == "bf16" else "")
 
     def _bf16(self, P: Points, C: np.ndarray, m: int) -> bool:
@@ -173,9 +174,10 @@ class CPUBackend:
         C = np.ascontiguousarray(C, dtype=np.float32)
         n = len(P)
         st = P.cache.get("bounds") if self.prune else None
-        if "path" not in P.cache:
-            P.cache["path"] = self.describe(len(C))
-            log.debug("k-means assignment: %s", P.cache["path"])
+        if len(C) not in self._logged:
+            # Once per k: which path the assignments take here, and why.
+            self._logged.add(len(C))
+            log.info("k-means assignment at k=%d: %s", len(C), self.describe(len(C)))
         if (st is None or st["C"].shape != C.shape or n == 0
                 or st.get("cand") is None or st["cand"].shape != (n, self.candidates if self._sets(C) else 1)):
             lab, d2, lb, cand = self._screen(P, C)
@@ -258,7 +260,13 @@ def pick_backend(prefer: str = "auto", dtype: str = "auto") -> CPUBackend:
     else:
         bf16 = dtype == "bf16" or (dtype == "auto" and has_bf16_matmul())
         b = CPUBackend("bf16" if bf16 else "fp32")
-        why = ("the CPU has " + "/".join(sorted({"avx512_bf16", "amx_bf16"} & cpu_flags()))) if bf16 else "no bf16 matrix units" if dtype == "auto" else f"dtype={dtype}"
+        if dtype != "auto":
+            why = f"dtype={dtype}" + (" (emulated: no bf16 dot products here)" if b.emulate else "")
+        elif bf16:
+            why = "the CPU has " + "/".join(sorted({"avx512_bf16", "amx_bf16"} & cpu_flags())) + " and torch"
+        else:
+            why = "no bf16 dot products (avx512_bf16/amx_bf16) or no torch: fp32 BLAS screening" + (
+                ", ISA capped by THRESHER_CPU_ISA" if os.environ.get("THRESHER_CPU_ISA") else "")
     log.info("k-means backend: %s (%s)", b.name, why)
     _PICKED[key] = b
     return b
