@@ -15,11 +15,11 @@ Every screening pass also leaves, per row, a small candidate set (the centroids 
 score is below a threshold, at most a few) and a lower bound on the row's distance to every
 centroid outside it (from the smallest score above the threshold, less the error window).
 Across Lloyd iterations `bound_check` carries the bound forward by the triangle inequality
-(less the largest move, leaving out the few largest movers, which are measured exactly or, on
-the bf16 path, screened again: `top_bounds_bf16`), measures the candidates exactly, and keeps
+(less the largest move, leaving out the few largest movers, which are measured exactly or,
+with candidate sets, screened again: `top_bounds`), measures the candidates exactly, and keeps
 the nearest of them without a product when its distance is still below the bound: it is then
-provably the nearest of all, so skipping changes nothing in the result. With one candidate this is Hamerly's
-bound, made exact for screened products; more candidates keep it useful where the runner-up
+provably the nearest of all, so skipping changes nothing in the result. With one candidate
+this is Hamerly's bound, made exact for screened products; more candidates keep it useful where the runner-up
 is almost as near as the nearest (real embeddings, large k), and let a row change label among
 its candidates without a product.
 """
@@ -34,9 +34,6 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-# Candidates kept per row while streaming over centroid chunks; a row that overflows is
-# decided by an exact pass over all centroids (rare: it needs > MAXC near-ties).
-MAXC = 32
 UNIT_FP32 = 2.0 ** -24
 # Up to this many dimensions assignment computes every distance directly.
 DIRECT_MAX_D = 16
@@ -65,118 +62,6 @@ def _d2(x, c):
         v = np.float64(x[t]) - np.float64(c[t])
         s += v * v
     return s
-
-
-@njit(cache=True, inline="always")
-def _push(i, j, v, vmin, W, cand, candv, ncand, over):
-    """Record centroid j with screened score v for row i, if it can still be the nearest."""
-    if v > vmin[i] + W[i]:
-        return
-    if v < vmin[i]:
-        vmin[i] = v
-    if ncand[i] == cand.shape[1]:
-        # Full: drop those the new minimum has ruled out.
-        m = 0
-        for q in range(ncand[i]):
-            if candv[i, q] <= vmin[i] + W[i]:
-                cand[i, m] = cand[i, q]
-                candv[i, m] = candv[i, q]
-                m += 1
-        ncand[i] = m
-        if m == cand.shape[1]:
-            over[i] = True
-            return
-    cand[i, ncand[i]] = j
-    candv[i, ncand[i]] = v
-    ncand[i] += 1
-
-
-@njit(cache=True)
-def _decide(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
-    """Exact decision for row i of the block (global row gi) among its surviving candidates."""
-    best = -1
-    bd = np.inf
-    if over[i]:
-        for j in range(C.shape[0]):
-            dd = _d2(X[gi], C[j])
-            if dd < bd:
-                bd = dd
-                best = j
-    else:
-        for q in range(ncand[i]):
-            if candv[i, q] <= vmin[i] + W[i]:
-                j = cand[i, q]
-                dd = _d2(X[gi], C[j])
-                if dd < bd or (dd == bd and j < best):
-                    bd = dd
-                    best = j
-    labels[gi] = best
-    d2[gi] = bd
-
-
-@njit(parallel=True, cache=True)
-def _scan_tile(T, j0, kk, cn, vmin, W, cand, candv, ncand, over, m2):
-    """Fold one (rows, centroid-chunk) tile of dot products into each row's candidates; `m2`
-    keeps each row's second-smallest screened score (vmin is the smallest)."""
-    for i in prange(T.shape[0]):
-        lo = np.inf
-        lo2 = np.inf
-        for jj in range(kk):
-            v = cn[j0 + jj] - 2.0 * np.float64(T[i, jj])
-            if v < lo:
-                lo2 = lo
-                lo = v
-            elif v < lo2:
-                lo2 = v
-        # Second smallest of {vmin, m2} and {lo, lo2}.
-        m2[i] = min(max(vmin[i], lo), min(m2[i], lo2))
-        if lo > vmin[i] + W[i]:
-            continue
-        # Tighten the bound first so only this tile's near-best centroids are pushed.
-        if lo < vmin[i]:
-            vmin[i] = lo
-        for jj in range(kk):
-            v = cn[j0 + jj] - 2.0 * np.float64(T[i, jj])
-            # Test here, not in _push: a call per element would cost array refcounting.
-            if v <= vmin[i] + W[i]:
-                _push(i, j0 + jj, v, vmin, W, cand, candv, ncand, over)
-
-
-@njit(parallel=True, cache=True)
-def _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
-    for i in prange(vmin.shape[0]):
-        _decide(i, s + i, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
-
-
-@njit(cache=True)
-def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2, lb):
-    # Row blocks run one after the other so that each product gets all of BLAS's threads
-    # (BLAS called from inside numba's parallel loop oversubscribes the cores); the scan of a
-    # tile is the parallel part. Only one (block, chunk) tile of scores exists at a time.
-    n = X.shape[0]
-    k = C.shape[0]
-    nch, _, kc = Cchunks.shape
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        m = e - s
-        vmin = np.full(m, np.inf)
-        W = np.empty(m)
-        for i in range(m):
-            W[i] = 2.0 * coef * xnorm[s + i] * cmax + 1e-300
-        cand = np.empty((m, MAXC), np.int32)
-        candv = np.empty((m, MAXC), np.float64)
-        ncand = np.zeros(m, np.int32)
-        over = np.zeros(m, np.bool_)
-        m2 = np.full(m, np.inf)
-        Xb = np.ascontiguousarray(Xs[s:e])
-        for ch in range(nch):
-            T = np.dot(Xb, Cchunks[ch])
-            _scan_tile(T, ch * kc, min(kc, k - ch * kc), cn, vmin, W, cand, candv, ncand, over, m2)
-        _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
-        for i in range(m):
-            # Every centroid but one scores >= m2 on screen, so >= m2 - W/2 exactly; W is
-            # twice the product's bound, and taking all of it leaves room for roundings.
-            lb[s + i] = xnorm[s + i] * xnorm[s + i] + m2[i] - W[i]
 
 
 @njit(cache=True, fastmath={"nnan", "ninf", "nsz"})
@@ -491,17 +376,6 @@ def _assign_direct(X, C, labels, d2, lb):
 def norms(X: np.ndarray) -> np.ndarray:
     """Euclidean norms in float64 (the screening windows scale with them)."""
     return np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
-
-
-def chunk_centroids(C: np.ndarray, kc: int = 512) -> np.ndarray:
-    """C transposed into (n_chunks, d, kc) contiguous slabs, zero-padded."""
-    k, d = C.shape
-    nch = max(1, -(-k // kc))
-    out = np.zeros((nch, d, kc), dtype=np.float32)
-    for c in range(nch):
-        part = C[c * kc:(c + 1) * kc]
-        out[c, :, : len(part)] = part.T
-    return out
 
 
 class _OneBLASThread:
