@@ -69,12 +69,28 @@ def exact_inertia(X, C) -> float:
     return float(cpu.assign(X, C)[1].astype(np.float64).sum())
 
 
+def _compile_stats() -> dict:
+    """numba's cache hits and misses (compilations) over the k-means kernels so far."""
+    from numba.core.registry import CPUDispatcher
+
+    from thresher.kernels import kmeans_cpu as cpu
+
+    hits = misses = 0
+    for f in vars(cpu).values():
+        if isinstance(f, CPUDispatcher):
+            hits += sum(f.stats.cache_hits.values())
+            misses += sum(f.stats.cache_misses.values())
+    return {"numba_cache_hits": hits, "numba_compiled": misses}
+
+
 def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float = 0.35,
-                single: bool = True) -> dict:
+                single: bool = True, dtype: str = "auto", dense_repeat: int | None = None) -> dict:
     """Lloyd iterations against faiss. `spread` is the per-point noise around each component
     centre: the larger it is, the less separated the clusters and the fewer rows the bounds
     can skip (faiss's time does not depend on it). `single`: also time the bounds with one
-    candidate a row and no movers' screen (Hamerly's bound, as before them)."""
+    candidate a row and no movers' screen (Hamerly's bound, as before them). `dtype`: the
+    screening product (auto: what pick_backend picks on this CPU). The first call (numba
+    compiling, or loading its cache) is timed apart from the warm repeats."""
     import faiss
 
     from thresher.kernels.backend import CPUBackend, pick_backend
@@ -89,7 +105,7 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
     rng = np.random.default_rng(1)
     S = X[rng.choice(n, min(n, 20 * k), replace=False)]
     C0 = np.ascontiguousarray(S[cpu.kmeanspp(S, k, 1)])
-    be = pick_backend()
+    be = pick_backend("cpu", dtype)
     flops = 2.0 * n * k * d * iters
 
     shares, shares1 = [], []
@@ -120,10 +136,15 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
         km.train(X, init_centroids=C0)
         return km.centroids
 
-    lloyd(ArraySource(X[: 4 * k], be), C0, 1)  # compile/warm outside the timings
+    # First call: numba compiles (or loads its on-disk cache), kept out of the warm timings.
+    t0 = time.perf_counter()
+    lloyd(ArraySource(X[: 4 * k], be), C0, 2)
+    lloyd(ArraySource(X[: 4 * k], dense_be), C0, 1)
+    first_call = time.perf_counter() - t0
+    compiled = _compile_stats()
     t_ours, t_peer, t_dense, t_single = [], [], [], []
     C_ours = C_peer = C_dense = C_single = None
-    for _ in range(repeat):
+    for r in range(repeat):
         t0 = time.perf_counter()
         C_ours = ours()
         t_ours.append(time.perf_counter() - t0)
@@ -134,17 +155,20 @@ def bench_lloyd(n: int, d: int, k: int, iters: int, repeat: int, spread: float =
         t0 = time.perf_counter()
         C_peer = peer()
         t_peer.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        C_dense = dense()
-        t_dense.append(time.perf_counter() - t0)
+        if r < (repeat if dense_repeat is None else dense_repeat):
+            t0 = time.perf_counter()
+            C_dense = dense()
+            t_dense.append(time.perf_counter() - t0)
     if not np.array_equal(C_ours, C_dense) or (single and not np.array_equal(C_single, C_dense)):
         raise AssertionError("lloyd: pruned and dense iterations gave different centroids")
     i_ours, i_peer = exact_inertia(X, C_ours), exact_inertia(X, C_peer)
     empty = int((np.bincount(cpu.assign(X, C_ours)[0], minlength=k) == 0).sum())
     ts, tp = statistics.median(t_ours), statistics.median(t_peer)
-    name = f"lloyd_{n}x{d}_k{k}_{iters}it" + ("" if spread == 0.35 else f"_spread{spread}")
+    name = (f"lloyd_{n}x{d}_k{k}_{iters}it" + ("" if spread == 0.35 else f"_spread{spread}")
+            + ("" if dtype == "auto" else f"_{dtype}"))
     return record(name, ts, "faiss-cpu Kmeans", tp,
-                  backend=be.name, repeats=repeat, thresher_dense_equivalent_gflops=round(flops / ts / 1e9, 1),
+                  backend=be.name, precision=be.matmul, path=be.describe(k), repeats=repeat,
+                  first_call_s=round(first_call, 2), **compiled, thresher_dense_equivalent_gflops=round(flops / ts / 1e9, 1),
                   faiss_gflops=round(flops / tp / 1e9, 1), inertia_thresher=round(i_ours, 3),
                   inertia_faiss=round(i_peer, 3), empty_clusters_thresher=empty, inertia_rel_diff=round((i_ours - i_peer) / i_peer, 6),
                   all_thresher_s=[round(t, 2) for t in t_ours], all_faiss_s=[round(t, 2) for t in t_peer],

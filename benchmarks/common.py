@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -91,3 +93,95 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+
+
+# What `python -m benchmarks --isa avx2` sets before anything loads, so that thresher and its
+# peers run their AVX2 code on a newer CPU: numba's LLVM target, every OpenBLAS (numpy's,
+# scipy's, faiss's), torch's ATen kernels, MKL and oneDNN, faiss's dispatch, and thresher's own
+# picks (kernels.backend.cpu_flags hides AVX-512 and AMX). hardware() reports what took effect.
+ISA_PINS = {
+    "avx2": {
+        "THRESHER_CPU_ISA": "avx2",
+        "NUMBA_CPU_NAME": "haswell",
+        "NUMBA_CPU_FEATURES": "",  # haswell's own features, not the host's AVX-512 ones
+        "OPENBLAS_CORETYPE": "Haswell",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "FAISS_SIMD_LEVEL": "AVX2",
+    },
+}
+
+_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo() -> tuple[str, frozenset]:
+    model, flags = "unknown", frozenset()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = frozenset(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_class(flags) -> str:
+    if "amx_tile" in flags:
+        return "AMX"
+    if "avx512f" in flags:
+        return "AVX-512" + ("+BF16" if "avx512_bf16" in flags else "")
+    if "avx2" in flags:
+        return "AVX2"
+    return "pre-AVX2"
+
+
+def hardware() -> dict:
+    """The machine a record was measured on: CPU model and the flags that pick code paths (as
+    the CPU reports them), the ISA pin in force and what each library took from it, the
+    k-means backend and precision thresher picks here, cores and load."""
+    model, flags = _cpuinfo()
+    pin = os.environ.get("THRESHER_CPU_ISA") or None
+    out = {"cpu_model": model, "cpu_class": cpu_class(flags), "cores": os.cpu_count(),
+           "flags": {f: f in flags for f in _FLAGS},
+           "isa_pinned": pin, "code_path": f"{pin.upper()} code path pinned on {cpu_class(flags)}" if pin else "native",
+           "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    eff = {}
+    if "numba" in sys.modules:
+        import llvmlite.binding as ll
+        import numba
+
+        eff["numba_cpu"] = numba.config.CPU_NAME or ll.get_host_cpu_name()
+        eff["numba_threads"] = numba.get_num_threads()
+    try:
+        from threadpoolctl import threadpool_info
+
+        eff["blas"] = sorted({f"{os.path.basename(i['filepath']).split('-')[0]}:{i.get('architecture')}:{i['num_threads']}"
+                              for i in threadpool_info() if i["user_api"] == "blas"})
+    except Exception:
+        pass
+    if "faiss" in sys.modules:
+        try:
+            eff["faiss_simd"] = sys.modules["faiss"].SIMDConfig.get_level_name()
+        except Exception:
+            pass
+    if "torch" in sys.modules:
+        try:
+            eff["torch_cpu_capability"] = sys.modules["torch"].backends.cpu.get_cpu_capability()
+        except Exception:
+            pass
+    out["effective"] = eff
+    try:
+        from thresher.kernels.backend import cpu_bf16, pick_backend
+
+        be = pick_backend()
+        out["kmeans_backend"] = be.name
+        out["kmeans_precision"] = getattr(be, "matmul", None)
+        out["bf16_feature"] = cpu_bf16()
+    except Exception as e:  # a benchmark without the kernels' dependencies still gets a record
+        out["kmeans_backend"] = f"unavailable: {type(e).__name__}"
+    return out

@@ -17,19 +17,29 @@ from thresher.kernels import kmeans_cpu as cpu
 
 log = logging.getLogger("thresher.kernels")
 
-BF16_UNIT = 2.0 ** -8
+BF16_UNIT = cpu.BF16_UNIT
+
+
+# THRESHER_CPU_ISA=avx2 hides the CPU's AVX-512 and AMX flags from every pick (with the ISA
+# pins of numba, OpenBLAS, torch and faiss that `python -m benchmarks --isa avx2` sets), so the
+# AVX2 code path can be measured on a newer CPU.
+_ABOVE_AVX2 = ("avx512", "amx")
 
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
+    flags: frozenset[str] = frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                    flags = frozenset(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return frozenset()
+    if os.environ.get("THRESHER_CPU_ISA", "").lower() == "avx2":
+        flags = frozenset(f for f in flags if not f.startswith(_ABOVE_AVX2))
+    return flags
 
 
 def cpu_bf16() -> str | None:
@@ -38,6 +48,8 @@ def cpu_bf16() -> str | None:
     for f in ("amx_bf16", "avx512_bf16"):
         if f in cpu_flags():
             return f
+    if os.environ.get("THRESHER_CPU_ISA", "").lower() == "avx2":
+        return None
     try:
         import torch
 
@@ -86,7 +98,9 @@ class Points:
 
 
 class CPUBackend:
-    """numba kernels; the screening product in fp32 (BLAS) or bf16 (torch, oneDNN).
+    """numba kernels; the screening product in fp32 (BLAS, inside numba's threads) or bf16
+    (torch and oneDNN on CPUs with bf16 dot products; `emulate=True`, or a CPU without them:
+    the same product bits made by numpy, slow, for tests and checks on any CPU).
 
     Repeated assignments of the same points (Lloyd iterations) screen only the rows whose
     label the bounds of the previous assignment cannot vouch for (kmeans_cpu.bound_check);
@@ -95,30 +109,49 @@ class CPUBackend:
 
     # Above this share of rows left to screen, screening them all beats gathering them.
     GATHER_MAX = 0.6
-    # Candidates kept per row for the bounds (bf16 screening at k >= 4 x screen_tops; otherwise
-    # the label alone). Measured on 200,000 x 384, k=1000 (README, clustering).
+    # Candidates kept per row for the bounds (at k >= 4 x screen_tops; otherwise the label alone).
     CANDIDATES = 16
 
     def __init__(self, matmul: str = "fp32", prune: bool | None = None, candidates: int | None = None,
-                 screen_tops: int | None = None):
+                 screen_tops: int | None = None, emulate: bool | None = None, sets: bool | None = None):
+        if matmul not in ("fp32", "bf16"):
+            raise ValueError(f"matmul: expected fp32 or bf16, got {matmul!r}")
         self.matmul = matmul
         # THRESHER_KMEANS_PRUNE=0 turns the bounds off everywhere (executors too, through
         # spark.executorEnv): for measuring what they save, or ruling them out.
         self.prune = os.environ.get("THRESHER_KMEANS_PRUNE", "1") != "0" if prune is None else prune
         self.candidates = max(1, int(candidates or self.CANDIDATES))
-        # Largest movers screened again on the bf16 path (0: measure the few outliers exactly).
+        # Largest movers screened again (0: measure the few outliers exactly).
         self.screen_tops = cpu.SCREEN_TOPS if screen_tops is None else int(screen_tops)
-        self.name = "numba-cpu" + ("+bf16" if matmul == "bf16" else "")
+        # bf16 without the hardware: numpy makes the product's bits (the kernels after it are
+        # the same), so the bf16 selection and bounds are exercised on every CPU.
+        self.emulate = (matmul == "bf16" and not has_bf16_matmul()) if emulate is None else bool(emulate)
+        self.sets = sets
+        self._logged: set[int] = set()
+        self.name = "numba-cpu" + ("+bf16" + ("(emulated)" if self.emulate else "") if matmul == "bf16" else "")
 
     def _bf16(self, P: Points, C: np.ndarray, m: int) -> bool:
         # bf16 pays off only for real products; tiny d or k would overflow its wider windows.
         return self.matmul == "bf16" and m >= 256 and P.X.shape[1] >= 32 and len(C) >= 32
 
     def _sets(self, C: np.ndarray) -> bool:
-        """Candidate sets and the movers' screen go together, on the bf16 path at k >= 4 x
-        screen_tops: below that a candidate's exact distance costs about what screening ten
-        centroids does, and the sets were measured slower than the single bound (README)."""
-        return self.matmul == "bf16" and bool(self.screen_tops) and len(C) >= 4 * self.screen_tops
+        """Candidate sets and the movers' screen go together, at k >= 4 x screen_tops (512 by
+        default): below that a candidate's exact distance (float64, every iteration) costs about
+        what screening ten centroids does, and the sets measured slower than the single bound
+        (README, clustering: bf16 on an AMX CPU; fp32 on Zen 4, AVX2 code path and native)."""
+        if self.sets is not None:
+            return self.sets and bool(self.screen_tops) and len(C) > self.screen_tops
+        return bool(self.screen_tops) and len(C) >= 4 * self.screen_tops
+
+    def describe(self, k: int) -> str:
+        """The path this backend takes at k centroids, and why (for logs and benchmarks)."""
+        if self._sets(np.empty((k, 0))):
+            b = f"{self.candidates} candidates a row and the {self.screen_tops} largest movers screened again"
+            why = f"k >= {4 * self.screen_tops}" if self.sets is None else "asked for"
+        else:
+            b = "the single (Hamerly) bound"
+            why = f"k < {4 * self.screen_tops}" if self.sets is None else "asked for"
+        return f"{self.name}, {self.matmul} screen, bounds: {b if self.prune else 'off'} ({why})"
 
     def _screen(self, P: Points, C: np.ndarray, rows: np.ndarray | None = None):
         """(labels, float64 d2, lower bound on the distance to any centroid outside the row's
@@ -126,20 +159,25 @@ class CPUBackend:
         m = len(P) if rows is None else len(rows)
         width = self.candidates if self._sets(C) else 1
         if self._bf16(P, C, m):
-            lab, d2, lb2, cand = assign_bf16(P, C, rows=rows, with_bounds=True, candidates=width)
+            lab, d2, lb2, cand = assign_bf16(P, C, rows=rows, with_bounds=True, candidates=width,
+                                             emulate=self.emulate)
         else:
-            if rows is None:
-                lab, d2, lb2 = cpu.assign_lb(P.X, C, P.norms, shift=P.shift, xs=P.Xs)
-            else:
-                lab, d2, lb2 = cpu.assign_lb(P.X[rows], C, P.norms[rows], shift=P.shift, xs=P.Xs[rows])
-            cand = np.full((m, width), -1, np.int32)
-            cand[:, 0] = lab
+            lab, d2, lb2, cand, _ = cpu.screen(P.X, C, P.norms, P.shift, P.Xs, rows, width)
         return lab, d2, np.sqrt(np.maximum(lb2, 0.0)), cand
+
+    def _screen_tops(self, P: Points, C, tops, cand, rows):
+        if self._bf16(P, C, len(rows)):
+            return screen_tops_bf16(P, C, tops, cand, rows=rows, emulate=self.emulate)
+        return screen_tops_fp32(P, C, tops, cand, rows=rows)
 
     def assign(self, P: Points, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         C = np.ascontiguousarray(C, dtype=np.float32)
         n = len(P)
         st = P.cache.get("bounds") if self.prune else None
+        if len(C) not in self._logged:
+            # Once per k: which path the assignments take here, and why.
+            self._logged.add(len(C))
+            log.info("k-means assignment at k=%d: %s", len(C), self.describe(len(C)))
         if (st is None or st["C"].shape != C.shape or n == 0
                 or st.get("cand") is None or st["cand"].shape != (n, self.candidates if self._sets(C) else 1)):
             lab, d2, lb, cand = self._screen(P, C)
@@ -148,7 +186,7 @@ class CPUBackend:
             lab, lb, cand = st["labels"], st["lb"], st["cand"]
             mv, tops, rest = cpu.moves(st["C"], C)
             tmax = rest
-            screen_tops = self._sets(C) and self._bf16(P, C, n)
+            screen_tops = self._sets(C)
             if screen_tops:
                 # The largest movers are left out of the bulk's bound; the rows that only they
                 # stand in the way of screen them again (a product with few columns).
@@ -159,7 +197,7 @@ class CPUBackend:
             if screen_tops:
                 r2 = np.flatnonzero(state == 2)
                 if len(r2):
-                    l = np.minimum(lb[r2], screen_tops_bf16(P, C, tops, cand, rows=r2))
+                    l = np.minimum(lb[r2], self._screen_tops(P, C, tops, cand, r2))
                     lim = l * (1.0 - cpu.BOUND_MARGIN)
                     lb[r2] = l
                     state[r2] = (lim > 0) & (d2[r2] < lim * lim)
@@ -222,7 +260,13 @@ def pick_backend(prefer: str = "auto", dtype: str = "auto") -> CPUBackend:
     else:
         bf16 = dtype == "bf16" or (dtype == "auto" and has_bf16_matmul())
         b = CPUBackend("bf16" if bf16 else "fp32")
-        why = ("the CPU has " + "/".join(sorted({"avx512_bf16", "amx_bf16"} & cpu_flags()))) if bf16 else "no bf16 matrix units" if dtype == "auto" else f"dtype={dtype}"
+        if dtype != "auto":
+            why = f"dtype={dtype}" + (" (emulated: no bf16 dot products here)" if b.emulate else "")
+        elif bf16:
+            why = "the CPU has " + "/".join(sorted({"avx512_bf16", "amx_bf16"} & cpu_flags())) + " and torch"
+        else:
+            why = "no bf16 dot products (avx512_bf16/amx_bf16) or no torch: fp32 BLAS screening" + (
+                ", ISA capped by THRESHER_CPU_ISA" if os.environ.get("THRESHER_CPU_ISA") else "")
     log.info("k-means backend: %s (%s)", b.name, why)
     _PICKED[key] = b
     return b
@@ -232,37 +276,88 @@ def _bf16_coef(d: int) -> float:
     return cpu.screen_coef(d, BF16_UNIT, BF16_UNIT)
 
 
-def _bf16_rows(P: Points, rows: np.ndarray | None = None):
-    """P's centred rows in bf16 (a torch tensor, made once per point set), or `rows` of them."""
-    import torch
+def bf16_round(A: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bf16 (ties to even), as float32: what torch's
+    `.to(torch.bfloat16)` gives (finite inputs)."""
+    u = np.ascontiguousarray(A, dtype=np.float32).view(np.uint32)
+    r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return r.view(np.float32)
 
-    Xb = P.cache.get("bf16")
+
+def bf16_bits(A: np.ndarray) -> np.ndarray:
+    """The int16 bits of float32 values rounded to bf16 (ties to even)."""
+    return (bf16_round(A).view(np.uint32) >> np.uint32(16)).astype(np.uint16).view(np.int16)
+
+
+def bf16_matmul_bits(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The bf16 product the hardware path screens with, made in numpy: A and B already bf16
+    values (float32 arrays), the products exact in fp32 (8-bit significands), fp32
+    accumulation, the output rounded to bf16: int16 bits, (m, k). Within the same error bound
+    as torch's bf16 matmul (screen_coef with BF16_UNIT for inputs and output), though not
+    always the same bits (accumulation order)."""
+    return bf16_bits(np.dot(A, B))
+
+
+def _bf16_rows(P: Points, rows: np.ndarray | None = None, emulate: bool = False):
+    """P's centred rows in bf16 (made once per point set: a torch tensor, or with `emulate` a
+    float32 array of bf16 values), or `rows` of them."""
+    key = "bf16_emulated" if emulate else "bf16"
+    Xb = P.cache.get(key)
     if Xb is None:
-        Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
-        P.cache["bf16"] = Xb
+        if emulate:
+            Xb = bf16_round(P.Xs)
+        else:
+            import torch
+
+            Xb = torch.from_numpy(P.Xs).to(torch.bfloat16)
+        P.cache[key] = Xb
     if rows is None:
         return Xb
+    if emulate:
+        return Xb[np.asarray(rows, dtype=np.int64)]
+    import torch
+
     return Xb.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)))
 
 
+def _bf16_products(Xb, Cs: np.ndarray, block: int, emulate: bool):
+    """Yields (start, int16 bits of the bf16 product of rows start.. of Xb with Cs.T), block by
+    block: torch on the hardware, numpy emulating it otherwise."""
+    n = Xb.shape[0]
+    if emulate:
+        CbT = np.ascontiguousarray(bf16_round(Cs).T)
+        for s in range(0, n, block):
+            yield s, bf16_matmul_bits(Xb[s:s + block], CbT)
+        return
+    import torch
+
+    Cb = torch.from_numpy(np.ascontiguousarray(Cs)).to(torch.bfloat16).T.contiguous()
+    # One tile for all blocks: a fresh one each time costs page faults on every block.
+    tile = torch.empty((min(block, n), len(Cs)), dtype=torch.bfloat16)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        out = tile[: e - s]
+        torch.mm(Xb[s:e], Cb, out=out)
+        yield s, out.view(torch.int16).numpy()
+
+
 def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int = 8 << 20,
-                rows: np.ndarray | None = None, with_bounds: bool = False, candidates: int = 1):
+                rows: np.ndarray | None = None, with_bounds: bool = False, candidates: int = 1,
+                emulate: bool = False):
     """Screen with a bf16 product (bf16 inputs and output, fp32 accumulation), then decide the
     rows whose best and runners-up are within the bf16 error bound in exact arithmetic.
     (labels, float32 d2) of every row, or of `rows`; with_bounds: (labels, float64 d2, lower
     bound on the squared distance to every centroid outside the row's candidate set, the sets:
-    (rows, `candidates`) int32, -1 padded; see kmeans_cpu.select_from_bf16)."""
-    import torch
-
+    (rows, `candidates`) int32, -1 padded; see kmeans_cpu.select_from_bf16). `emulate`: the
+    product from numpy (bf16_matmul_bits) instead of torch."""
     C = np.ascontiguousarray(C, dtype=np.float32)
-    Xb = _bf16_rows(P, rows)
+    Xb = _bf16_rows(P, rows, emulate)
     if rows is None:
         X, xnorm = P.X, P.norms
     else:
         X, xnorm = P.X[rows], P.norms[rows]
     n, d = X.shape
     Cs = C - P.shift
-    Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()
     cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
     cmax = float(np.sqrt(cn64.max())) if len(C) else 0.0
     coef = _bf16_coef(d)
@@ -273,14 +368,9 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
     cand = np.empty((n, max(1, candidates)), np.int32)
     # Keep a block's score tile near max_tile_bytes whatever k is.
     block = max(64, min(block, (max_tile_bytes // 2) // max(1, len(C))))
-    # One tile for all blocks: a fresh one each time costs page faults on every block.
-    tile = torch.empty((min(block, n), len(C)), dtype=torch.bfloat16)
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        out = tile[: e - s]
-        torch.mm(Xb[s:e], Cb, out=out)
-        cpu.select_from_bf16(out.view(torch.int16).numpy(), s, X, C, cn64, xnorm, cmax, coef, cpu.LADDER, labels,
-                             d2, ncand, lb, cand)
+    for s, bits in _bf16_products(Xb, Cs, block, emulate):
+        cpu.select_from_bf16(bits, s, X, C, cn64, xnorm, cmax, coef, cpu.LADDER, 1.0 + cpu.GAP_WINDOWS, labels, d2,
+                             ncand, lb, cand)
     P.cache["bf16_exact_checks"] = float(ncand.mean()) if n else 0.0
     if with_bounds:
         return labels, d2, lb, cand
@@ -288,26 +378,37 @@ def assign_bf16(P: Points, C: np.ndarray, block: int = 4096, max_tile_bytes: int
 
 
 def screen_tops_bf16(P: Points, C: np.ndarray, tops: np.ndarray, cand: np.ndarray,
-                     block: int = 8192, rows: np.ndarray | None = None) -> np.ndarray:
+                     block: int = 8192, rows: np.ndarray | None = None, emulate: bool = False) -> np.ndarray:
     """A lower bound on each row's (or each of `rows`') distance to every centroid of `tops`
     (ascending) outside its candidate set (`cand`, all rows, ascending), from a bf16 product of
-    the rows with those centroids only (kmeans_cpu.top_bounds_bf16)."""
-    import torch
-
-    Xb = _bf16_rows(P, rows)
+    the rows with those centroids only (kmeans_cpu.top_bounds)."""
+    Xb = _bf16_rows(P, rows, emulate)
     norms = P.norms
     if rows is not None:
         norms, cand = norms[rows], cand[rows]
     Cs = np.ascontiguousarray(C[tops], dtype=np.float32) - P.shift
-    Cb = torch.from_numpy(Cs).to(torch.bfloat16).T.contiguous()
     cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
     cmax = float(np.sqrt(cn64.max())) if len(tops) else 0.0
-    n = len(norms)
-    out = np.empty(n, np.float64)
-    tile = torch.empty((min(block, n), len(tops)), dtype=torch.bfloat16)
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        t = tile[: e - s]
-        torch.mm(Xb[s:e], Cb, out=t)
-        cpu.top_bounds_bf16(t.view(torch.int16).numpy(), s, tops, cn64, norms, cmax, _bf16_coef(P.X.shape[1]), cand, out)
+    out = np.empty(len(norms), np.float64)
+    for s, bits in _bf16_products(Xb, Cs, block, emulate):
+        cpu.top_bounds(bits, s, tops, cn64, norms, cmax, _bf16_coef(P.X.shape[1]), cand, out)
+    return out
+
+
+def screen_tops_fp32(P: Points, C: np.ndarray, tops: np.ndarray, cand: np.ndarray,
+                     block: int = 8192, rows: np.ndarray | None = None) -> np.ndarray:
+    """screen_tops_bf16 with an fp32 product (numpy's BLAS, all its threads)."""
+    norms, Xs = P.norms, P.Xs
+    if rows is not None:
+        norms, cand = norms[rows], cand[rows]
+    Cs = np.ascontiguousarray(C[tops], dtype=np.float32) - P.shift
+    CsT = np.ascontiguousarray(Cs.T)
+    cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
+    cmax = float(np.sqrt(cn64.max())) if len(tops) else 0.0
+    coef = cpu.screen_coef(P.X.shape[1], cpu.UNIT_FP32)
+    out = np.empty(len(norms), np.float64)
+    for s in range(0, len(norms), block):
+        e = min(len(norms), s + block)
+        Xb = Xs[s:e] if rows is None else Xs[rows[s:e]]
+        cpu.top_bounds(np.dot(Xb, CsT), s, tops, cn64, norms, cmax, coef, cand, out)
     return out

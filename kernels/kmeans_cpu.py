@@ -15,11 +15,11 @@ Every screening pass also leaves, per row, a small candidate set (the centroids 
 score is below a threshold, at most a few) and a lower bound on the row's distance to every
 centroid outside it (from the smallest score above the threshold, less the error window).
 Across Lloyd iterations `bound_check` carries the bound forward by the triangle inequality
-(less the largest move, leaving out the few largest movers, which are measured exactly or, on
-the bf16 path, screened again: `top_bounds_bf16`), measures the candidates exactly, and keeps
+(less the largest move, leaving out the few largest movers, which are measured exactly or,
+with candidate sets, screened again: `top_bounds`), measures the candidates exactly, and keeps
 the nearest of them without a product when its distance is still below the bound: it is then
-provably the nearest of all, so skipping changes nothing in the result. With one candidate this is Hamerly's
-bound, made exact for screened products; more candidates keep it useful where the runner-up
+provably the nearest of all, so skipping changes nothing in the result. With one candidate
+this is Hamerly's bound, made exact for screened products; more candidates keep it useful where the runner-up
 is almost as near as the nearest (real embeddings, large k), and let a row change label among
 its candidates without a product.
 """
@@ -27,14 +27,13 @@ its candidates without a product.
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-# Candidates kept per row while streaming over centroid chunks; a row that overflows is
-# decided by an exact pass over all centroids (rare: it needs > MAXC near-ties).
-MAXC = 32
 UNIT_FP32 = 2.0 ** -24
 # Up to this many dimensions assignment computes every distance directly.
 DIRECT_MAX_D = 16
@@ -63,118 +62,6 @@ def _d2(x, c):
         v = np.float64(x[t]) - np.float64(c[t])
         s += v * v
     return s
-
-
-@njit(cache=True, inline="always")
-def _push(i, j, v, vmin, W, cand, candv, ncand, over):
-    """Record centroid j with screened score v for row i, if it can still be the nearest."""
-    if v > vmin[i] + W[i]:
-        return
-    if v < vmin[i]:
-        vmin[i] = v
-    if ncand[i] == cand.shape[1]:
-        # Full: drop those the new minimum has ruled out.
-        m = 0
-        for q in range(ncand[i]):
-            if candv[i, q] <= vmin[i] + W[i]:
-                cand[i, m] = cand[i, q]
-                candv[i, m] = candv[i, q]
-                m += 1
-        ncand[i] = m
-        if m == cand.shape[1]:
-            over[i] = True
-            return
-    cand[i, ncand[i]] = j
-    candv[i, ncand[i]] = v
-    ncand[i] += 1
-
-
-@njit(cache=True)
-def _decide(i, gi, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
-    """Exact decision for row i of the block (global row gi) among its surviving candidates."""
-    best = -1
-    bd = np.inf
-    if over[i]:
-        for j in range(C.shape[0]):
-            dd = _d2(X[gi], C[j])
-            if dd < bd:
-                bd = dd
-                best = j
-    else:
-        for q in range(ncand[i]):
-            if candv[i, q] <= vmin[i] + W[i]:
-                j = cand[i, q]
-                dd = _d2(X[gi], C[j])
-                if dd < bd or (dd == bd and j < best):
-                    bd = dd
-                    best = j
-    labels[gi] = best
-    d2[gi] = bd
-
-
-@njit(parallel=True, cache=True)
-def _scan_tile(T, j0, kk, cn, vmin, W, cand, candv, ncand, over, m2):
-    """Fold one (rows, centroid-chunk) tile of dot products into each row's candidates; `m2`
-    keeps each row's second-smallest screened score (vmin is the smallest)."""
-    for i in prange(T.shape[0]):
-        lo = np.inf
-        lo2 = np.inf
-        for jj in range(kk):
-            v = cn[j0 + jj] - 2.0 * np.float64(T[i, jj])
-            if v < lo:
-                lo2 = lo
-                lo = v
-            elif v < lo2:
-                lo2 = v
-        # Second smallest of {vmin, m2} and {lo, lo2}.
-        m2[i] = min(max(vmin[i], lo), min(m2[i], lo2))
-        if lo > vmin[i] + W[i]:
-            continue
-        # Tighten the bound first so only this tile's near-best centroids are pushed.
-        if lo < vmin[i]:
-            vmin[i] = lo
-        for jj in range(kk):
-            v = cn[j0 + jj] - 2.0 * np.float64(T[i, jj])
-            # Test here, not in _push: a call per element would cost array refcounting.
-            if v <= vmin[i] + W[i]:
-                _push(i, j0 + jj, v, vmin, W, cand, candv, ncand, over)
-
-
-@njit(parallel=True, cache=True)
-def _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2):
-    for i in prange(vmin.shape[0]):
-        _decide(i, s + i, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
-
-
-@njit(cache=True)
-def _assign_fp32(Xs, X, C, Cchunks, cn, xnorm, cmax, coef, block, labels, d2, lb):
-    # Row blocks run one after the other so that each product gets all of BLAS's threads
-    # (BLAS called from inside numba's parallel loop oversubscribes the cores); the scan of a
-    # tile is the parallel part. Only one (block, chunk) tile of scores exists at a time.
-    n = X.shape[0]
-    k = C.shape[0]
-    nch, _, kc = Cchunks.shape
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        m = e - s
-        vmin = np.full(m, np.inf)
-        W = np.empty(m)
-        for i in range(m):
-            W[i] = 2.0 * coef * xnorm[s + i] * cmax + 1e-300
-        cand = np.empty((m, MAXC), np.int32)
-        candv = np.empty((m, MAXC), np.float64)
-        ncand = np.zeros(m, np.int32)
-        over = np.zeros(m, np.bool_)
-        m2 = np.full(m, np.inf)
-        Xb = np.ascontiguousarray(Xs[s:e])
-        for ch in range(nch):
-            T = np.dot(Xb, Cchunks[ch])
-            _scan_tile(T, ch * kc, min(kc, k - ch * kc), cn, vmin, W, cand, candv, ncand, over, m2)
-        _decide_rows(s, X, C, vmin, W, cand, candv, ncand, over, labels, d2)
-        for i in range(m):
-            # Every centroid but one scores >= m2 on screen, so >= m2 - W/2 exactly; W is
-            # twice the product's bound, and taking all of it leaves room for roundings.
-            lb[s + i] = xnorm[s + i] * xnorm[s + i] + m2[i] - W[i]
 
 
 @njit(cache=True, fastmath={"nnan", "ninf", "nsz"})
@@ -213,11 +100,11 @@ def _second_min(sc, lo):
     box[0] = lo
     lk = _okey(box.view(np.int32)[0])
     n_lo = np.int32(0)
-    m = np.int32(0x7FFFFFFF)
+    m = np.int32(0x7F800000)  # +inf's key: +inf when no score lies above
     for j in range(sc.shape[0]):
         x = _okey(oi[j])
         n_lo += np.int32(x == lk)
-        m = min(m, x if x > lk else np.int32(0x7FFFFFFF))
+        m = min(m, x if x > lk else np.int32(0x7F800000))
     if n_lo > 1:
         return lo
     box.view(np.int32)[0] = _okey(m)  # the key map is its own inverse
@@ -228,6 +115,19 @@ GAP_WINDOWS = 16.0
 # Thresholds tried for a row's candidate set, in units of its screening window above its best
 # score: 2^(q/2), q = 0..12 (the window itself up to 64 windows).
 LADDER = 2.0 ** (np.arange(13) / 2.0)
+BF16_UNIT = 2.0 ** -8
+
+
+def set_ladder(d: int, coef: float) -> tuple[np.ndarray, float]:
+    """The candidate-set ladder and gap (in windows of a product with error bound `coef`) that
+    span the same distances as the bf16 path's, where they were tuned: the sets are about which
+    centroids are near, not about the product's precision. An fp32 window is ~500 times
+    narrower, and rungs in its own units would leave every set at the label alone. Rung 0 stays
+    the window itself (the bisection starts from a rung that holds at most the set's size)."""
+    w = max(1.0, screen_coef(d, BF16_UNIT, BF16_UNIT) / coef)
+    if w == 1.0:
+        return LADDER, 1.0 + GAP_WINDOWS
+    return np.concatenate([[1.0], LADDER * w]), (1.0 + GAP_WINDOWS) * w
 
 
 @njit(cache=True)
@@ -245,10 +145,10 @@ def _min_above(sc, t):
     box = np.empty(1, np.float32)
     box[0] = t
     tk = _okey(box.view(np.int32)[0])
-    m = np.int32(0x7FFFFFFF)
+    m = np.int32(0x7F800000)
     for j in range(sc.shape[0]):
         x = _okey(oi[j])
-        m = min(m, x if x > tk else np.int32(0x7FFFFFFF))
+        m = min(m, x if x > tk else np.int32(0x7F800000))
     box.view(np.int32)[0] = _okey(m)
     return box[0]
 
@@ -262,8 +162,118 @@ def _up32(v):
     return r
 
 
+@njit(cache=True, inline="always")
+def _select_row(sc, lo, gi, oi, xn, X, C, cmax, coef, ladder, gap, bj, bv, labels, d2, ncand, lb, cand):
+    """One row's selection from its fp32 scores `sc` (lo: their minimum), from a product whose
+    error bound is `coef`: see select_from_bf16. `gi`: the row in X, `oi`: in the outputs.
+    `ladder` (rung 0 the window itself) and `gap` are in windows above the best score."""
+    mc = cand.shape[1]
+    nbuf = bv.shape[0]
+    k = sc.shape[0]
+    cmax2 = cmax * cmax
+    span = 64
+    R = ladder.shape[0]
+    # The product's bound for the best and for a candidate, plus the fp32 roundings of
+    # ||c||^2 and of each score (relative 2^-24 of |cn| + |2 s| each, counted 4 times).
+    win = 2.0 * coef * xn * cmax + 4.0 * UNIT_FP32 * (cmax2 + 2.0 * xn * cmax)
+    lim32 = _up32(np.float64(lo) + win)
+    # tg: the threshold of the pass below. Rung a holds at most mc scores, rung b more
+    # (unless a == b, the top); when rung b holds few, they are gathered and sorted.
+    tg = lim32
+    c1 = _count_le(sc, lim32)
+    ok = mc > 1 and c1 <= mc
+    exact = False
+    # A set clear of the rest by `gap` is enough: well separated rows keep their window's few
+    # centroids (each candidate costs an exact distance every iteration).
+    if ok and _count_le(sc, _up32(np.float64(lo) + win * gap)) == c1:
+        pass
+    elif ok:
+        a = 0
+        b = R - 1
+        cb = _count_le(sc, _up32(np.float64(lo) + win * ladder[b]))
+        if cb <= mc:
+            a = b
+        while b - a > 1:
+            h = (a + b) // 2
+            ch = _count_le(sc, _up32(np.float64(lo) + win * ladder[h]))
+            if ch <= mc:
+                a = h
+            else:
+                b = h
+                cb = ch
+        exact = a < b and cb <= nbuf
+        tg = _up32(np.float64(lo) + win * ladder[b if exact else a])
+    best = -1
+    bd = np.inf
+    cnt = 0
+    nb = 0
+    # Few scores pass: a vectorised count per span, and a scan only of spans with one.
+    for j0 in range(0, k, span):
+        j1 = min(k, j0 + span)
+        hit = 0
+        for j in range(j0, j1):
+            hit += sc[j] <= tg
+        if hit == 0:
+            continue
+        for j in range(j0, j1):
+            if sc[j] <= tg:
+                if ok:
+                    bj[nb] = j
+                    bv[nb] = sc[j]
+                    nb += 1
+                if sc[j] <= lim32:
+                    dd = _d2(X[gi], C[j])
+                    cnt += 1
+                    if dd < bd:
+                        bd = dd
+                        best = j
+    labels[oi] = best
+    d2[oi] = bd
+    ncand[oi] = cnt
+    if exact:
+        # Insertion sort by score; gathered in index order, so ties stay by index.
+        for p in range(1, nb):
+            v = bv[p]
+            jj = bj[p]
+            q = p - 1
+            while q >= 0 and bv[q] > v:
+                bv[q + 1] = bv[q]
+                bj[q + 1] = bj[q]
+                q -= 1
+            bv[q + 1] = v
+            bj[q + 1] = jj
+        # The longest prefix of at most mc that the next score strictly exceeds (the
+        # window's scores alone are one, as rung 0 holds at most mc).
+        nm = mc
+        while bv[nm - 1] == bv[nm]:
+            nm -= 1
+        nxt = bv[nm]
+        # Sets are kept in index order (bound_check walks them beside the tops).
+        for p in range(1, nm):
+            jj = bj[p]
+            q = p - 1
+            while q >= 0 and bj[q] > jj:
+                bj[q + 1] = bj[q]
+                q -= 1
+            bj[q + 1] = jj
+    elif ok:
+        nm = nb
+        nxt = _min_above(sc, tg)
+    else:
+        bj[0] = best
+        nm = 1
+        nxt = _second_min(sc, lo)
+    for q in range(nm):
+        cand[oi, q] = bj[q]
+    for q in range(nm, mc):
+        cand[oi, q] = -1
+    # Every centroid outside the set screens at >= nxt; the whole window (twice the
+    # one-sided error, plus the roundings) comes off it.
+    lb[oi] = xn * xn + np.float64(nxt) - win
+
+
 @njit(parallel=True, cache=True)
-def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, ladder, labels, d2, ncand, lb, cand):
+def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, ladder, gap, labels, d2, ncand, lb, cand):
     """Rows s0.. of X given their bf16 dot products (raw bits, (m, k) int16) from a product
     whose error bound is `coef`: the row's best screened score, then the exact distance of
     every centroid within the window of it. `ncand` counts the exact checks.
@@ -278,13 +288,9 @@ def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, ladder, labels, d2,
     and the bound comes from the second-smallest score (Hamerly's single bound, which is also
     what a one-column `cand` always gets)."""
     m, k = Sbits.shape
-    mc = cand.shape[1]
-    nbuf = 4 * mc
+    nbuf = 4 * cand.shape[1]
     cn32 = cn.astype(np.float32)
-    cmax2 = cmax * cmax
     rows = 32
-    span = 64
-    R = ladder.shape[0]
     for c in prange((m + rows - 1) // rows):
         wide = np.empty(k, np.uint32)
         sc = np.empty(k, np.float32)
@@ -292,104 +298,59 @@ def select_from_bf16(Sbits, s0, X, C, cn, xnorm, cmax, coef, ladder, labels, d2,
         bv = np.empty(nbuf, np.float32)
         for i in range(c * rows, min(m, (c + 1) * rows)):
             lo = _bf16_scores(Sbits[i], cn32, wide, sc)
-            xn = xnorm[s0 + i]
-            # The product's bound for the best and for a candidate, plus the fp32 roundings of
-            # ||c||^2 and of each score (relative 2^-24 of |cn| + |2 s| each, counted 4 times).
-            win = 2.0 * coef * xn * cmax + 4.0 * UNIT_FP32 * (cmax2 + 2.0 * xn * cmax)
-            lim32 = _up32(np.float64(lo) + win)
-            # tg: the threshold of the pass below. Rung a holds at most mc scores, rung b more
-            # (unless a == b, the top); when rung b holds few, they are gathered and sorted.
-            tg = lim32
-            c1 = _count_le(sc, lim32)
-            ok = mc > 1 and c1 <= mc
-            exact = False
-            # A set clear of the rest by GAP_WINDOWS is enough: well separated rows keep their
-            # window's few centroids (each candidate costs an exact distance every iteration).
-            if ok and _count_le(sc, _up32(np.float64(lo) + win * (1.0 + GAP_WINDOWS))) == c1:
-                pass
-            elif ok:
-                a = 0
-                b = R - 1
-                cb = _count_le(sc, _up32(np.float64(lo) + win * ladder[b]))
-                if cb <= mc:
-                    a = b
-                while b - a > 1:
-                    h = (a + b) // 2
-                    ch = _count_le(sc, _up32(np.float64(lo) + win * ladder[h]))
-                    if ch <= mc:
-                        a = h
-                    else:
-                        b = h
-                        cb = ch
-                exact = a < b and cb <= nbuf
-                tg = _up32(np.float64(lo) + win * ladder[b if exact else a])
-            best = -1
-            bd = np.inf
-            cnt = 0
-            nb = 0
-            # Few scores pass: a vectorised count per span, and a scan only of spans with one.
-            for j0 in range(0, k, span):
-                j1 = min(k, j0 + span)
-                hit = 0
-                for j in range(j0, j1):
-                    hit += sc[j] <= tg
-                if hit == 0:
-                    continue
-                for j in range(j0, j1):
-                    if sc[j] <= tg:
-                        if ok:
-                            bj[nb] = j
-                            bv[nb] = sc[j]
-                            nb += 1
-                        if sc[j] <= lim32:
-                            dd = _d2(X[s0 + i], C[j])
-                            cnt += 1
-                            if dd < bd:
-                                bd = dd
-                                best = j
-            labels[s0 + i] = best
-            d2[s0 + i] = bd
-            ncand[s0 + i] = cnt
-            if exact:
-                # Insertion sort by score; gathered in index order, so ties stay by index.
-                for p in range(1, nb):
-                    v = bv[p]
-                    jj = bj[p]
-                    q = p - 1
-                    while q >= 0 and bv[q] > v:
-                        bv[q + 1] = bv[q]
-                        bj[q + 1] = bj[q]
-                        q -= 1
-                    bv[q + 1] = v
-                    bj[q + 1] = jj
-                # The longest prefix of at most mc that the next score strictly exceeds (the
-                # window's scores alone are one, as rung 0 holds at most mc).
-                nm = mc
-                while bv[nm - 1] == bv[nm]:
-                    nm -= 1
-                nxt = bv[nm]
-                # Sets are kept in index order (bound_check walks them beside the tops).
-                for p in range(1, nm):
-                    jj = bj[p]
-                    q = p - 1
-                    while q >= 0 and bj[q] > jj:
-                        bj[q + 1] = bj[q]
-                        q -= 1
-                    bj[q + 1] = jj
-            elif ok:
-                nm = nb
-                nxt = _min_above(sc, tg)
-            else:
-                bj[0] = best
-                nm = 1
-                nxt = _second_min(sc, lo)
-            for q in range(nm):
-                cand[s0 + i, q] = bj[q]
-            for q in range(nm, mc):
-                cand[s0 + i, q] = -1
-            # Every centroid outside the set screens at >= nxt; the whole window (twice the
-            # one-sided error, plus the roundings) comes off it.
-            lb[s0 + i] = xn * xn + np.float64(nxt) - win
+            _select_row(sc, lo, s0 + i, s0 + i, xnorm[s0 + i], X, C, cmax, coef, ladder, gap, bj, bv, labels,
+                        d2, ncand, lb, cand)
+
+
+@njit(cache=True, fastmath={"nnan", "ninf", "nsz"})
+def _f32_scores(t, cn32, out):
+    """Scores cn - 2 s of one row from its fp32 dot products `t`, into `out`; their minimum
+    (as _bf16_scores: 2 s is exact, the subtraction's rounding is in the caller's slack)."""
+    k = t.shape[0]
+    for j in range(k):
+        out[j] = cn32[j] - np.float32(2.0) * t[j]
+    oi = out.view(np.int32)
+    lo = np.int32(0x7FFFFFFF)
+    for j in range(k):
+        lo = min(lo, _okey(oi[j]))
+    box = np.empty(1, np.int32)
+    box[0] = _okey(lo)
+    return box.view(np.float32)[0]
+
+
+@njit(parallel=True, cache=True)
+def screen_fp32(Xs, X, CsT, C, cn, xnorm, cmax, coef, ladder, gap, rows, block, labels, d2, ncand, lb, cand):
+    """select_from_bf16 with an fp32 screening product, computed here block by block: rows
+    `rows` of X (screened in the centred copy Xs; outputs indexed as `rows`). `CsT`: the
+    centred centroids transposed, (d, k) C-contiguous.
+
+    One thread pool does everything: each thread multiplies its own row block by all centroids
+    with a single-threaded BLAS call (the caller holds BLAS at one thread) and selects from
+    the tile while it is in cache. Alternating a multi-threaded BLAS with numba's parallel scan
+    left each pool's idle threads spinning against the other's on a 2-core machine; a tile of
+    all k columns per block (not a chunk of centroids) lets the selection see every score of
+    a row at once, so no running candidate lists are kept."""
+    m = rows.shape[0]
+    k = C.shape[0]
+    d = X.shape[1]
+    nbuf = 4 * cand.shape[1]
+    cn32 = cn.astype(np.float32)
+    nblk = (m + block - 1) // block
+    for b in prange(nblk):
+        s = b * block
+        e = min(m, s + block)
+        Xb = np.empty((e - s, d), np.float32)
+        for q in range(e - s):
+            Xb[q, :] = Xs[rows[s + q]]
+        T = np.dot(Xb, CsT)
+        sc = np.empty(k, np.float32)
+        bj = np.empty(nbuf, np.int32)
+        bv = np.empty(nbuf, np.float32)
+        for q in range(e - s):
+            gi = rows[s + q]
+            lo = _f32_scores(T[q], cn32, sc)
+            _select_row(sc, lo, gi, s + q, xnorm[gi], X, C, cmax, coef, ladder, gap, bj, bv, labels, d2,
+                        ncand, lb, cand)
 
 
 @njit(parallel=True, cache=True)
@@ -417,32 +378,51 @@ def norms(X: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
 
 
-def chunk_centroids(C: np.ndarray, kc: int = 512) -> np.ndarray:
-    """C transposed into (n_chunks, d, kc) contiguous slabs, zero-padded."""
-    k, d = C.shape
-    nch = max(1, -(-k // kc))
-    out = np.zeros((nch, d, kc), dtype=np.float32)
-    for c in range(nch):
-        part = C[c * kc:(c + 1) * kc]
-        out[c, :, : len(part)] = part.T
-    return out
+class _OneBLASThread:
+    """Holds the BLAS that numba's np.dot calls (scipy's) at one thread while screen_fp32 runs
+    its own threads over row blocks; restores the old count after. Looked up once, through
+    threadpoolctl; when scipy's library cannot be told apart, every BLAS is held."""
+
+    libs = None
+
+    def __enter__(self):
+        if _OneBLASThread.libs is None:
+            import scipy
+            import scipy.linalg.cython_blas  # noqa: F401  (loads the library numba calls)
+            from threadpoolctl import ThreadpoolController
+
+            blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+            root = os.path.dirname(os.path.dirname(scipy.__file__))
+            own = [c for c in blas if c.filepath.startswith(os.path.join(root, "scipy"))]
+            _OneBLASThread.libs = own or blas
+        self.old = [(c, c.num_threads) for c in _OneBLASThread.libs]
+        for c, n in self.old:
+            if n != 1:
+                c.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        for c, n in self.old:
+            if n != 1:
+                c.set_num_threads(n)
 
 
-def assign(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, block: int = 2048,
-           kc: int = 1024, shift: np.ndarray | None = None, xs: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (int32, lowest index on ties) and squared distance (float32) per row.
-    `shift`: screen in coordinates X - shift (with `xs` = X - shift and `xnorm` its norms when
-    the caller has them)."""
-    labels, d2, _ = assign_lb(X, C, xnorm, block, kc, shift, xs)
-    return labels, d2.astype(np.float32)
+def screen_block(k: int, m: int) -> int:
+    """Rows per block of screen_fp32: a score tile of about 1 MB (in L2 while it is selected
+    from), at least 64 rows for the product's sake, and enough blocks to keep every thread
+    busy."""
+    b = max(64, min(512, (1 << 18) // max(1, k)))
+    per_thread = -(-m // (2 * max(1, numba.get_num_threads())))
+    return max(16, min(b, per_thread))
 
 
-def assign_lb(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, block: int = 2048,
-              kc: int = 1024, shift: np.ndarray | None = None, xs: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`assign`, with float64 squared distances, plus a lower bound on each row's squared
-    distance to every centroid but its own (+inf with a single centroid)."""
+def screen(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, shift: np.ndarray | None = None,
+           xs: np.ndarray | None = None, rows: np.ndarray | None = None, width: int = 1):
+    """Exact assignment of X's rows (or of `rows`) through an fp32 screening product, with each
+    row's candidate set (`width` wide, -1 padded; see select_from_bf16) and a lower bound on its
+    squared distance to every centroid outside it: (labels int32, d2 float64, lb float64,
+    cand int32, exact checks per row int32), indexed as `rows`. `shift`: screen in coordinates
+    X - shift (`xs` = X - shift and `xnorm` its norms when the caller has them)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     C = np.ascontiguousarray(C, dtype=np.float32)
     n, d = X.shape
@@ -455,16 +435,44 @@ def assign_lb(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None, blo
     else:
         Xs, Cs = X, C
         xnorm = norms(X) if xnorm is None else xnorm
+    rows = np.arange(n, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    m = len(rows)
+    labels = np.empty(m, np.int32)
+    d2 = np.empty(m, np.float64)
+    lb = np.empty(m, np.float64)
+    ncand = np.ones(m, np.int32)
+    cand = np.full((m, max(1, width)), -1, np.int32)
+    if m == 0:
+        return labels, d2, lb, cand, ncand
+    if d <= DIRECT_MAX_D:
+        _assign_direct(X[rows], C, labels, d2, lb)
+        ncand[:] = len(C)
+        cand[:, 0] = labels
+        return labels, d2, lb, cand, ncand
     cn64 = np.einsum("ij,ij->i", Cs, Cs, dtype=np.float64)
-    cmax = float(np.sqrt(cn64.max())) if len(C) else 0.0
-    labels = np.empty(n, np.int32)
-    d2 = np.empty(n, np.float64)
-    lb = np.empty(n, np.float64)
-    if n and d <= DIRECT_MAX_D:
-        _assign_direct(X, C, labels, d2, lb)
-    elif n:
-        _assign_fp32(Xs, X, C, chunk_centroids(Cs, min(kc, max(16, len(C)))), cn64, xnorm, cmax,
-                     screen_coef(d, UNIT_FP32), block, labels, d2, lb)
+    cmax = float(np.sqrt(cn64.max()))
+    CsT = np.ascontiguousarray(Cs.T)
+    coef = screen_coef(d, UNIT_FP32)
+    ladder, gap = set_ladder(d, coef)
+    with _OneBLASThread():
+        screen_fp32(Xs, X, CsT, C, cn64, xnorm, cmax, coef, ladder, gap, rows, screen_block(len(C), m),
+                    labels, d2, ncand, lb, cand)
+    return labels, d2, lb, cand, ncand
+
+
+def assign(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None,
+           shift: np.ndarray | None = None, xs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (int32, lowest index on ties) and squared distance (float32) per row."""
+    labels, d2, _ = assign_lb(X, C, xnorm, shift, xs)
+    return labels, d2.astype(np.float32)
+
+
+def assign_lb(X: np.ndarray, C: np.ndarray, xnorm: np.ndarray | None = None,
+              shift: np.ndarray | None = None, xs: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`assign`, with float64 squared distances, plus a lower bound on each row's squared
+    distance to every centroid but its own (+inf with a single centroid)."""
+    labels, d2, lb, _, _ = screen(X, C, xnorm, shift, xs)
     return labels, d2, lb
 
 
@@ -525,13 +533,33 @@ def bound_check(X, C, cand, labels, lb, tops, rest, tmax, u2, state):
         state[i] = st
 
 
+@njit(cache=True, inline="always")
+def _bits_f32(b):
+    box = np.empty(1, np.uint32)
+    box[0] = b
+    return box.view(np.float32)[0]
+
+
+
+def _prod_f32(x):
+    """A screening product's value as float32: bf16 bits (int16) widened, or fp32 as is."""
+    raise NotImplementedError  # numba only (overloaded below)
+
+
+@overload(_prod_f32)
+def _prod_f32_ov(x):
+    if isinstance(x, types.Integer):
+        return lambda x: _bits_f32(np.uint32(np.uint16(x)) << np.uint32(16))
+    return lambda x: np.float32(x)
+
+
 @njit(parallel=True, cache=True)
-def top_bounds_bf16(Sbits, s0, tops, cn, xnorm, cmax, coef, cand, out):
-    """Rows s0.. given their bf16 dot products with the moved tops only ((m, t) int16 bits, as
-    select_from_bf16's, with the same error bound `coef` and largest centroid norm `cmax`):
-    a lower bound on each row's distance to every top outside its candidate set (both in
-    index order), into `out`; +inf when every top is a candidate."""
-    m, t = Sbits.shape
+def top_bounds(S, s0, tops, cn, xnorm, cmax, coef, cand, out):
+    """Rows s0.. given their products with the moved tops only ((m, t): bf16 bits as int16, as
+    select_from_bf16's, or fp32, as screen_fp32's, with that product's error bound `coef` and
+    largest centroid norm `cmax`): a lower bound on each row's distance to every top outside
+    its candidate set (both in index order), into `out`; +inf when every top is a candidate."""
+    m, t = S.shape
     mc = cand.shape[1]
     cmax2 = cmax * cmax
     for i in prange(m):
@@ -546,17 +574,9 @@ def top_bounds_bf16(Sbits, s0, tops, cn, xnorm, cmax, coef, cand, out):
             if p < mc and cand[s0 + i, p] == j:
                 continue
             # fp32 as in _bf16_scores: 2 s is exact, the subtraction's rounding is in `win`.
-            sb = np.uint32(np.uint16(Sbits[i, q])) << np.uint32(16)
-            v = np.float64(np.float32(cn[q]) - np.float32(2.0) * _bits_f32(sb))
+            v = np.float64(np.float32(cn[q]) - np.float32(2.0) * _prod_f32(S[i, q]))
             lo = min(lo, v)
         out[s0 + i] = np.sqrt(max(xn * xn + lo - win, 0.0)) if lo < np.inf else np.inf
-
-
-@njit(cache=True, inline="always")
-def _bits_f32(b):
-    box = np.empty(1, np.uint32)
-    box[0] = b
-    return box.view(np.float32)[0]
 
 
 # At most this many of the largest movers are measured exactly in bound_check.

@@ -189,7 +189,7 @@ def _partition_arrays(batches, d: int):
 
 # The bounds each partition's last assignment left (kmeans_cpu.bound_check) are kept between
 # Spark passes in a file (label, bound and candidate set: 12 + 2 m bytes a row for k < 32768;
-# m = CPUBackend.CANDIDATES = 16 on the bf16 path at k >= 512, so 44 bytes, else 1), so
+# m = CPUBackend.CANDIDATES = 16 at k >= 512 (fp32 or bf16 screening), so 44 bytes, else 1), so
 # whichever Python worker runs the partition next reads them back. The files live in a private
 # scratch folder this run made (stages/scratch.py) and removes; a task without them (another
 # host, a lost file) screens every row: where a task runs changes speed, never labels.

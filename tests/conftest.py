@@ -21,6 +21,18 @@ DEMO = REPO / "configs" / "data" / "debian_demo.parquet"
 CUT = REPO / "tests" / "data" / "corpus"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Say how many tests did not run for lack of hardware (marker `hardware`), so a CI log shows
+    which kernel paths this machine left unchecked."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "hardware" in getattr(r, "keywords", {})]
+    ran = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
+           if r.when == "call" and "hardware" in getattr(r, "keywords", {})]
+    if skipped or ran:
+        terminalreporter.write_line(f"hardware-marked tests: {len(ran)} ran, {len(skipped)} skipped for lack of hardware")
+        for r in skipped:
+            terminalreporter.write_line(f"  skipped (hardware): {r.nodeid}")
+
+
 @pytest.fixture(scope="session")
 def spark():
     from thresher.flows.config import SparkConfig

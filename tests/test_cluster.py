@@ -223,15 +223,14 @@ def test_cluster_config_errors_and_registration():
 
 def test_bounds_file_round_trip_keeps_full_candidate_sets(tmp_path):
     """What an executor keeps between level-1 passes (stages/cluster.py write_bounds and
-    read_bounds): the bf16 path's candidate sets, 16 wide with -1 padding, stored as int16 and
+    read_bounds): the candidate sets (here the bf16 path's, emulated by numpy on CPUs without
+    bf16 dot products), 16 wide with -1 padding, stored as int16 and
     read back unchanged; a pass started from them gives the dense labels; a file of other rows
     (fingerprint or length) is ignored."""
     from thresher.kernels import backend as B
     from thresher.kernels import kmeans_cpu as K
     from thresher.stages import cluster
 
-    if not B.has_bf16_matmul():
-        pytest.skip("candidate sets are kept on the bf16 path only")
     rng = np.random.default_rng(3)
     X = rng.normal(size=(3000, 64)).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)

@@ -11,6 +11,20 @@ from thresher.kernels import kmeans_cpu as K
 from thresher.kernels import kmeans_ref as R
 
 
+# The screening products every test runs on: fp32, bf16 made by numpy (any CPU), and bf16 on
+# the CPU's own bf16 units (marked `hardware`: skipped, and counted, where there are none).
+SCREENS = ["fp32", "bf16-emulated", pytest.param("bf16", marks=pytest.mark.hardware)]
+
+
+def backend(kind, **kw):
+    """A CPUBackend for a SCREENS entry."""
+    if kind == "bf16" and not B.has_bf16_matmul():
+        pytest.skip("hardware: no bf16 dot products (avx512_bf16/amx_bf16) or no torch on this CPU")
+    if kind == "bf16-emulated":
+        return B.CPUBackend("bf16", emulate=True, **kw)
+    return B.CPUBackend(kind, emulate=False, **kw) if kind == "bf16" else B.CPUBackend(kind, **kw)
+
+
 def blobs(n, d, k, seed=0, spread=0.3):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, d)) * 2
@@ -41,13 +55,13 @@ def test_assign_windows_hold_for_uncentred_data():
     np.testing.assert_array_equal(B.CPUBackend("fp32").assign(B.Points(X), C)[0], lr)
 
 
-def test_bf16_screening_gives_fp32_assignments():
-    if not B.has_bf16_matmul():
-        pytest.skip("no bf16 matrix units on this CPU")
+@pytest.mark.parametrize("kind", SCREENS[1:])
+def test_bf16_screening_gives_fp32_assignments(kind):
+    be = backend(kind)
     X = blobs(4000, 64, 50, seed=5, spread=1.0)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     C = X[:300].copy()
-    lab, d2 = B.assign_bf16(B.Points(X), C)
+    lab, d2 = B.assign_bf16(B.Points(X), C, emulate=be.emulate)
     lr, dr = R.assign_ref(X, C)
     np.testing.assert_array_equal(lab, lr)
     np.testing.assert_allclose(d2, dr, rtol=1e-6, atol=1e-6)
@@ -107,10 +121,42 @@ def test_lloyd_iterations_match_reference():
     np.testing.assert_allclose(C, Cr, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("matmul,d,m", [("fp32", 2, 8), ("fp32", 48, 8), ("bf16", 64, 1), ("bf16", 64, 8)])
-def test_screening_lower_bounds_hold(matmul, d, m):
-    if matmul == "bf16" and not B.has_bf16_matmul():
-        pytest.skip("no bf16 matrix units on this CPU")
+def test_bf16_emulation_rounds_as_torch():
+    """numpy's bf16 rounding (ties to even) gives torch's bits, ties and signs included; torch
+    converts without bf16 hardware."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    A = (rng.normal(size=5000) * 10.0 ** rng.integers(-20, 20, 5000)).astype(np.float32)
+    # Exact ties (low 16 bits 0x8000) on both parities of bit 16, and the values next to them.
+    u = rng.integers(0, 2 ** 31, 3000, dtype=np.uint32) & np.uint32(0xFFFF0000)
+    ties = np.concatenate([u | np.uint32(0x8000), u | np.uint32(0x18000), u | np.uint32(0x7FFF),
+                           u | np.uint32(0x8001)]).view(np.float32)
+    A = np.concatenate([A, ties[np.isfinite(ties)], -A, [0.0, -0.0, 1.0]]).astype(np.float32)
+    ref = torch.from_numpy(A).to(torch.bfloat16).view(torch.int16).numpy()
+    np.testing.assert_array_equal(B.bf16_bits(A), ref)
+
+
+@pytest.mark.hardware
+def test_bf16_emulated_product_is_within_torchs_bound():
+    """On bf16 hardware: numpy's emulated product and torch's differ by at most the product's
+    error bound (both are within it of the exact product)."""
+    if not B.has_bf16_matmul():
+        pytest.skip("hardware: no bf16 dot products (avx512_bf16/amx_bf16) or no torch on this CPU")
+    import torch
+
+    X = blobs(2000, 96, 30, seed=6)
+    C = X[:200].copy()
+    Xb, Cb = B.bf16_round(X), B.bf16_round(C)
+    em = B.bf16_matmul_bits(Xb, np.ascontiguousarray(Cb.T))
+    hw = torch.mm(torch.from_numpy(X).to(torch.bfloat16), torch.from_numpy(C).to(torch.bfloat16).T).view(torch.int16).numpy()
+    f = lambda b: (b.astype(np.int32).view(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)  # noqa: E731
+    bound = B._bf16_coef(96) * np.linalg.norm(X, axis=1)[:, None] * np.linalg.norm(C, axis=1)[None, :]
+    assert (np.abs(f(em) - f(hw)) <= bound).all() and (em == hw).mean() > 0.9
+
+
+@pytest.mark.parametrize("kind,d,m", [("fp32", 2, 8), ("fp32", 48, 1), ("fp32", 64, 8), ("bf16-emulated", 64, 1),
+                                      ("bf16-emulated", 64, 8), pytest.param("bf16", 64, 8, marks=pytest.mark.hardware)])
+def test_screening_lower_bounds_hold(kind, d, m):
     rng = np.random.default_rng(11)
     centres = rng.normal(size=(60, d))
     # Embedding-like rows (unit norm) around 60 centres, and a centroid near each centre.
@@ -118,15 +164,15 @@ def test_screening_lower_bounds_hold(matmul, d, m):
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     C = (centres / np.linalg.norm(centres, axis=1, keepdims=True) + 0.01 * rng.normal(size=(60, d))).astype(np.float32)
     C = np.vstack([C, C[:3]])  # duplicates: the second-best distance equals the best
-    lab, d2, lb, cand = B.CPUBackend(matmul, prune=False, candidates=m, screen_tops=8)._screen(B.Points(X), C)
+    lab, d2, lb, cand = backend(kind, prune=False, candidates=m, screen_tops=8)._screen(B.Points(X), C)
     lb2 = lb ** 2
     lr, dr = R.assign_ref(X, C)
     np.testing.assert_array_equal(lab, lr)
     # The bound holds for every centroid outside the row's candidate set, which holds the label.
-    assert cand.shape == (3000, m if matmul == "bf16" else 1) and ((cand == lab[:, None]).sum(1) == 1).all()
+    assert cand.shape == (3000, m) and ((cand == lab[:, None]).sum(1) == 1).all()
     assert (lb2 <= R.outside_ref(X, C, cand) * (1 + 1e-9)).all()
     single = lr >= 3
-    if matmul == "fp32" or m == 1:
+    if m == 1 or d <= K.DIRECT_MAX_D:
         # One candidate (Hamerly's bound): rows whose own centroid has no twin get a bound
         # above their own distance, the others cannot.
         assert (cand[:, 1:] == -1).all()
@@ -179,21 +225,21 @@ def test_bound_check_matches_reference():
     assert list(tops) == [1, 2, 3] and rest == 0.1 and tmax == 0.6
 
 
-def test_top_screen_bounds_hold():
-    if not B.has_bf16_matmul():
-        pytest.skip("no bf16 matrix units on this CPU")
+@pytest.mark.parametrize("kind", SCREENS)
+def test_top_screen_bounds_hold(kind):
     X = blobs(3000, 64, 40, seed=8, spread=1.0)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     C = X[K.kmeanspp(X, 200, 2)]
     P = B.Points(X)
-    _, _, _, cand = B.CPUBackend("bf16", candidates=8, screen_tops=32)._screen(P, C)
+    be = backend(kind, candidates=8, screen_tops=32)
+    _, _, _, cand = be._screen(P, C)
     # Sets ascending, padding after (what the walk beside the tops relies on).
     assert (np.diff(np.where(cand < 0, 10 ** 6 + np.arange(8), cand), axis=1) > 0).all()
     tops = np.sort(np.random.default_rng(0).choice(200, 50, replace=False))
     cand[:5] = tops[:8]  # tops that are candidates are skipped
-    lt = B.screen_tops_bf16(P, C, tops, cand)
     rows = np.arange(7, 3000, 3)
-    np.testing.assert_array_equal(B.screen_tops_bf16(P, C, tops, cand, rows=rows), lt[rows])
+    lt = be._screen_tops(P, C, tops, cand, np.arange(3000))
+    np.testing.assert_array_equal(be._screen_tops(P, C, tops, cand, rows), lt[rows])
     D = R.distances_ref(X, C)
     out = np.full(D.shape, np.inf)
     out[:, tops] = D[:, tops]
@@ -204,13 +250,12 @@ def test_top_screen_bounds_hold():
     assert (lt <= ref * (1 + 1e-9)).all() and (lt > 0.9 * ref).mean() > 0.9
 
 
-@pytest.mark.parametrize("matmul,d", [("fp32", 2), ("fp32", 48), ("bf16", 64)])
-def test_pruned_lloyd_assignments_equal_reference(matmul, d):
-    if matmul == "bf16" and not B.has_bf16_matmul():
-        pytest.skip("no bf16 matrix units on this CPU")
+@pytest.mark.parametrize("kind,d", [("fp32", 2), ("fp32", 48), ("bf16-emulated", 64),
+                                    pytest.param("bf16", 64, marks=pytest.mark.hardware)])
+def test_pruned_lloyd_assignments_equal_reference(kind, d):
     X = blobs(3000, d, 20, seed=d, spread=1.0)
     P = B.Points(X)
-    be = B.CPUBackend(matmul)
+    be = backend(kind)
     C = X[:40].copy()
     scale = K.fixed_scale(len(X), np.abs(X).max())
     shares = []
@@ -228,13 +273,12 @@ def test_pruned_lloyd_assignments_equal_reference(matmul, d):
     assert shares[0] == 1.0 and min(shares) < 0.6, shares
 
 
-def test_candidate_bounds_give_dense_labels_on_poorly_separated_data():
+@pytest.mark.parametrize("kind", SCREENS)
+def test_candidate_bounds_give_dense_labels_on_poorly_separated_data(kind):
     """Unit vectors around 120 centres with noise larger than the centres' spacing (like real
     embeddings at large k): every pruned Lloyd assignment equals the dense one bit for bit,
     and candidate sets with the movers' screen (8 tops at this small k) screen fewer rows than
     the single (Hamerly) bound."""
-    if not B.has_bf16_matmul():
-        pytest.skip("no bf16 matrix units on this CPU")
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(120, 64))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -242,10 +286,10 @@ def test_candidate_bounds_give_dense_labels_on_poorly_separated_data():
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     C0 = X[K.kmeanspp(X, 60, 1)]
     scale = K.fixed_scale(len(X), np.abs(X).max())
-    dense, Pd = B.CPUBackend("bf16", prune=False), B.Points(X)
+    dense, Pd = backend(kind, prune=False), B.Points(X)
     screened = {}
     for m, tops in [(1, 0), (1, 8), (16, 8)]:
-        be, P, C = B.CPUBackend("bf16", candidates=m, screen_tops=tops), B.Points(X), C0.copy()
+        be, P, C = backend(kind, candidates=m, screen_tops=tops), B.Points(X), C0.copy()
         screened[m, tops] = []
         for it in range(12):
             if it in (6, 9):
