@@ -25,6 +25,7 @@ import posixpath
 import re
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -193,7 +194,7 @@ def filesystem(url: str, storage: StorageConfig | None = None):
         return _cached(key, lambda: _s3(cfg.s3)), rest
     if sch in ("gs", "gcs"):
         return _cached(key, lambda: _gcs(cfg.gcs)), rest
-    return _cached(key, lambda: _fsspec(sch, cfg.options.get(sch, {}), url)), _fsspec_path(sch, rest)
+    return _cached(key, lambda: _fsspec(sch, cfg.options.get(sch, {}), url)), rest
 
 
 def _cached(key: str, make):
@@ -257,10 +258,6 @@ def _fsspec(sch: str, opts: dict, url: str):
     return PyFileSystem(FSSpecHandler(cls(**opts)))
 
 
-def _fsspec_path(sch: str, rest: str) -> str:
-    return rest
-
-
 # ------------------------------------------------------------------------------- errors
 def explain(exc: BaseException) -> str:
     """The cause of a storage error in a few words (the SDKs' messages run to paragraphs)."""
@@ -315,12 +312,19 @@ def _check_bucket(url: str) -> None:
     fs, _ = filesystem(url)
     from pyarrow.fs import FileType
 
-    try:
+    with _named(url):
         info = fs.get_file_info(b)
-    except OSError as exc:
-        raise InputError(f"{url}: {explain(exc)}") from None
     if info.type == FileType.NotFound:
         raise InputError(f"{url}: bucket '{b}' does not exist")
+
+
+@contextmanager
+def _named(url: str):
+    """Storage errors (OSError from pyarrow or fsspec) as one InputError line naming `url`."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"{url}: {explain(exc)}") from None
 
 
 # ------------------------------------------------------------------------------- listing
@@ -346,10 +350,8 @@ def _loc(url: str, path: str) -> str:
 def info(url: str):
     """pyarrow FileInfo of one location; storage errors become InputError naming the URL."""
     fs, path = filesystem(url)
-    try:
+    with _named(url):
         return fs.get_file_info(path)
-    except OSError as exc:
-        raise InputError(f"{url}: {explain(exc)}") from None
 
 
 def expand(spec: str) -> list[tuple[str, str, bool]]:
@@ -359,7 +361,7 @@ def expand(spec: str) -> list[tuple[str, str, bool]]:
 
     fs, path = filesystem(spec)
     base, pattern = _split_magic(path) if has_magic(path) else (path, "")
-    try:
+    with _named(spec):
         if not pattern:
             i = fs.get_file_info(path)
             if i.type == FileType.NotFound:
@@ -373,8 +375,6 @@ def expand(spec: str) -> list[tuple[str, str, bool]]:
         infos = fs.get_file_info(sel)
         if not infos and is_remote(spec):
             _check_bucket(spec)
-    except OSError as exc:
-        raise InputError(f"{spec}: {explain(exc)}") from None
     out = []
     b = base.strip("/")
     for i in infos:
@@ -398,10 +398,8 @@ def walk_files(loc: str) -> list[Entry]:
     from pyarrow.fs import FileSelector, FileType
 
     fs, path = filesystem(loc)
-    try:
+    with _named(loc):
         infos = fs.get_file_info(FileSelector(path, recursive=True))
-    except OSError as exc:
-        raise InputError(f"{loc}: {explain(exc)}") from None
     return sorted(Entry(_loc(loc, i.path), i.size, i.mtime_ns) for i in infos if i.type == FileType.File)
 
 
@@ -420,19 +418,15 @@ def stat(loc: str) -> Entry:
 def open_input_file(loc: str):
     """Random access (Parquet footers, row groups)."""
     fs, path = filesystem(loc)
-    try:
+    with _named(loc):
         return fs.open_input_file(path)
-    except OSError as exc:
-        raise InputError(f"{loc}: {explain(exc)}") from None
 
 
 def open_input_stream(loc: str):
     """Sequential bytes (JSONL, Arrow IPC streams); gzip is undone by the caller."""
     fs, path = filesystem(loc)
-    try:
+    with _named(loc):
         return fs.open_input_stream(path, compression=None)
-    except OSError as exc:
-        raise InputError(f"{loc}: {explain(exc)}") from None
 
 
 class _Raw(io.RawIOBase):
