@@ -15,11 +15,9 @@ kernels/minhash.py (via stages/text.py), binary-search the broadcast array.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -55,28 +53,8 @@ class Config(StageConfig):
 
 # ------------------------------------------------------------------------------- evaluation side
 def _eval_files(spec: EvalSet) -> list[str]:
-    if storage.is_remote(spec.path):
-        return _remote_eval_files(spec)
-    matches = sorted(glob.glob(spec.path, recursive=True)) if glob.has_magic(spec.path) else [spec.path]
-    if not matches or not all(os.path.exists(m) for m in matches):
-        raise InputError(f"decontaminate.eval_sets: {spec.path}: no such file or folder")
-    files = []
-    for m in matches:
-        if os.path.isdir(m):
-            files += sorted(str(p) for p in Path(m).rglob("*") if p.is_file() and _kind(str(p))
-                            and not any(s.startswith((".", "_")) for s in p.relative_to(m).parts))
-        elif _kind(m):
-            files.append(m)
-        else:
-            raise InputError(f"decontaminate.eval_sets: {m}: unknown file type (expected .parquet or .jsonl[.gz])")
-    if not files:
-        raise InputError(f"decontaminate.eval_sets: {spec.path}: holds no .parquet or .jsonl[.gz] files")
-    return files
-
-
-def _remote_eval_files(spec: EvalSet) -> list[str]:
     try:
-        matches = storage.expand(spec.path)
+        matches = storage.matches(spec.path)
     except InputError as exc:
         raise InputError(f"decontaminate.eval_sets: {exc}") from None
     if not matches:
@@ -84,8 +62,7 @@ def _remote_eval_files(spec: EvalSet) -> list[str]:
     files = []
     for loc, root, is_dir in matches:
         if is_dir:
-            files += [e.loc for e in storage.walk_files(loc) if _kind(e.loc)
-                      and not any(s.startswith((".", "_")) for s in storage.relpath(e.loc, root).split("/"))]
+            files += [f for f in storage.folder_files(loc) if _kind(f) and not storage.hidden(storage.relpath(f, root))]
         elif _kind(loc):
             files.append(loc)
         else:

@@ -8,12 +8,10 @@ Rows that cannot become documents go to `rejected` with the file, the row (or li
 
 from __future__ import annotations
 
-import glob
 import gzip
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Iterator, Literal
 
 import pyarrow as pa
@@ -58,23 +56,6 @@ def _kind(path: str, fmt: str) -> str | None:
     return None
 
 
-def _matches(spec: str) -> list[tuple[str, str, bool]]:
-    """(location, root its id prefix is relative to, is_dir) for each match of a spec."""
-    if storage.is_remote(spec):
-        return storage.expand(spec)
-    spec = storage.local_path(spec) if storage.scheme_of(spec) == "file" else spec
-    matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
-    if not matches or not all(os.path.exists(m) for m in matches):
-        return []
-    return [(m, m if os.path.isdir(m) else os.path.dirname(m), os.path.isdir(m)) for m in matches]
-
-
-def _folder_files(m: str) -> list[str]:
-    if storage.is_remote(m):
-        return [e.loc for e in storage.walk_files(m)]
-    return sorted(str(p) for p in Path(m).rglob("*") if p.is_file())
-
-
 def _is_hf_meta(c: str, cands: set[str]) -> bool:
     name = c.rsplit("/", 1)[-1] if storage.is_remote(c) else os.path.basename(c)
     if name not in HF_META:
@@ -90,17 +71,17 @@ def list_files(inputs: list[str], fmt: str = "auto") -> list[tuple[str, str, str
         raise InputError("input: no input given (set `input:` in the config or pass --input)")
     out: dict[str, tuple[str, str, str]] = {}
     for spec in inputs:
-        matches = _matches(spec)
+        matches = storage.matches(spec)
         if not matches:
             raise InputError(f"{spec}: no such file or folder")
         found = 0
         for m, root, is_dir in matches:
-            cands = _folder_files(m) if is_dir else [m]
+            cands = storage.folder_files(m) if is_dir else [m]
             cset = set(cands)
             for c in cands:
                 rel = storage.relpath(c, root)
-                if any(part.startswith((".", "_")) for part in rel.split("/" if storage.is_remote(c) else os.sep)):
-                    continue  # Spark/Hadoop markers (_SUCCESS, .crc) and hidden files
+                if storage.hidden(rel):
+                    continue
                 if is_dir and fmt == "auto" and _is_hf_meta(c, cset):
                     continue
                 k = _kind(c, fmt)
@@ -521,7 +502,7 @@ def check_inputs(inputs: list[str], cfg: Config) -> list[str]:
     input named without a glob, which the output folder must not be inside."""
     files = list_files(inputs, cfg.format)
     unified_schema(files, cfg)
-    return [p for p, _, _ in files] + [i for i in inputs if not glob.has_magic(i)]
+    return [p for p, _, _ in files] + [i for i in inputs if not storage.has_magic(i)]
 
 
 SPEC = StageSpec(name="ingest", outputs=("documents", "rejected"), source=True,

@@ -18,6 +18,7 @@ files go under `<url>/_temporary/<run>/`, are copied into place, and `<url>/_thr
 from __future__ import annotations
 
 import fnmatch
+import glob
 import io
 import json
 import os
@@ -26,6 +27,7 @@ import re
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -401,6 +403,31 @@ def walk_files(loc: str) -> list[Entry]:
     with _named(loc):
         infos = fs.get_file_info(FileSelector(path, recursive=True))
     return sorted(Entry(_loc(loc, i.path), i.size, i.mtime_ns) for i in infos if i.type == FileType.File)
+
+
+def matches(spec: str) -> list[tuple[str, str, bool]]:
+    """`expand` for local paths too: (location, root it is relative to, is_dir) for each match of
+    a file, folder or glob; an empty list when nothing matches or a named path is missing."""
+    if is_remote(spec):
+        return expand(spec)
+    spec = local_path(spec) if scheme_of(spec) == "file" else spec
+    found = sorted(glob.glob(spec, recursive=True)) if has_magic(spec) else [spec]
+    if not found or not all(os.path.exists(m) for m in found):
+        return []
+    return [(m, m if os.path.isdir(m) else os.path.dirname(m), os.path.isdir(m)) for m in found]
+
+
+def folder_files(loc: str) -> list[str]:
+    """Every file under a local or remote folder (recursive), sorted."""
+    if is_remote(loc):
+        return [e.loc for e in walk_files(loc)]
+    return sorted(str(p) for p in Path(loc).rglob("*") if p.is_file())
+
+
+def hidden(rel: str) -> bool:
+    """A path relative to its input root that readers skip: a part starting with '.' or '_'
+    (Spark/Hadoop markers such as _SUCCESS and .crc, hidden files, _temporary/)."""
+    return any(part.startswith((".", "_")) for part in rel.replace(os.sep, "/").split("/"))
 
 
 def relpath(loc: str, root: str) -> str:
