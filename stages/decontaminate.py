@@ -15,7 +15,6 @@ kernels/minhash.py (via stages/text.py), binary-search the broadcast array.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 
@@ -83,11 +82,12 @@ def _kind(path: str) -> str | None:
 
 def _read_file(path: str, spec: EvalSet) -> tuple[list[str], list[str | None]]:
     name = os.path.basename(path)
-    remote = storage.is_remote(path)
     if _kind(path) == "parquet":
-        src = storage.open_input_file(path) if remote else path
         try:
-            schema = pq.read_schema(src)
+            pf = pq.ParquetFile(storage.open_input_file(path) if storage.is_remote(path) else path)
+            schema = pf.schema_arrow
+        except InputError:
+            raise
         except Exception as exc:  # pyarrow raises several types for a damaged footer
             raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
         if spec.text_column not in schema.names:
@@ -98,15 +98,14 @@ def _read_file(path: str, spec: EvalSet) -> tuple[list[str], list[str | None]]:
             raise InputError(f"{path}: column '{spec.text_column}' has type {t}, expected string")
         use_id = spec.id_column is not None and spec.id_column in schema.names
         cols = [spec.text_column] + ([spec.id_column] if use_id else [])
-        tbl = pq.read_table(src, columns=cols) if not remote else pq.ParquetFile(src).read(columns=cols)
+        tbl = pf.read(columns=cols)
         texts = tbl.column(spec.text_column).cast(pa.string()).to_pylist()
         ids = ([None if v is None else str(v) for v in tbl.column(spec.id_column).to_pylist()] if use_id
                else [f"{name}#{i}" for i in range(len(texts))])
         return ids, texts
     ids, texts = [], []
-    opener = storage.open_binary if remote else (lambda p: gzip.open(p, "rb") if p.lower().endswith(".gz") else open(p, "rb"))
     try:
-        with opener(path) as fh:
+        with storage.open_binary(path) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
                     continue

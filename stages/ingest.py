@@ -8,7 +8,6 @@ Rows that cannot become documents go to `rejected` with the file, the row (or li
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -140,12 +139,6 @@ def input_fingerprint(inputs: list[str], cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------------------------- schema
-def _open_text(path: str):
-    if storage.is_remote(path):
-        return storage.open_binary(path)
-    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
-
-
 def _parquet_file(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(storage.open_input_file(path) if storage.is_remote(path) else path)
 
@@ -184,7 +177,7 @@ def _arrow_batches(reader):
 def _jsonl_schema(path: str) -> pa.Schema:
     rows = []
     try:
-        with _open_text(path) as fh:
+        with storage.open_binary(path) as fh:
             for i, raw in enumerate(fh):
                 if i >= SCHEMA_SAMPLE_LINES:
                     break
@@ -370,7 +363,7 @@ def _read_jsonl_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, ba
             extra[f.name] = _column(vals, f, rows, reason, detail)
         return _finish(ids, text, extra, passthrough, file_idx, rows, rel, reason, detail)
 
-    with _open_text(path) as fh:
+    with storage.open_binary(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue  # a blank line is no record

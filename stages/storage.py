@@ -476,9 +476,12 @@ class _Raw(io.RawIOBase):
 
 
 def open_binary(loc: str):
-    """A Python binary file (iterable by lines); gzip undone for names ending in .gz."""
+    """A Python binary file (iterable by lines); gzip undone for names ending in .gz. Local paths
+    get Python's own file objects (and their OSError), URLs a pyarrow stream."""
     import gzip
 
+    if not is_remote(loc):
+        return gzip.open(loc, "rb") if loc.lower().endswith(".gz") else open(loc, "rb")
     raw = open_input_stream(loc)
     if loc.lower().endswith(".gz"):
         return gzip.GzipFile(fileobj=io.BufferedReader(_Raw(raw), 1 << 20), mode="rb")
