@@ -13,6 +13,7 @@ import json
 import os
 from typing import Iterator, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -277,7 +278,7 @@ def _out_schema(passthrough: pa.Schema) -> pa.Schema:
 
 
 def _finish(id_arr, text_arr, extra: dict, passthrough: pa.Schema, file_idx: int, rows, source: str,
-            reason: list, detail: list) -> pa.RecordBatch:
+            reason: list | pa.Array, detail: list | pa.Array) -> pa.RecordBatch:
     n = len(rows)
     text_arr = text_arr.cast(pa.string()) if text_arr.type != pa.string() else text_arr
     reason_arr = pa.array(reason, pa.string())
@@ -326,10 +327,10 @@ def _read_arrow_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, ba
 def _table_batches(batches, file_idx, rel, offset, cfg, passthrough, derive, sep) -> Iterator[pa.RecordBatch]:
     for b in batches:
         n = b.num_rows
-        rows = list(range(offset, offset + n))
+        rows = pa.array(np.arange(offset, offset + n, dtype=np.int64))
         offset += n
-        if derive:
-            ids = pa.array([f"{rel}{sep}{r}" for r in rows], pa.string())
+        if derive:  # one Arrow kernel, not a Python f-string per row
+            ids = pc.binary_join_element_wise(f"{rel}{sep}", rows.cast(pa.string()), "")
         else:
             ids = b.column(b.schema.get_field_index(id_column(cfg)))
             ids = ids if ids.type == pa.string() else ids.cast(pa.string())
@@ -340,7 +341,7 @@ def _table_batches(batches, file_idx, rel, offset, cfg, passthrough, derive, sep
             if i >= 0:
                 a = b.column(i)
                 extra[f.name] = a if a.type == f.type else a.cast(f.type)
-        yield _finish(ids, text, extra, passthrough, file_idx, rows, rel, [None] * n, [None] * n)
+        yield _finish(ids, text, extra, passthrough, file_idx, rows, rel, pa.nulls(n, pa.string()), pa.nulls(n, pa.string()))
 
 
 def _read_jsonl_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, batch_rows: int) -> Iterator[pa.RecordBatch]:
