@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Iterator, Literal
 
 import numpy as np
@@ -391,10 +392,16 @@ def _read_jsonl_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, ba
         yield flush()
 
 
+# A surrogate can only come from a `\uD800`-`\uDFFF` escape (strict UTF-8 decoding refuses one
+# spelled in bytes). Files written with ensure_ascii spell every non-ASCII character `\uXXXX`,
+# so testing for `\u` alone encoded nearly every line of such a file a second time.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _lone_surrogate(raw: bytes, obj) -> str | None:
     """JSON may spell a lone UTF-16 surrogate (`"\\ud800"`), which no UTF-8 text can hold: the
     line is rejected as not_utf8 rather than failing the Arrow conversion (and the run)."""
-    if b"\\u" not in raw:
+    if not _SURROGATE_ESCAPE.search(raw):
         return None
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
