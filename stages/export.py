@@ -154,8 +154,7 @@ def dataset_card(manifest: dict, schema: pa.Schema | None = None, num_bytes: int
     import yaml
 
     acc = manifest.get("accounting", {})
-    kept_rows = (manifest.get("stages", {}).get("export", {}).get("tables", {}).get("dataset", {}).get("rows")
-                 if "export" in manifest.get("stages", {}) else None)
+    kept_rows = manifest.get("stages", {}).get("export", {}).get("tables", {}).get("dataset", {}).get("rows")
     n = kept_rows if kept_rows is not None else (acc.get("kept") or 0)
     front: dict = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
