@@ -171,3 +171,34 @@ def test_bad_eval_sets(tmp_path):
     (tmp_path / "ok.jsonl").write_text('{"text": null}\n{"text": "x y"}\n')
     ids, texts, st = D.load_items(D.Config(eval_sets=[{"path": str(tmp_path / "ok.jsonl"), "name": "s"}]))
     assert ids == ["s/ok.jsonl:2"] and st["eval_null_text"] == 1
+
+
+def test_eval_sets_by_url_read_like_a_local_folder(tmp_path):
+    """A URL eval set (memory:// stands for s3://, gs://, hf://) is listed and read by the same
+    code as a local folder: Parquet and JSONL(.gz) found recursively, '_' and '.' names skipped."""
+    import gzip
+
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    files = {
+        "a.parquet": None,
+        "sub/b.jsonl.gz": gzip.compress(b'{"id": "j1", "text": "x y z"}\n'),
+        "_tmp/c.jsonl": b'{"id": "h1", "text": "hidden"}\n',
+        ".d.jsonl": b'{"id": "h2", "text": "hidden too"}\n',
+        "notes.txt": b"not an eval file",
+    }
+    for rel, body in files.items():
+        (tmp_path / "sets" / rel).parent.mkdir(parents=True, exist_ok=True)
+        for opener in (lambda p: open(tmp_path / "sets" / p, "wb"), lambda p: mem.open(f"/decon-url/sets/{p}", "wb")):
+            with opener(rel) as f:
+                if body is None:
+                    pq.write_table(pa.table({"id": ["p1", "p2"], "text": ["a b c", "d e"]}), f)
+                else:
+                    f.write(body)
+    local = D.load_items(D.Config(eval_sets=[{"path": str(tmp_path / "sets"), "name": "s"}]))
+    remote = D.load_items(D.Config(eval_sets=[{"path": "memory://decon-url/sets", "name": "s"}]))
+    assert local[:2] == (["s/j1", "s/p1", "s/p2"], ["x y z", "a b c", "d e"])
+    assert remote == local
+    with pytest.raises(InputError, match="memory://decon-url/none: no such file or folder"):
+        D.load_items(D.Config(eval_sets=["memory://decon-url/none"]))
