@@ -115,21 +115,6 @@ ISA_PINS = {
 _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-def _cpuinfo() -> tuple[str, frozenset]:
-    model, flags = "unknown", frozenset()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = frozenset(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return model, flags
-
-
 def cpu_class(flags) -> str:
     if "amx_tile" in flags:
         return "AMX"
@@ -144,7 +129,9 @@ def hardware() -> dict:
     """The machine a record was measured on: CPU model and the flags that pick code paths (as
     the CPU reports them), the ISA pin in force and what each library took from it, the
     k-means backend and precision thresher picks here, cores and load."""
-    model, flags = _cpuinfo()
+    from thresher.kernels.backend import cpu_info
+
+    model, flags = cpu_info()
     pin = os.environ.get("THRESHER_CPU_ISA") or None
     out = {"cpu_model": model, "cpu_class": cpu_class(flags), "cores": os.cpu_count(),
            "flags": {f: f in flags for f in _FLAGS},

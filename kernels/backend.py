@@ -26,17 +26,31 @@ BF16_UNIT = cpu.BF16_UNIT
 _ABOVE_AVX2 = ("avx512", "amx")
 
 
+# The flags of hardware bf16 dot products (torch/oneDNN use them for bf16 matmul), best first.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    flags: frozenset[str] = frozenset()
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, flags) as /proc/cpuinfo reports them, with no ISA pin applied: the one reader
+    of that file (benchmarks record it as is; the picks go through cpu_flags)."""
+    model, flags = "unknown", frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
                     flags = frozenset(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
+    return model, flags
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    flags = cpu_info()[1]
     if os.environ.get("THRESHER_CPU_ISA", "").lower() == "avx2":
         flags = frozenset(f for f in flags if not f.startswith(_ABOVE_AVX2))
     return flags
@@ -45,7 +59,7 @@ def cpu_flags() -> frozenset[str]:
 def cpu_bf16() -> str | None:
     """The CPU feature that makes torch's bf16 matmul fast here (amx_bf16, avx512_bf16), or None.
     The one probe for every stage and kernel that picks a precision."""
-    for f in ("amx_bf16", "avx512_bf16"):
+    for f in BF16_FLAGS:
         if f in cpu_flags():
             return f
     if os.environ.get("THRESHER_CPU_ISA", "").lower() == "avx2":
@@ -63,7 +77,7 @@ def cpu_bf16() -> str | None:
 
 def has_bf16_matmul() -> bool:
     """bf16 products are only worth it with hardware bf16 dot products and a torch to use them."""
-    if not ({"avx512_bf16", "amx_bf16"} & cpu_flags()):
+    if not (set(BF16_FLAGS) & cpu_flags()):
         return False
     import importlib.util
 
@@ -263,7 +277,7 @@ def pick_backend(prefer: str = "auto", dtype: str = "auto") -> CPUBackend:
         if dtype != "auto":
             why = f"dtype={dtype}" + (" (emulated: no bf16 dot products here)" if b.emulate else "")
         elif bf16:
-            why = "the CPU has " + "/".join(sorted({"avx512_bf16", "amx_bf16"} & cpu_flags())) + " and torch"
+            why = "the CPU has " + "/".join(sorted(set(BF16_FLAGS) & cpu_flags())) + " and torch"
         else:
             why = "no bf16 dot products (avx512_bf16/amx_bf16) or no torch: fp32 BLAS screening" + (
                 ", ISA capped by THRESHER_CPU_ISA" if os.environ.get("THRESHER_CPU_ISA") else "")
