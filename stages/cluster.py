@@ -190,8 +190,8 @@ def _partition_arrays(batches, d: int):
 # The bounds each partition's last assignment left (kmeans_cpu.bound_check) are kept between
 # Spark passes in a file (label, bound and candidate set: 12 + 2 m bytes a row for k < 32768;
 # m = CPUBackend.CANDIDATES = 16 at k >= 512 (fp32 or bf16 screening), so 44 bytes, else 1), so
-# whichever Python worker runs the partition next reads them back. The files live in a private
-# scratch folder this run made (stages/scratch.py) and removes; a task without them (another
+# whichever Python worker runs the partition next reads them back. The files live in the stage's
+# ctx.scratch (private, removed by the runner when the stage ends); a task without them (another
 # host, a lost file) screens every row: where a task runs changes speed, never labels.
 def _partition_points(scratch: str, keys: np.ndarray, X: np.ndarray):
     """Points of this partition with the bounds of its previous pass on this executor, if any,
@@ -427,7 +427,6 @@ def run(spark, tables, cfg: Config, ctx):
 
     from thresher.kernels.backend import pick_backend
     from thresher.kernels.hkmeans import HierarchicalKMeans, fit_level, fit_upper
-    from thresher.stages.scratch import private_dir, remove_tree
 
     seed = cfg.seed or 0
     emb = tables["embeddings"].select("id", "vector")
@@ -445,7 +444,6 @@ def run(spark, tables, cfg: Config, ctx):
     packed = (emb.sortWithinPartitions("id")
               .mapInArrow(_pack_fn(d, normalize, cfg.block_rows), PACK_SCHEMA)
               .persist(StorageLevel.MEMORY_AND_DISK))
-    scratch = None
     try:
         meta = packed.select("kind", "n", "maxabs", "reason").collect()
         n = sum(r["n"] for r in meta if r["kind"] == "block")
@@ -471,8 +469,7 @@ def run(spark, tables, cfg: Config, ctx):
             clusters = _clusters_df(spark, ids, labels, dist)
             stats["level_seconds"] = hk.level_seconds_
         else:
-            scratch = private_dir("kmeans-bounds-", ctx.scratch)
-            src = SparkSource(spark, blocks, n, d, maxabs, cfg.backend, cfg.dtype, scratch)
+            src = SparkSource(spark, blocks, n, d, maxabs, cfg.backend, cfg.dtype, ctx.scratch)
             t0 = time.perf_counter()
             C1 = fit_level(src, levels[0], seed, 1, cfg.init_sample, cfg.empty_clusters)
             counts1 = src.lloyd_pass(C1, 0).counts
@@ -496,8 +493,6 @@ def run(spark, tables, cfg: Config, ctx):
         # On Spark, `clusters` still derives from the packed blocks: writing it packs them once
         # more instead of holding the whole cache through the stages that follow.
         packed.unpersist()
-        if scratch is not None:
-            remove_tree(scratch)
 
 
 def _level1_sizes(labels, counts, k):
