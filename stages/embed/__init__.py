@@ -115,7 +115,7 @@ def run(spark, tables, cfg: Config, ctx):
         precision, why, device = plan.precision, plan.why, "cpu"
     log.info("embed: %s, %s %s on %s (%s)", label, plan.backend, precision, device, why)
     settings = settings_of(cfg)
-    root = _staging_root(spark, cfg)
+    root = _staging_root(cfg, ctx)
     key = ""
     docs_fp = None
     if cfg.cache_dir:

@@ -59,14 +59,13 @@ def _valid_entry(path: Path, rows: int) -> dict | None:
     return meta if n == rows == meta.get("rows") else None
 
 
-def _staging_root(spark, cfg: Config) -> Path | None:
-    """The cache folder, else the run folder's .tmp/ (removed when the run ends), else None:
-    the staging folder is then a private one in the system's temp folder."""
-    from thresher.stages.scratch import run_tmp
-
+def _staging_root(cfg: Config, ctx) -> Path | None:
+    """The cache folder, else the run folder's .tmp/ (ctx.scratch_root: removed when the run
+    ends), else None (outside a run): the staging folder is then a private one in the system's
+    temp folder. Not ctx.scratch itself: run_stage removes that before its caller reads the table."""
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser().absolute()
-    return run_tmp(spark)
+    return ctx.scratch_root
 
 
 def _remove_stale(root: Path, age_s: float = 86400) -> None:
