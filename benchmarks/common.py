@@ -7,7 +7,6 @@ import statistics
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import psutil
 
@@ -19,14 +18,6 @@ def median_time(fn, repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-@contextmanager
-def timer():
-    box = {}
-    t0 = time.perf_counter()
-    yield box
-    box["s"] = time.perf_counter() - t0
 
 
 def peak_rss_mb(pid: int | None = None, children: bool = True) -> float:
