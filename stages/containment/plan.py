@@ -54,23 +54,15 @@ def plan(datasets: list[Dataset], contained: dict[tuple[int, int], float], cfg: 
     condensed graph, ties by rank), so a dataset can only point at a container already kept: a
     chain A < B < C resolves to C, and every dropped dataset is contained in a kept one."""
     n = len(datasets)
-    # Equivalence classes by mutual exact containment (union-find).
-    parent = list(range(n))
+    # Equivalence classes by mutual exact containment: the dedup's union-find kernel, whose
+    # roots are each class's smallest index.
+    from thresher.kernels.minhash import min_roots
 
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for (a, b), f in contained.items():
-        if f >= 1.0 and contained.get((b, a), 0.0) >= 1.0:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+    equal = [(a, b) for (a, b), f in contained.items() if f >= 1.0 and contained.get((b, a), 0.0) >= 1.0]
+    root = min_roots(np.array([a for a, _ in equal], np.int64), np.array([b for _, b in equal], np.int64), n).tolist()
     members: dict[int, list[int]] = {}
     for i in range(n):
-        members.setdefault(find(i), []).append(i)
+        members.setdefault(root[i], []).append(i)
     # An equal class keeps the member with the most rows, then the smallest files, then by name.
     rep = {r: min(ms, key=lambda i: (-datasets[i].num_rows, datasets[i].bytes, datasets[i].name))
            for r, ms in members.items()}
@@ -78,7 +70,7 @@ def plan(datasets: list[Dataset], contained: dict[tuple[int, int], float], cfg: 
     ups: dict[int, set[int]] = {r: set() for r in members}
     downs: dict[int, set[int]] = {r: set() for r in members}
     for (a, b) in contained:
-        ra, rb = find(a), find(b)
+        ra, rb = root[a], root[b]
         if ra != rb:
             ups[ra].add(rb)
             downs[rb].add(ra)
