@@ -24,31 +24,36 @@ def star_pairs(keys: np.ndarray, node: np.ndarray, nodes: int):
     hub = np.repeat(np.minimum.reduceat(mem, starts), size)
     size = np.repeat(size, size)
     sel = (size > 1) & (mem != hub)
-    code, size = hub[sel] * nodes + mem[sel], size[sel]
-    o = np.lexsort((size, code))
-    code, size = code[o], size[o]
-    last = np.r_[code[1:] != code[:-1], True] if len(code) else np.zeros(0, bool)
-    code, size = code[last], size[last]
-    return code // nodes, code % nodes, size
+    return unique_pairs(hub[sel], mem[sel], size[sel], nodes)
+
+
+def _buckets_ref(keys: np.ndarray, node: np.ndarray) -> dict[int, list[int]]:
+    """The twins' buckets: key -> the nodes of its documents, in document order."""
+    groups: dict[int, list[int]] = {}
+    for d in range(keys.shape[0]):
+        for k in keys[d]:
+            groups.setdefault(int(k), []).append(int(node[d]))
+    return groups
+
+
+def _pairs_ref(best: dict[tuple[int, int], int]):
+    """The twins' result: (lo, hi, size) arrays of the pairs, sorted."""
+    pairs = sorted(best)
+    return (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64),
+            np.array([best[p] for p in pairs], np.int64))
 
 
 def star_pairs_ref(keys: np.ndarray, node: np.ndarray, nodes: int):
     """star_pairs spelled out: a dict of buckets, each member with its bucket's minimum."""
-    buckets: dict[int, list[int]] = {}
-    for d in range(keys.shape[0]):
-        for k in keys[d]:
-            buckets.setdefault(int(k), []).append(int(node[d]))
     best: dict[tuple[int, int], int] = {}
-    for members in buckets.values():
+    for members in _buckets_ref(keys, node).values():
         if len(members) < 2:
             continue
         hub = min(members)
         for m in members:
             if m != hub:
                 best[(hub, m)] = max(best.get((hub, m), 0), len(members))
-    pairs = sorted(best)
-    return (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64),
-            np.array([best[p] for p in pairs], np.int64))
+    return _pairs_ref(best)
 
 
 def buckets(keys: np.ndarray, node: np.ndarray):
@@ -106,12 +111,8 @@ def capped_pairs(keys: np.ndarray, node: np.ndarray, nodes: int, cap: int):
 
 def capped_pairs_ref(keys: np.ndarray, node: np.ndarray, nodes: int, cap: int):
     """capped_pairs spelled out over a dict of buckets."""
-    groups: dict[int, list[int]] = {}
-    for d in range(keys.shape[0]):
-        for k in keys[d]:
-            groups.setdefault(int(k), []).append(int(node[d]))
     best: dict[tuple[int, int], int] = {}
-    for members in groups.values():
+    for members in _buckets_ref(keys, node).values():
         m = sorted(members)
         if len(m) < 2:
             continue
@@ -119,6 +120,4 @@ def capped_pairs_ref(keys: np.ndarray, node: np.ndarray, nodes: int, cap: int):
                  else [(m[0], x) for x in m[1:]])
         for p in pairs:
             best[p] = max(best.get(p, 0), len(m))
-    pairs = sorted(best)
-    return (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64),
-            np.array([best[p] for p in pairs], np.int64))
+    return _pairs_ref(best)
