@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.data import REPO, corpus
+from benchmarks.replicate import made_once
 
 DEFAULT_OUT = Path("/tmp/thresher-bench/families.parquet")
 FIXTURE = REPO / "tests" / "data" / "families_small.parquet"
@@ -220,15 +221,7 @@ def components(n: int, pairs) -> np.ndarray:
 
 def family_corpus(docs: int = 21_000, out: Path = DEFAULT_OUT, seed: int = 0) -> Path:
     """The family corpus file, made once and reused."""
-    out = Path(out)
-    marker = out.with_suffix(f".d{docs}s{seed}.done")
-    if out.exists() and marker.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t = make(docs, seed)
-    pq.write_table(t, out, compression="zstd", row_group_size=20_000)
-    marker.write_text(str(t.num_rows))
-    return out
+    return made_once(out, f"d{docs}s{seed}", lambda: make(docs, seed))
 
 
 def make_fixture(out: Path = FIXTURE, seed: int = 1) -> pa.Table:

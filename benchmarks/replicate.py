@@ -50,17 +50,23 @@ def replicate(table: pa.Table, copies: int = 10, seed: int = 0) -> pa.Table:
     return pa.table({"id": pa.array(out_ids, pa.string()), "text": pa.array(out_texts, pa.string())})
 
 
-def replicated_corpus(copies: int = 10, out: Path = DEFAULT_OUT, seed: int = 0) -> Path:
-    """The replicated file, made once and reused while the corpus and parameters are unchanged."""
+def made_once(out: Path, params: str, make) -> Path:
+    """The Parquet file `out`, written from `make()` once and reused while a marker beside it
+    says it was made with the same `params` (benchmark corpora: replicas, families)."""
     out = Path(out)
-    marker = out.with_suffix(f".c{copies}s{seed}.done")
+    marker = out.with_suffix(f".{params}.done")
     if out.exists() and marker.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    t = replicate(corpus().select(["id", "text"]), copies, seed)
+    t = make()
     pq.write_table(t, out, compression="zstd", row_group_size=20_000)
     marker.write_text(str(t.num_rows))
     return out
+
+
+def replicated_corpus(copies: int = 10, out: Path = DEFAULT_OUT, seed: int = 0) -> Path:
+    """The replicated file, made once and reused while the corpus and parameters are unchanged."""
+    return made_once(out, f"c{copies}s{seed}", lambda: replicate(corpus().select(["id", "text"]), copies, seed))
 
 
 if __name__ == "__main__":
