@@ -37,30 +37,13 @@ def signed(texts, cfg=None, bands=None, rows=None):
 
 
 def score(n, edges, truth, truth_root):
+    """The components of `edges` scored as bench_dedup scores every tool."""
+    from benchmarks.bench_dedup import quality
     from thresher.kernels.minhash import min_roots
 
     e = np.array(sorted(edges), np.int64).reshape(-1, 2)
-    root = min_roots(e[:, 0], e[:, 1], n)
-    t = np.array(sorted(truth), np.int64).reshape(-1, 2)
-    comp_recall = float(np.mean(root[t[:, 0]] == root[t[:, 1]])) if len(t) else 1.0
-    # Same-component precision: pairs put in one component that are in one true component.
-    same = _pairs_in_components(root)
-    true_same = _pairs_in_components(truth_root)
-    both = _pairs_in_both(root, truth_root)
-    return {"pair_recall": round(comp_recall, 4), "same_component_recall": round(both / max(1, true_same), 4),
-            "same_component_precision": round(both / max(1, same), 4),
-            "removed": int(n - len(np.unique(root)))}
-
-
-def _pairs_in_components(root):
-    c = np.bincount(root)
-    return int((c * (c - 1) // 2).sum())
-
-
-def _pairs_in_both(root, truth_root):
-    code = root.astype(np.int64) * (len(root) + 1) + truth_root
-    _, c = np.unique(code, return_counts=True)
-    return int((c * (c - 1) // 2).sum())
+    q = quality(min_roots(e[:, 0], e[:, 1], n), None, truth_root, truth)
+    return {k: q[k] for k in ("pair_recall", "same_component_recall", "same_component_precision", "removed")}
 
 
 def iterated(mem, starts, sizes, verified, rounds):
@@ -164,7 +147,7 @@ def measure(path: Path, threshold: float = 0.7, rules=None, bands=None, rows=Non
                 bigs = sizes > int(parts[1])
                 st = starts[bigs]
                 sz = sizes[bigs]
-                idx = np.concatenate([np.arange(s, s + k) for s, k in zip(st, sz)]) if len(st) else np.zeros(0, np.int64)
+                idx = np.repeat(st - np.cumsum(sz) + sz, sz) + np.arange(int(sz.sum()))
                 got = list(iterated(mem[idx], np.concatenate([[0], np.cumsum(sz)[:-1]]), sz, verified,
                                     int(parts[-1])))[1:]
                 if got:
