@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from thresher.stages.fuzzy_dedup.results import outputs, size_bins, stage_stats
+from thresher.stages.fuzzy_dedup.results import components_summary, outputs, size_bins, stage_stats
 from thresher.stages.fuzzy_dedup.signing import sign
 
 if TYPE_CHECKING:
@@ -145,9 +145,8 @@ def run_one_task(docs, tables, cfg: Config, bands: int, rows: int):
         "member.id", "member.component_id", "member.representative_id",
         (F.col("member.id") == F.col("member.representative_id")).alias("is_representative"),
         "member.similarity")
-    comps, members = m.get("components", 0), m.get("docs_in_components", 0)
-    comp = {"components": comps, "docs_in_components": members, "docs_removed": members - comps,
-            "component_sizes": {k[5:]: v for k, v in m.items() if k.startswith("size ")}}
+    comp = components_summary(m.get("components", 0), m.get("docs_in_components", 0),
+                              {k[5:]: v for k, v in m.items() if k.startswith("size ")})
     stats = stage_stats(cfg, bands, rows, m.get("candidate_pairs", 0), m.get("verified_pairs", 0),
                         m.get("largest_bucket", 0), 0, comp)
     stats["step_s"] = {"one_task": round(time.perf_counter() - t0, 3)}

@@ -23,6 +23,12 @@ def size_bins(sizes) -> dict:
     return {bin_label(int(k)): int(c) for k, c in zip(*np.unique(e, return_counts=True))}
 
 
+def components_summary(components: int, members: int, hist: dict) -> dict:
+    """The components' part of the stats, as both paths report it."""
+    return {"components": components, "docs_in_components": members, "docs_removed": members - components,
+            "component_sizes": hist}
+
+
 def component_stats(dups) -> dict:
     """Components, documents in them, and component sizes in power-of-two bins
     ({"2": n, "3-4": n, "5-8": n, ...}), in one small aggregate."""
@@ -36,7 +42,7 @@ def component_stats(dups) -> dict:
         hist[bin_label(r["e"])] = int(r["components"])
         comps += int(r["components"])
         docs += int(r["docs"])
-    return {"components": comps, "docs_in_components": docs, "docs_removed": docs - comps, "component_sizes": hist}
+    return components_summary(comps, docs, hist)
 
 
 def stage_stats(cfg: Config, bands, rows, n_cand, n_ok, biggest, rounds, comp: dict) -> dict:
