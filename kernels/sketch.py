@@ -105,9 +105,6 @@ def found_in(a1: np.ndarray, a2: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> 
     return hit
 
 
-# The driver keeps the fingerprints of the column sets it is working on: at most about this many
-
-
 def found_in_ref(a1: np.ndarray, a2: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
     """The definition: set membership of the pair (a1, a2) among B's pairs."""
     b = set(zip(b1.tolist(), b2.tolist()))

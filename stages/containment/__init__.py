@@ -158,10 +158,11 @@ def check_inputs(paths, cfg: Config) -> list[str]:
 
 def input_fingerprint(paths, cfg: Config) -> dict:
     """What of the catalog decides the result: every dataset's files, sizes and times."""
-    refs = load_catalog(catalog_of(paths))
-    return {"catalog": catalog_of(paths), "datasets": [
+    catalog = catalog_of(paths)
+    return {"catalog": catalog, "datasets": [
         {"name": r.name, "path": r.path,
-         "files": [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in parquet_files(r.path)]} for r in refs]}
+         "files": [[f, st.st_size, st.st_mtime_ns] for f in parquet_files(r.path) for st in [os.stat(f)]]}
+        for r in load_catalog(catalog)]}
 
 
 def write_file(table: pa.Table, dest: Path, cfg) -> None:
