@@ -36,6 +36,8 @@ def main(mode, npz, out):
     lsh = RMinHashLSH(0.7, 128, 16)
     lsh.insert_pairs([(i, m) for i, m in enumerate(mh) if len(sets[i])])
     found = lsh.query_all(mh)
+    # Its own union-find, not thresher's min_roots: this virtualenv has rensa, numpy and pyarrow
+    # only (benchmarks/peers.py), and the union-find is part of the peer's timed pipeline.
     parent = list(range(n))
 
     def find(x):
