@@ -103,23 +103,22 @@ class StageContext:
         from pyspark.sql import Column
         from pyspark.sql import functions as F
 
-        def col(v, typ):
-            if v is None:
-                return F.lit(None).cast(typ)
-            if isinstance(v, Column):
-                return v.cast(typ)
+        def col(v, typ):  # a name is a column; anything else not a Column (None too) a literal
             if isinstance(v, str):
-                return F.col(v).cast(typ)
-            return F.lit(v).cast(typ)
+                v = F.col(v)
+            elif not isinstance(v, Column):
+                v = F.lit(v)
+            return v.cast(typ)
 
         why = reason if isinstance(reason, Column) else F.lit(reason)
         return df.select(F.col("id"), F.lit(self.name).alias("stage"), why.cast("string").alias("reason"),
                          col(by_id, "string").alias("by_id"), col(score, "double").alias("score"))
 
 
-def kept_documents(documents, removed):
-    """The documents a removing stage keeps: its input documents minus the ids it removed."""
-    return documents.join(removed.select("id"), "id", "left_anti")
+def kept_documents(result: dict, inputs: dict, removed):
+    """The documents a removing stage keeps: the documents it returned (rewritten, one row per
+    input document) or else its input documents, minus the ids in `removed`."""
+    return result.get("documents", inputs["documents"]).join(removed.select("id"), "id", "left_anti")
 
 
 def run_stage(spark, mod, tables: dict, cfg, ctx: StageContext | None = None, input_paths=()) -> dict:
@@ -134,5 +133,5 @@ def run_stage(spark, mod, tables: dict, cfg, ctx: StageContext | None = None, in
         if own:
             ctx.cleanup()
     if spec.removes:
-        out["documents"] = kept_documents(out.get("documents", tables["documents"]), out["removed"])
+        out["documents"] = kept_documents(out, tables, out["removed"])
     return out
