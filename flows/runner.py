@@ -57,11 +57,6 @@ def parquet_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*.parquet") if not any(s.startswith((".", "_")) for s in p.relative_to(path).parts))
 
 
-def count_rows(path: Path) -> int:
-    """Rows of a Parquet folder from the footers alone (no data read)."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
-
-
 def table_files(path: Path) -> dict[str, dict]:
     """Each Parquet file of a table with its size and footer row count, for verifying it later."""
     return {(f.name if f == path else str(f.relative_to(path))): {"bytes": f.stat().st_size,
@@ -153,6 +148,9 @@ class Runner:
         self.folder = folder
         self.force = set(force)
         self.tables: dict[str, Path] = {}
+        # Rows of each table in self.tables, from the record of the stage that wrote it (counted
+        # from the footers once, when written, or verified against them when reused).
+        self.rows: dict[str, int] = {}
         self.fingerprints: dict[str, str] = {}
         self.records: dict[str, StageRecord] = {}
         self.started = time.time()
@@ -201,20 +199,19 @@ class Runner:
         from thresher.flows.progress import StageMonitor
 
         # Progress on a terminal (one summary line in a log) and the stage's peak memory.
-        docs_in = count_rows(self.tables["documents"]) if "documents" in self.tables else None
+        docs_in = self.rows.get("documents")
         with StageMonitor(self.spark, name, docs_in) as self._monitor:
-            rec = self._run_stage(name)
+            rec = self._run_stage(name, docs_in)
             self._monitor.finish(rec.rows_in, rec.reused)
         return rec
 
-    def _run_stage(self, name: str) -> StageRecord:
+    def _run_stage(self, name: str, docs_in: int | None) -> StageRecord:
         spec = spec_of(name)
         stage_cfg = self.stage_config(name)
         if spec.source and spec.fingerprint is not None:
             self.input_fingerprint = spec.fingerprint(self.cfg.input, stage_cfg)
         fp = self.fingerprint(name, spec, stage_cfg)
         dest = self.folder.root / name
-        docs_in = count_rows(self.tables["documents"]) if "documents" in self.tables else None
 
         reused = self._try_reuse(name, spec, fp, dest)
         if reused is not None:
@@ -234,18 +231,17 @@ class Runner:
 
         # Later stages read these tables back from Parquet: nothing cached for this one is needed.
         self.spark.catalog.clearCache()
-        counts = {t: count_rows(tmp / t) for t in result if t not in spec.top_level}
-        for t, loc in locations.items():
-            if t not in counts:
-                counts[t] = count_rows(loc)
+        # Each footer read once: the files recorded for verifying a resume give the counts too.
+        # A top-level table (the dataset) is already committed to its place.
+        files = {t: table_files(tmp / t if (tmp / t).exists() else loc) for t, loc in locations.items()}
+        counts = {t: sum(f["rows"] for f in fs.values()) for t, fs in files.items()}
         rec = StageRecord(stage=name, fingerprint=fp, rows_in=0, kept=0, stats=stats)
-        rec.removed = self._reason_counts(tmp / "removed") if "removed" in result else {}
-        rec.rejected = self._reason_counts(tmp / "rejected") if "rejected" in result else {}
+        rec.removed = self._reason_counts(tmp / "removed", counts.get("removed", 0))
+        rec.rejected = self._reason_counts(tmp / "rejected", counts.get("rejected", 0))
         kept = counts.get("documents", docs_in if docs_in is not None else 0)
         rec.kept = kept
         rec.rows_in = docs_in if docs_in is not None else kept + sum(rec.rejected.values())
-        rec.tables = {t: {"rows": counts[t], "path": str(loc.relative_to(self.folder.root)),
-                          "files": table_files(tmp / t if t in counts and (tmp / t).exists() else loc)}
+        rec.tables = {t: {"rows": counts[t], "path": str(loc.relative_to(self.folder.root)), "files": files[t]}
                       for t, loc in locations.items()}
         rec.wall_s = round(time.time() - t0, 3)
         rec.peak_rss_mb = self._monitor.peak_rss_mb
@@ -301,7 +297,7 @@ class Runner:
                 # From the written ids (footers give Spark their size, so a small set is broadcast):
                 # the stage's removal logic runs once, and kept + removed = input by construction.
                 gone = self.spark.read.parquet(str(tmp / "removed"))
-                result["documents"] = kept = kept_documents(result.get("documents", inputs["documents"]), gone)
+                result["documents"] = kept = kept_documents(result, inputs, gone)
                 table = "documents"
                 self._write(spec, "documents", kept, tmp / "documents", stage_cfg)
                 locations["documents"] = self.folder.root / name / "documents"
@@ -335,12 +331,13 @@ class Runner:
         for t, loc in locations.items():
             if t in schemas.TABLES and t not in ("removed", "rejected"):
                 self.tables[t] = loc
+                self.rows[t] = rec.tables[t]["rows"]
                 self.fingerprints[t] = rec.fingerprint
         self.records[name] = rec
         self.write_manifest("running")
 
-    def _reason_counts(self, path: Path) -> dict[str, int]:
-        if not path.exists() or count_rows(path) == 0:
+    def _reason_counts(self, path: Path, rows: int) -> dict[str, int]:
+        if rows == 0:
             return {}
         rows = self.spark.read.parquet(str(path)).groupBy("reason").count().collect()
         return {r["reason"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["reason"])}
@@ -355,7 +352,7 @@ class Runner:
             for reason, n in rec.removed.items():
                 key = f"{rec.stage}:{reason}"
                 removed[key] = removed.get(key, 0) + n
-        kept = count_rows(self.tables["documents"]) if "documents" in self.tables else 0
+        kept = self.rows.get("documents", 0)
         rejected = sum(ingest.rejected.values())
         rows_in = ingest.rows_in
         return {
