@@ -139,14 +139,14 @@ class RunFolder:
         """Take the folder for this run, or fail in one line naming the run that holds it."""
         if self._lock_fd is not None:
             return
-        try:
-            if not self.root.exists():
-                self.root.mkdir(parents=True)
-                self.created_root = True
-        except OSError as exc:
-            raise OutputError(f"{self.root}: output folder is not writable ({exc.strerror})") from None
         path = self.root / LOCK
         while True:
+            try:
+                if not self.root.exists():
+                    self.root.mkdir(parents=True)
+                    self.created_root = True
+            except OSError as exc:
+                raise OutputError(f"{self.root}: output folder is not writable ({exc.strerror})") from None
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as exc:
@@ -169,9 +169,6 @@ class RunFolder:
             if same:
                 break
             os.close(fd)
-            if not self.root.exists():
-                self.root.mkdir(parents=True)
-                self.created_root = True
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
