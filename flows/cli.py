@@ -117,6 +117,14 @@ def _run_options(f):
     return f
 
 
+def _set_master(over: dict, spark_master: str | None) -> None:
+    """--spark-master into the overrides; a non-local master lets Spark pick the driver's address."""
+    if spark_master:
+        over.setdefault("spark", {})["master"] = spark_master
+        if not spark_master.startswith("local"):
+            over["spark"].setdefault("driver_host", None)
+
+
 def _run(config, inputs, output, sets, spark_master, overwrite, resume, force, no_prefect):
     from thresher.flows.config import load_config, parse_overrides
     from thresher.flows.curate import run_config
@@ -126,10 +134,7 @@ def _run(config, inputs, output, sets, spark_master, overwrite, resume, force, n
         over["input"] = list(inputs)
     if output:
         over["output"] = output
-    if spark_master:
-        over.setdefault("spark", {})["master"] = spark_master
-        if not spark_master.startswith("local"):
-            over["spark"].setdefault("driver_host", None)
+    _set_master(over, spark_master)
     cfg = load_config(config, over)
     manifest = run_config(cfg, overwrite=overwrite, resume=resume, force=tuple(force), use_prefect=not no_prefect)
     _summary(cfg, manifest)
@@ -209,10 +214,7 @@ def containment(catalog, output, config, sets, spark_master, overwrite, no_prefe
 
     over = parse_overrides(list(sets))
     over["input"], over["output"] = [catalog], output
-    if spark_master:
-        over.setdefault("spark", {})["master"] = spark_master
-        if not spark_master.startswith("local"):
-            over["spark"].setdefault("driver_host", None)
+    _set_master(over, spark_master)
     cfg = load_containment(config, over)
     m = run_containment(cfg, overwrite=overwrite, use_prefect=not no_prefect)
     c = m["stages"]["containment"]["stats"]["counts"]
@@ -259,10 +261,7 @@ def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, c
         over["input"] = list(inputs)
     if output:
         over["output"] = output if "://" in output else os.path.abspath(output)
-    if spark_master:
-        over.setdefault("spark", {})["master"] = spark_master
-        if not spark_master.startswith("local"):
-            over["spark"].setdefault("driver_host", None)
+    _set_master(over, spark_master)
     cfg = load_config(config, over)
     if not cfg.output:
         raise click.UsageError("no output folder: set `output:` in the config or pass --output")
