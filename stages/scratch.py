@@ -15,14 +15,6 @@ import tempfile
 from pathlib import Path
 
 
-def run_tmp(spark) -> Path | None:
-    """The run folder's `.tmp/` (the runner points Spark's checkpoint folder into it), if any."""
-    ck = spark.sparkContext.getCheckpointDir()
-    if not ck:
-        return None
-    return Path(ck.split(":", 1)[1] if ck.startswith("file:") else ck).parent
-
-
 def private_dir(prefix: str, root: Path | None = None) -> Path:
     """A new folder only this user can enter, with a name nobody could have guessed."""
     if root is not None:
