@@ -117,7 +117,7 @@ def run(quick: bool = False):
             t0 = time.perf_counter()
             out = run_stage(spark, embed, {"documents": df}, cfg)
             dt = time.perf_counter() - t0
-            folder = out["embeddings"]._thresher_embed_dir
+            folder = out["embeddings"]
             vec = _vectors(folder, ids)
             shutil.rmtree(folder, ignore_errors=True)
             return dt, vec, out["stats"]

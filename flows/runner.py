@@ -90,11 +90,14 @@ def validate_table(name: str, path: Path) -> None:
 
 
 def link_tree(src: Path, dest: Path) -> None:
-    """The Parquet files (and a sidecar JSON) of folder `src` under `dest`: hard links where the
-    filesystem allows (free, and safe: thresher replaces such files, never edits them), else copies."""
+    """The Parquet files and JSON sidecars (`_x.json`, which Spark's reader skips) of folder `src`
+    under `dest`: hard links where the filesystem allows (free, and safe: thresher replaces such
+    files, never edits them), else copies."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
-        if f.is_symlink() or not f.is_file() or f.name.startswith((".", "_")) or f.suffix not in (".parquet", ".json"):
+        if f.is_symlink() or not f.is_file() or f.name.startswith(".") or f.suffix not in (".parquet", ".json"):
+            continue
+        if f.name.startswith("_") and f.suffix != ".json":
             continue
         try:
             os.link(f, dest / f.name)

@@ -123,15 +123,19 @@ def kept_documents(result: dict, inputs: dict, removed):
 
 def run_stage(spark, mod, tables: dict, cfg, ctx: StageContext | None = None, input_paths=()) -> dict:
     """Runs a stage module outside a run folder (tests, notebooks) and, for a removing stage,
-    adds the kept `documents` as the runner would."""
+    adds the kept `documents` as the runner would. A table the stage returns as a folder (a Path
+    in its scratch) is left for the caller to read and remove: the scratch is then not removed."""
     spec = mod.SPEC
     own = ctx is None
     ctx = ctx or StageContext(spec.name, input_paths=tuple(input_paths))
     try:
         out = mod.run(spark, tables, cfg, ctx)
-    finally:
+    except BaseException:
         if own:
             ctx.cleanup()
+        raise
+    if own and not any(isinstance(v, Path) for v in out.values()):
+        ctx.cleanup()
     if spec.removes:
         out["documents"] = kept_documents(out, tables, out["removed"])
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.flows.runner import link_tree
 from thresher.stages.base import run_stage
 import json
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_bf16_within_bound(spark, sample, st_model, tmp_path):
     docs = pq.read_table(sample)
     ids = docs.column("id").to_pylist()
     dest = tmp_path / "embeddings"
-    embed.write_embeddings(out["embeddings"], dest, embed.Config())
+    link_tree(out["embeddings"], dest)
     got = read_vectors(dest)
     ref = st_model.encode(docs.column("text").to_pylist(), convert_to_numpy=True)
     assert min_cos(got, ids, ref) >= 0.99
@@ -124,7 +125,7 @@ def test_bad_input_gets_a_vector_each(spark, st_model, tmp_path):
     cfg = embed.Config(precision="fp32", cache_dir=str(tmp_path / "c"), partitions=2, seed=0)
     out = run_stage(spark, embed, {"documents": df}, cfg)
     st = out["stats"]
-    got = read_vectors(Path(out["embeddings"]._thresher_embed_dir))
+    got = read_vectors(out["embeddings"])
     assert sorted(got) == sorted(r["id"] for r in rows)
     for k, v in got.items():
         assert np.all(np.isfinite(v)) and abs(np.linalg.norm(v) - 1) < 1e-4, k
@@ -134,9 +135,9 @@ def test_bad_input_gets_a_vector_each(spark, st_model, tmp_path):
     keys = ["emoji", "scripts", "control", "normal", "one_word"]
     ref = st_model.encode([BAD[k] for k in keys], convert_to_numpy=True)
     assert min_cos(got, keys, ref) >= 0.999
-    # Written through the runner's hook, the folder keeps files, metadata and sidecar.
+    # Linked in as the runner does, the folder keeps files, metadata and sidecar.
     dest = tmp_path / "dest"
-    embed.write_embeddings(out["embeddings"], dest, cfg)
+    link_tree(out["embeddings"], dest)
     assert json.loads((dest / embed.SIDECAR).read_text())["rows"] == len(rows)
 
 
@@ -147,7 +148,7 @@ def test_chunk_mode_averages_chunk_vectors(spark, st_model, tmp_path, sample):
     df = spark.createDataFrame([{"id": "long", "text": long}, {"id": "short", "text": short}], "id string, text string")
     cfg = embed.Config(precision="fp32", long_docs="chunk", max_chunks=4, cache_dir=str(tmp_path / "c"), seed=0)
     out = run_stage(spark, embed, {"documents": df}, cfg)
-    got = read_vectors(Path(out["embeddings"]._thresher_embed_dir))
+    got = read_vectors(out["embeddings"])
     assert out["stats"]["chunks"] == 5 and out["stats"]["long_docs"] == 1 and out["stats"]["truncated"] == 1
     # Reference: the first four 256-token chunks, embedded one by one, averaged by token count.
     tok = st_model.tokenizer
@@ -173,7 +174,7 @@ def test_partitioning_does_not_change_vectors(spark, sample, tmp_path):
     for parts in (1, 3):
         cfg = embed.Config(precision="fp32", partitions=parts, seed=0, cache_dir=str(tmp_path / f"c{parts}"))
         out = run_stage(spark, embed, {"documents": df}, cfg)
-        runs.append(read_vectors(Path(out["embeddings"]._thresher_embed_dir)))
+        runs.append(read_vectors(out["embeddings"]))
     a, b = runs
     assert sorted(a) == sorted(b)
     assert max(float(np.abs(a[i] - b[i]).max()) for i in a) < 1e-5

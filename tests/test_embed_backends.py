@@ -49,7 +49,7 @@ def model():
 
 def vectors(spark, docs: Path, **kw) -> tuple[dict, dict, Path]:
     out = run_stage(spark, embed, {"documents": spark.read.parquet(str(docs))}, embed.Config(seed=0, **kw))
-    folder = Path(out["embeddings"]._thresher_embed_dir)
+    folder = out["embeddings"]
     t = pq.read_table(folder)
     vec = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(t.num_rows, -1)
     return dict(zip(t.column("id").to_pylist(), vec)), out["stats"], folder

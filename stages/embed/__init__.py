@@ -42,7 +42,7 @@ from thresher.stages.embed.cache import (
     SIDECAR, STAGING, _aggregate, _remove_stale, _staging_root, _valid_entry, cache_key,
     documents_fingerprint, settings_of)
 from thresher.stages.embed.encoder import CHARS_PER_TOKEN, MIN_BATCH, PAD_SLACK, Encoder
-from thresher.stages.embed.executor import _metadata, _table, embed_and_write, write_embeddings
+from thresher.stages.embed.executor import _metadata, embed_and_write
 from thresher.stages.embed.model import (
     DEFAULT_MODEL, load_model, model_fingerprint, resolve_device, resolve_model,
     resolve_precision)
@@ -50,7 +50,7 @@ from thresher.stages.embed.model import (
 log = logging.getLogger("thresher.embed")
 
 # The stage's public surface (tests, benchmarks and the runner use these names from here).
-__all__ = ["SPEC", "Config", "run", "write_embeddings",
+__all__ = ["SPEC", "Config", "run",
            "DEFAULT_MODEL", "SIDECAR", "STAGING", "CHARS_PER_TOKEN", "MIN_BATCH", "PAD_SLACK", "Encoder",
            "resolve_model", "resolve_plan", "model_fingerprint", "resolve_device", "resolve_precision", "load_model",
            "embed_and_write", "settings_of", "documents_fingerprint", "cache_key"]
@@ -128,7 +128,7 @@ def run(spark, tables, cfg: Config, ctx):
             log.info("embed: cache hit %s (%d rows)", entry, docs_fp["rows"])
             stats = {**meta.get("stats", {}), "cache": "hit", "cache_entry": str(entry),
                      "fingerprint_s": round(time.perf_counter() - t0, 3)}
-            return {"embeddings": _table(spark, entry), "stats": stats}
+            return {"embeddings": entry, "stats": stats}
 
     if cfg.cache_dir:
         _remove_stale(root)
@@ -183,7 +183,7 @@ def run(spark, tables, cfg: Config, ctx):
     stats["backend_why"] = why
     log.info("embed: %d docs, %d truncated, %s %s, %.1f docs/s", stats["docs"], stats["truncated"],
              stats["backend"], stats["precision"], stats["docs_per_s"] or 0)
-    return {"embeddings": _table(spark, final), "stats": stats}
+    return {"embeddings": final, "stats": stats}
 
 
-SPEC = StageSpec(name="embed", inputs=("documents",), outputs=("embeddings",), writers={"embeddings": write_embeddings})
+SPEC = StageSpec(name="embed", inputs=("documents",), outputs=("embeddings",))

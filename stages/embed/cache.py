@@ -59,13 +59,12 @@ def _valid_entry(path: Path, rows: int) -> dict | None:
     return meta if n == rows == meta.get("rows") else None
 
 
-def _staging_root(cfg: Config, ctx) -> Path | None:
-    """The cache folder, else the run folder's .tmp/ (ctx.scratch_root: removed when the run
-    ends), else None (outside a run): the staging folder is then a private one in the system's
-    temp folder. Not ctx.scratch itself: run_stage removes that before its caller reads the table."""
+def _staging_root(cfg: Config, ctx) -> Path:
+    """The cache folder (an entry is renamed into place there), else the stage's private scratch
+    (the runner links the table in and removes the scratch when the stage ends)."""
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser().absolute()
-    return ctx.scratch_root
+    return ctx.scratch
 
 
 def _remove_stale(root: Path, age_s: float = 86400) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +16,6 @@ import pyarrow.parquet as pq
 
 from thresher.schemas.errors import StageError
 from thresher.stages.embed.backends import Plan, load_runner
-from thresher.stages.embed.cache import SIDECAR, STAGING
 from thresher.stages.embed.encoder import Encoder
 from thresher.stages.embed.model import load_model, resolve_device, resolve_precision
 
@@ -129,34 +127,3 @@ def embed_and_write(cfg: Config, model_path: str, label: str, out_dir: str, key:
         yield pa.RecordBatch.from_pylist([{"stats": json.dumps(st)}], schema=pa.schema([("stats", pa.string())]))
 
     return fn
-
-
-
-def _table(spark, folder: Path):
-    df = spark.read.parquet(str(folder))
-    # The runner hands this DataFrame to write_embeddings, which copies the files with their metadata.
-    df._thresher_embed_dir = str(folder)
-    return df
-
-
-def write_embeddings(df, dest: Path, cfg: Config) -> None:
-    src = getattr(df, "_thresher_embed_dir", None)
-    dest = Path(dest)
-    if src is None:
-        df.write.mode("error").parquet(str(dest))
-        return
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in sorted(Path(src).iterdir()):
-        if not (f.name.startswith("part-") or f.name == SIDECAR):
-            continue
-        try:
-            # A hard link is free and safe: cache files are only ever replaced, never edited.
-            os.link(f, dest / f.name)
-        except OSError:
-            shutil.copy2(f, dest / f.name)
-    if Path(src).name.startswith(STAGING):
-        # Not a cache entry: the run's own staging copy, no longer needed.
-        from thresher.stages.scratch import remove_tree
-
-        remove_tree(Path(src))
-
