@@ -30,11 +30,7 @@ from thresher.kernels.quality_signals import (  # noqa: F401  (compute_signals, 
 )
 from thresher.schemas.errors import ConfigError
 from thresher.stages.base import StageConfig, StageSpec
-from thresher.stages.quality_classifier import (  # noqa: F401  (_embed_texts: used by the tests)
-    ClassifierConfig,
-    _classifier_scores,
-    _embed_texts,
-)
+from thresher.stages.quality_classifier import ClassifierConfig, _classifier_scores
 
 
 # Gopher's quality and repetition rules (Rae et al. 2021), as conditions a good document meets.
