@@ -4,8 +4,8 @@
 documents): length and word statistics, symbol and alphabetic shares, stop words, lines ending
 in punctuation, and Gopher-style repetition (duplicate lines and paragraphs, the share of the
 most frequent 2-4-gram, the share of characters in repeated 5-10-grams). `signals_ref` is the
-plain-Python twin the tests hold it to. The helpers (`per_doc`, `div`, `codes`, `repeats`,
-`trimmed_parts`, `ngram_keys`) are shared by the other text-rule kernels.
+plain-Python twin the tests hold it to. The helpers (`_per_doc`, `_div`, `_codes`, `_repeats`,
+`_trimmed_parts`) are shared with kernels/text_rules.py.
 """
 
 from __future__ import annotations

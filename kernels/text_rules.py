@@ -82,17 +82,14 @@ def c4_lines(texts, min_words_per_line: int = 3):
     rule dropped (a line counts under the first rule it fails, in C4_LINE_REASONS order)."""
     texts = _as_texts(texts)
     n = len(texts)
-    parts = pc.split_pattern(texts, "\n")
-    flat = pc.utf8_trim_whitespace(pc.list_flatten(parts))
-    parent = _np(pc.list_parent_indices(parts)).astype(np.int64)
-    nonempty = _np(pc.utf8_length(flat)) > 0
+    flat, parent, _ = _trimmed_parts(texts, "\n", regex=False)  # the non-empty stripped lines
     terminal = _np(pc.match_substring_regex(flat, C4_TERMINAL))
     words = _np(pc.list_value_length(pc.utf8_split_whitespace(flat))).astype(np.int64)
     js = _np(pc.match_substring(flat, "javascript", ignore_case=True))
-    fail_t = nonempty & ~terminal
-    fail_w = nonempty & terminal & (words < min_words_per_line)
-    fail_j = nonempty & terminal & (words >= min_words_per_line) & js
-    keep = nonempty & ~fail_t & ~fail_w & ~fail_j
+    fail_t = ~terminal
+    fail_w = terminal & (words < min_words_per_line)
+    fail_j = terminal & (words >= min_words_per_line) & js
+    keep = ~fail_t & ~fail_w & ~fail_j
     kept = flat.filter(pa.array(keep))
     counts = np.bincount(parent[keep], minlength=n)
     offsets = np.zeros(n + 1, dtype=np.int32)

@@ -181,7 +181,6 @@ def make_filter(cfg: Config):
         checks = []
         counters: dict[str, np.ndarray] = {}
         columns = {}
-        alive = np.ones(n, dtype=bool)
         for s in sets:
             if s == "gopher":
                 sig = tr.gopher_signals(texts, gopher_stops)
@@ -199,12 +198,12 @@ def make_filter(cfg: Config):
                     continue
                 vals = np.asarray(sig[signal], dtype=np.float64)
                 with np.errstate(invalid="ignore"):
-                    hit = _OPS[op](vals, t) & alive
+                    hit = _OPS[op](vals, t)
                 checks.append((f"{s}:{rule}", hit, vals))
-            # A document removed by an earlier set is not judged (or counted) by a later one.
-            reason, _ = first_reason(n, checks)
-            alive = reason == None  # noqa: E711 -- elementwise on an object array
+        # Checks run in set order and the first failing one names the document, so a document an
+        # earlier set removed is not judged by a later one; only kept documents count dropped lines.
         reason, value = first_reason(n, checks)
+        alive = reason == None  # noqa: E711 -- elementwise on an object array
         for k in counters:
             counters[k] = np.where(alive, counters[k], 0)
         return Verdict(reason=reason, value=value, columns=columns, counters=counters)

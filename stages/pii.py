@@ -22,18 +22,10 @@ class Config(StageConfig):
     kinds: list[str] = Field(default_factory=lambda: list(kp.KINDS))
     placeholders: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("kinds")
+    @field_validator("kinds", "placeholders")
     @classmethod
-    def _kinds(cls, v):
-        bad = [k for k in v if k not in kp.KINDS]
-        if bad:
-            raise ValueError(f"unknown kind '{bad[0]}' (kinds: {', '.join(kp.KINDS)})")
-        return v
-
-    @field_validator("placeholders")
-    @classmethod
-    def _ph(cls, v):
-        bad = [k for k in v if k not in kp.KINDS]
+    def _known_kinds(cls, v):
+        bad = [k for k in v if k not in kp.KINDS]  # the list's items, the dict's keys
         if bad:
             raise ValueError(f"unknown kind '{bad[0]}' (kinds: {', '.join(kp.KINDS)})")
         return v

@@ -30,11 +30,7 @@ from thresher.kernels.quality_signals import (  # noqa: F401  (compute_signals, 
 )
 from thresher.schemas.errors import ConfigError
 from thresher.stages.base import StageConfig, StageSpec
-from thresher.stages.quality_classifier import (  # noqa: F401  (_embed_texts: used by the tests)
-    ClassifierConfig,
-    _classifier_scores,
-    _embed_texts,
-)
+from thresher.stages.quality_classifier import ClassifierConfig, _classifier_scores
 
 
 # Gopher's quality and repetition rules (Rae et al. 2021), as conditions a good document meets.
@@ -120,13 +116,11 @@ def rule_score(rules: dict[str, float], sig: dict[str, np.ndarray]) -> np.ndarra
 
 def filter_reason(filters: list[str], sig: dict[str, np.ndarray], n: int) -> tuple[list, np.ndarray]:
     """The first filter each document matches (as `filter:<expr>`), or None; and that signal's value."""
-    reason = np.full(n, None, dtype=object)
-    value = np.full(n, np.nan)
-    for expr, hit in zip(filters, evaluate(filters, sig)):
-        name = parse_expr(expr, "quality")[0]
-        new = hit & (reason == None)  # noqa: E711 -- elementwise on an object array
-        reason[new] = "filter:" + re.sub(r"\s+", "", expr)
-        value[new] = np.asarray(sig[name], dtype=np.float64)[new]
+    from thresher.stages.batchfilter import first_reason
+
+    checks = [("filter:" + re.sub(r"\s+", "", expr), hit, sig[parse_expr(expr, "quality")[0]])
+              for expr, hit in zip(filters, evaluate(filters, sig))]
+    reason, value = first_reason(n, checks)
     return reason.tolist(), value
 
 

@@ -87,37 +87,33 @@ def count_tokens(texts, path: str, max_chars: int | None = None) -> np.ndarray:
     return n
 
 
-def run(spark, tables, cfg: Config, ctx):
-    from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+def make_filter(path: str, col: str, max_chars: int | None = None):
+    """The batch function: the token count per document as the column `col`, and the counters
+    the stats sum (tokens, documents)."""
+    from thresher.kernels.threads import task_threads
+    from thresher.stages.batchfilter import Verdict
 
-    docs = tables["documents"]
+    def fn(batch: pa.RecordBatch) -> Verdict:
+        # The Rust pool sizes itself once per process from this variable, at the first encode.
+        os.environ.setdefault("RAYON_NUM_THREADS", str(task_threads()))
+        n = count_tokens(batch.column(batch.schema.get_field_index("text")), path, max_chars)
+        return Verdict(columns={col: pa.array(n, pa.int64())},
+                       counters={"tokens_total": n, "documents": np.ones(len(n), np.int64)})
+
+    return fn, ("tokens_total", "documents")
+
+
+def run(spark, tables, cfg: Config, ctx):
+    from thresher.stages.batchfilter import run_filter
+
     path = str(resolve_tokenizer(cfg.tokenizer))
-    col, max_chars = cfg.column, cfg.max_chars
+    col = cfg.column
     if col in ("id", "text"):
         raise ConfigError(f"tokens.column: '{col}' would overwrite a documents column the pipeline needs")
-    base = to_arrow_schema(docs.schema)
-    fields = [f for f in base if f.name != col] + [pa.field(col, pa.int64())]
-    schema = pa.schema(fields)
-
-    def apply(batches):
-        from thresher.kernels.threads import task_threads
-
-        # The Rust pool sizes itself once per process from this variable.
-        os.environ.setdefault("RAYON_NUM_THREADS", str(task_threads()))
-        for b in batches:
-            n = count_tokens(b.column(b.schema.get_field_index("text")), path, max_chars)
-            cols = [b.column(b.schema.get_field_index(f.name)) if f.name != col else pa.array(n, pa.int64())
-                    for f in schema]
-            yield pa.RecordBatch.from_arrays(cols, schema=schema)
-
-    from pyspark import StorageLevel
-
-    # Persisted: the total below and the table the runner writes read one tokenisation.
-    out = docs.mapInArrow(apply, from_arrow_schema(schema)).persist(StorageLevel.MEMORY_AND_DISK)
-    row = out.agg(F.sum(col).alias("t"), F.count(F.lit(1)).alias("n")).collect()[0]
-    return {"documents": out, "stats": {"tokenizer": cfg.tokenizer, "column": col,
-                                         "tokens_total": int(row["t"] or 0), "documents": int(row["n"])}}
+    fn, counters = make_filter(path, col, cfg.max_chars)
+    # run_filter persists its output: the totals and the table the runner writes read one tokenisation.
+    docs, _, counted = run_filter(tables["documents"], ctx, fn, new_columns={col: pa.int64()}, counters=counters)
+    return {"documents": docs, "stats": {"tokenizer": cfg.tokenizer, "column": col, **counted}}
 
 
 SPEC = StageSpec(name="tokens", inputs=("documents",), outputs=("documents",))

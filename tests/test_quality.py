@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from thresher.stages.base import run_stage
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from thresher.schemas.errors import ConfigError
 from thresher.stages import quality
+from thresher.stages.base import run_stage
 from thresher.stages.quality import SIGNALS, compute_signals, filter_reason, rule_score, signals_ref
 
 from conftest import DEMO
@@ -154,7 +154,7 @@ def test_classifier_on_embeddings(spark, tmp_path):
 
 def test_classifier_with_text_reference(spark, tmp_path):
     """A reference of raw texts is embedded with the bundled model, the one the embeddings came from."""
-    from thresher.stages.quality import _embed_texts
+    from thresher.stages.quality_classifier import _embed_texts
 
     t = pq.read_table(DEMO, columns=["id", "text", "section"])
     sec = np.array(t.column("section").to_pylist())
