@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/thresher demo
 
+# Two pytest workers: the suite waits on JVM starts, servers and subprocesses about half its
+# time, so on 2 cores two workers keep both busy (README, Layout).
 test: setup chromium
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 # Unit tests only (no Spark session, no server): under a minute.
 test-fast: setup

@@ -1,5 +1,7 @@
-"""Same input, config and seed: byte-identical export twice in a row, and identical rows in the
-same order on 1 core, on 2 cores and with the input split into 8 files (8 partitions)."""
+"""Same input, config and seed: a byte-identical export from two runs that share nothing but the
+input's rows -- one file on 2 cores in this process, and eight files of shuffled rows on 1 core in
+a separate process (its own JVM, Python hash seed and temporary names). Two runs of one setup in
+a row are a weaker form of the same check, so the test does not spend a third flow on it."""
 
 from __future__ import annotations
 
@@ -61,9 +63,6 @@ def test_whole_flow_deterministic_across_runs_cores_and_partitions(run_curate, t
 
     cfg = whole_flow()
     m1, a = run_curate({**cfg, "input": [str(one)]}, output=tmp_path / "a")
-    m2, b = run_curate({**cfg, "input": [str(one)]}, output=tmp_path / "b")
-    assert m1["accounting"] == m2["accounting"]
-    assert dataset_bytes(a) == dataset_bytes(b), "two runs of the same config differ in bytes"
     assert len(rows_in_order(a)) > 0
 
     # Spark on one core, input in eight files, in a separate process with its own session.
@@ -73,5 +72,7 @@ def test_whole_flow_deterministic_across_runs_cores_and_partitions(run_curate, t
     p = subprocess.run([THRESHER, "run", str(cfg_file), "--spark-master", "local[1]", "--no-prefect"],
                        capture_output=True, text=True, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
+    m3 = json.loads((c / "manifest.json").read_text())
+    assert m3["accounting"] == m1["accounting"]
     assert rows_in_order(c) == rows_in_order(a)
-    assert dataset_bytes(c) == dataset_bytes(a)
+    assert dataset_bytes(c) == dataset_bytes(a), "the export depends on cores, partitions or the process"
