@@ -1,0 +1,111 @@
+"""`fuzzy_dedup.against`: steps (b) and (c) of stages/against.py for near-duplicates.
+
+(b) The new documents are signed (signing.sign_batches, as the stage signs them) and their
+bucket keys semi-joined with the reference's (bk, id): only reference rows under a key some new
+document has are read, at most `against_bucket_cap` of them per key (the smallest ids), so one
+giant reference bucket costs at most that many candidates for each new document in it. Each
+candidate pair (new, reference) is scored by the stage's kernel (exact Jaccard of the shingle
+sets, or the share of agreeing signature values without `verify`) and kept at >= threshold.
+(c) Every new document whose new-only component holds a matched one is removed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from thresher.stages.fuzzy_dedup import Config
+
+REASON = "near_duplicate_of_reference"
+
+
+def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int) -> dict:
+    """The stage's result `out` (new-only dedup) with the reference matches applied."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from thresher.stages import against
+    from thresher.stages.components import materialise
+    from thresher.stages.fuzzy_dedup.distributed import with_reference
+    from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
+
+    reliable = cfg.checkpoint == "reliable"
+    ref = against.resolve(cfg.against)
+    ref_signed, ref_keys, source = against.fuzzy_reference(spark, ref, cfg, bands, rows)
+
+    new = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
+    new_keys = new.select("id", F.explode("bk").alias("bk"))
+    keys = new_keys.select("bk").distinct()
+    n_new = new.count()
+    # The new documents' keys go to every task reading the reference's keys while they are few
+    # (8 bytes each); else both sides shuffle on the key.
+    few = n_new * bands <= 4_000_000
+    hits = ref_keys.join(F.broadcast(keys) if few else keys, "bk", "left_semi")
+    w = Window.partitionBy("bk").orderBy("id")
+    capped = hits.withColumn("_n", F.row_number().over(w))
+    cap_hits = capped.where(F.col("_n") == cfg.against_bucket_cap + 1).select("bk")
+    capped = capped.where(F.col("_n") <= cfg.against_bucket_cap).select("bk", F.col("id").alias("b"))
+    pairs = materialise(new_keys.select(F.col("id").alias("a"), "bk").join(capped, "bk")
+                        .select("a", "b").distinct(), reliable)
+
+    # Each new document with candidates leads its group, its candidates follow; the kernel
+    # scores every member against the group's first row.
+    cand_sets = ref_signed.join(pairs.select(F.col("b").alias("id")).distinct(), "id", "left_semi").select("id", "s")
+    members = pairs.join(cand_sets.withColumnRenamed("id", "b"), "b").select(
+        F.col("a").alias("g"), F.col("b").alias("id"), "s", F.lit(1).alias("_o"))
+    heads = new.join(pairs.select(F.col("a").alias("id")).distinct(), "id", "left_semi").select(
+        F.col("id").alias("g"), "id", "s", F.lit(0).alias("_o"))
+    grouped = (heads.unionByName(members).repartition("g").sortWithinPartitions("g", "_o", "id")
+               .select("g", "id", "s"))
+    scored = materialise(with_reference(grouped, cfg, drop_reference=True).select(
+        F.col("g").alias("a"), F.col("id").alias("b"), "j"), reliable)
+    matched = scored.where(F.col("j") >= F.lit(cfg.threshold))
+    # Best reference of each matched new document: highest similarity, ties smallest id.
+    best = matched.groupBy("a").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("b").alias("b"))).alias("m")).select(
+        F.col("a").alias("id"), F.col("m.b").alias("ref"), (-F.col("m.nj")).alias("j"))
+    best = materialise(best, reliable)
+
+    # (c) Components of the new-only dedup; a document in none is its own.
+    dups = out["duplicates"]
+    comp_of = best.join(dups.select("id", "component_id"), "id", "left").select(
+        "id", "ref", "j", F.coalesce("component_id", "id").alias("c"))
+    comp_best = comp_of.groupBy("c").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("ref").alias("ref"))).alias("m")).select(
+        "c", F.col("m.ref").alias("cref"))
+    in_comp = dups.select("id", F.col("component_id").alias("c")).join(comp_best, "c").select("id", "c", "cref")
+    # Direct matches name their own best reference and score; the rest of a matched
+    # component its best reference, with no similarity measured between them.
+    gone = (in_comp.join(best, "id", "full_outer")
+            .select("id", F.coalesce("ref", "cref").alias("by_id"), F.col("j").alias("score"),
+                    F.coalesce("c", "id").alias("c")))
+    gone = materialise(gone, reliable)
+    removed_ref = gone.select("id", F.lit("fuzzy_dedup").alias("stage"), F.lit(REASON).alias("reason"),
+                              F.col("by_id").cast("string"), F.col("score").cast("double"))
+    removed = out["removed"].join(gone.select("id"), "id", "left_anti").unionByName(removed_ref)
+
+    # duplicates: a matched component's members all point at its reference now; a matched
+    # document in no component is listed as one of its own.
+    is_ref = gone.select("id", "by_id", "score")
+    dups2 = (dups.join(is_ref, "id", "left")
+             .select("id", "component_id",
+                     F.coalesce("by_id", "representative_id").alias("representative_id"),
+                     (F.col("is_representative") & F.col("by_id").isNull()).alias("is_representative"),
+                     F.when(F.col("by_id").isNull(), F.col("similarity")).otherwise(F.col("score")).alias("similarity")))
+    lone = gone.join(dups.select("id"), "id", "left_anti").select(
+        "id", F.col("id").alias("component_id"), F.col("by_id").alias("representative_id"),
+        F.lit(False).alias("is_representative"), F.col("score").alias("similarity"))
+    dups2 = materialise(dups2.unionByName(lone), reliable)
+
+    agg = scored.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("j") >= cfg.threshold).cast("long")).alias("ok"),
+                     F.countDistinct("b").alias("refs")).first()
+    g = gone.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("refs")).first()
+    stats = dict(out["stats"])
+    stats["against"] = {
+        "reference": ref.spec, "source": source, "bucket_cap": cfg.against_bucket_cap,
+        "capped_buckets": cap_hits.count(), "candidate_pairs": int(agg["n"]),
+        "verified_pairs": int(agg["ok"] or 0), "reference_candidates": int(agg["refs"]),
+        "matched_directly": best.count(), "removed": int(g["n"]), "reference_docs_named": int(g["refs"]),
+    }
+    # The new-only dedup's removals that a reference match replaced are not counted twice.
+    stats["docs_removed"] = removed.count()
+    new.unpersist()
+    return {**out, "removed": removed, "duplicates": dups2, "stats": stats}
