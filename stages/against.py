@@ -32,7 +32,8 @@ once by the stages' own code (exact_dedup.hash_batches, fuzzy_dedup.signing.sign
                         file fingerprint (names, sizes, mtimes)
     exact/              (id, _h1, _h2)
     fuzzy/signed/       (id, _length, s): s the shingle set (verify) or the signature
-    fuzzy/buckets/      (bk, id): one row per bucket key
+    fuzzy/buckets/      (bk, ids, size): one row per bucket key, its `against_bucket_cap` smallest
+                        ids and its size
 """
 
 from __future__ import annotations
@@ -180,17 +181,33 @@ def exact_settings(cfg) -> dict:
 
 
 def fuzzy_settings(cfg, bands: int, rows: int) -> dict:
-    """What decides fuzzy_dedup's signed rows and bucket keys."""
+    """What decides fuzzy_dedup's signed rows and bucket keys (and how many ids a bucket lists)."""
     return {"normalise": cfg.normalise.model_dump(mode="json"), "shingle": cfg.shingle.model_dump(mode="json"),
             "num_perm": cfg.num_perm, "seed": int(cfg.seed or 0), "bands": bands, "rows": rows,
-            "verify": cfg.verify}
+            "verify": cfg.verify, "against_bucket_cap": cfg.against_bucket_cap}
 
 
 def _differing(have: dict, want: dict) -> str | None:
     for k in want:
+        # An index listing more ids per bucket than the stage reads serves it (the stage slices).
+        if k == "against_bucket_cap" and isinstance(have.get(k), int) and have[k] >= want[k]:
+            continue
         if have.get(k) != want[k]:
             return k
     return None
+
+
+def bucket_lists(keys, cap: int):
+    """(bk, id) rows -> one row per bucket key: (bk, ids: its `cap` smallest ids, sorted; size:
+    its documents). A window numbers each bucket's rows, so a giant bucket is never held whole."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("bk").orderBy("id")
+    wn = Window.partitionBy("bk")
+    return (keys.withColumn("_n", F.row_number().over(w)).withColumn("size", F.count(F.lit(1)).over(wn))
+            .where(F.col("_n") <= cap).groupBy("bk")
+            .agg(F.array_sort(F.collect_list("id")).alias("ids"), F.first("size").alias("size")))
 
 
 def usable_index(ref: Reference, stage: str, want: dict) -> str | None:
@@ -277,7 +294,8 @@ def exact_reference(spark, ref: Reference, cfg):
 
 
 def fuzzy_reference(spark, ref: Reference, cfg, bands: int, rows: int):
-    """((id, _length, s), (bk, id), source) of the reference, from the index or signed now."""
+    """((id, _length, s), bucket keys, source) of the reference, from the index or signed now.
+    The keys come as (bk, ids, size) from an index (bucket_lists), as (bk, id) otherwise."""
     from pyspark.sql import functions as F
 
     from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
@@ -328,9 +346,10 @@ def build_index(spark, spec: str, exact_cfg, fuzzy_cfg, dest: str | None = None,
         signed.write.parquet(str(tmp / "fuzzy" / "all"))
         both = spark.read.parquet(str(tmp / "fuzzy" / "all"))
         both.select("id", "_length", "s").write.parquet(str(tmp / "fuzzy" / "signed"))
-        # Sorted by key: a reader's semi join on keys finds them in fewer row groups.
-        (both.select(F.explode("bk").alias("bk"), "id").sortWithinPartitions("bk")
-         .write.parquet(str(tmp / "fuzzy" / "buckets")))
+        # One row per bucket key with its first ids: a run reads the keys its new documents
+        # share, with no shuffle of the reference's keys.
+        bucket_lists(both.select(F.explode("bk").alias("bk"), "id"), fuzzy_cfg.against_bucket_cap).write.parquet(
+            str(tmp / "fuzzy" / "buckets"))
         counts = {"documents": spark.read.parquet(str(tmp / "exact")).count(),
                   "signed": spark.read.parquet(str(tmp / "fuzzy" / "signed")).count()}
         _remove(tmp / "fuzzy" / "all")

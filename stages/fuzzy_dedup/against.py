@@ -11,6 +11,7 @@ sets, or the share of agreeing signature values without `verify`) and kept at >=
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ REASON = "near_duplicate_of_reference"
 
 def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int) -> dict:
     """The stage's result `out` (new-only dedup) with the reference matches applied."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from thresher.stages import against
@@ -29,24 +29,25 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     from thresher.stages.fuzzy_dedup.distributed import with_reference
     from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
 
+    t0 = time.perf_counter()
     reliable = cfg.checkpoint == "reliable"
+    cap = cfg.against_bucket_cap
     ref = against.resolve(cfg.against)
     ref_signed, ref_keys, source = against.fuzzy_reference(spark, ref, cfg, bands, rows)
 
     new = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
-    new_keys = new.select("id", F.explode("bk").alias("bk"))
+    new_keys = new.select(F.col("id").alias("a"), F.explode("bk").alias("bk"))
     keys = new_keys.select("bk").distinct()
-    n_new = new.count()
     # The new documents' keys go to every task reading the reference's keys while they are few
     # (8 bytes each); else both sides shuffle on the key.
-    few = n_new * bands <= 4_000_000
-    hits = ref_keys.join(F.broadcast(keys) if few else keys, "bk", "left_semi")
-    w = Window.partitionBy("bk").orderBy("id")
-    capped = hits.withColumn("_n", F.row_number().over(w))
-    cap_hits = capped.where(F.col("_n") == cfg.against_bucket_cap + 1).select("bk")
-    capped = capped.where(F.col("_n") <= cfg.against_bucket_cap).select("bk", F.col("id").alias("b"))
-    pairs = materialise(new_keys.select(F.col("id").alias("a"), "bk").join(capped, "bk")
-                        .select("a", "b").distinct(), reliable)
+    if docs.count() * bands <= 4_000_000:
+        keys = F.broadcast(keys)
+    hits = ref_keys.join(keys, "bk", "left_semi")
+    if "ids" not in ref_keys.columns:  # signed in this run: only the shared keys are listed
+        hits = against.bucket_lists(hits, cap)
+    hits = materialise(hits.select("bk", F.slice("ids", 1, cap).alias("ids"), "size"), reliable)
+    pairs = materialise(new_keys.join(hits, "bk").select("a", F.explode("ids").alias("b")).distinct(), reliable)
+    t1 = time.perf_counter()
 
     # Each new document with candidates leads its group, its candidates follow; the kernel
     # scores every member against the group's first row.
@@ -59,11 +60,11 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
                .select("g", "id", "s"))
     scored = materialise(with_reference(grouped, cfg, drop_reference=True).select(
         F.col("g").alias("a"), F.col("id").alias("b"), "j"), reliable)
+    t2 = time.perf_counter()
     matched = scored.where(F.col("j") >= F.lit(cfg.threshold))
     # Best reference of each matched new document: highest similarity, ties smallest id.
     best = matched.groupBy("a").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("b").alias("b"))).alias("m")).select(
         F.col("a").alias("id"), F.col("m.b").alias("ref"), (-F.col("m.nj")).alias("j"))
-    best = materialise(best, reliable)
 
     # (c) Components of the new-only dedup; a document in none is its own.
     dups = out["duplicates"]
@@ -71,12 +72,12 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
         "id", "ref", "j", F.coalesce("component_id", "id").alias("c"))
     comp_best = comp_of.groupBy("c").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("ref").alias("ref"))).alias("m")).select(
         "c", F.col("m.ref").alias("cref"))
-    in_comp = dups.select("id", F.col("component_id").alias("c")).join(comp_best, "c").select("id", "c", "cref")
+    in_comp = dups.select("id", F.col("component_id").alias("c"), "is_representative").join(comp_best, "c")
     # Direct matches name their own best reference and score; the rest of a matched
     # component its best reference, with no similarity measured between them.
     gone = (in_comp.join(best, "id", "full_outer")
             .select("id", F.coalesce("ref", "cref").alias("by_id"), F.col("j").alias("score"),
-                    F.coalesce("c", "id").alias("c")))
+                    F.coalesce(~F.col("is_representative"), F.lit(False)).alias("_was_removed")))
     gone = materialise(gone, reliable)
     removed_ref = gone.select("id", F.lit("fuzzy_dedup").alias("stage"), F.lit(REASON).alias("reason"),
                               F.col("by_id").cast("string"), F.col("score").cast("double"))
@@ -94,18 +95,23 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
         "id", F.col("id").alias("component_id"), F.col("by_id").alias("representative_id"),
         F.lit(False).alias("is_representative"), F.col("score").alias("similarity"))
     dups2 = materialise(dups2.unionByName(lone), reliable)
+    t3 = time.perf_counter()
 
     agg = scored.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("j") >= cfg.threshold).cast("long")).alias("ok"),
                      F.countDistinct("b").alias("refs")).first()
-    g = gone.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("refs")).first()
+    g = gone.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("refs"),
+                 F.count("score").alias("direct"), F.sum(F.col("_was_removed").cast("long")).alias("again")).first()
+    capped = hits.where(F.col("size") > cap).count()
     stats = dict(out["stats"])
     stats["against"] = {
-        "reference": ref.spec, "source": source, "bucket_cap": cfg.against_bucket_cap,
-        "capped_buckets": cap_hits.count(), "candidate_pairs": int(agg["n"]),
-        "verified_pairs": int(agg["ok"] or 0), "reference_candidates": int(agg["refs"]),
-        "matched_directly": best.count(), "removed": int(g["n"]), "reference_docs_named": int(g["refs"]),
+        "reference": ref.spec, "source": source, "bucket_cap": cap, "capped_buckets": capped,
+        "candidate_pairs": int(agg["n"]), "verified_pairs": int(agg["ok"] or 0),
+        "reference_candidates": int(agg["refs"]), "matched_directly": int(g["direct"]),
+        "removed": int(g["n"]), "reference_docs_named": int(g["refs"]),
+        "step_s": {"reference_buckets": round(t1 - t0, 3), "verify": round(t2 - t1, 3),
+                   "components": round(t3 - t2, 3), "stats": round(time.perf_counter() - t3, 3)},
     }
-    # The new-only dedup's removals that a reference match replaced are not counted twice.
-    stats["docs_removed"] = removed.count()
+    # A new document the new-only dedup removed and a reference match removes again counts once.
+    stats["docs_removed"] = stats["docs_removed"] + int(g["n"]) - int(g["again"] or 0)
     new.unpersist()
     return {**out, "removed": removed, "duplicates": dups2, "stats": stats}
