@@ -94,7 +94,7 @@ def test_near_copy_of_a_reference_is_removed_by_it(spark, tmp_path):
     assert dups["y"]["representative_id"] == "r2"
 
 
-def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_corpus):
+def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_corpus, monkeypatch):
     """The definition: a new document is kept iff it survives its component of the union graph
     where reference documents outrank every new one. The union run ranks by a quality column:
     reference documents above all, new ones by length (as `longest` ranks them)."""
@@ -108,8 +108,12 @@ def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_
     full_kept = {r["id"] for r in full["documents"].collect()} & new_ids
 
     docs = spark.createDataFrame(new, SCHEMA)
-    for cfg in (FD.Config(seed=0, against=ref_path),
-                FD.Config(seed=0, against=ref_path, one_task_docs=0, cc_task_edges=50, broadcast_labels=0)):
+    from thresher.stages.fuzzy_dedup import against as FA
+
+    # The one-task path with the new sets broadcast; the distributed one with them shuffled.
+    for cfg, set_bytes in ((FD.Config(seed=0, against=ref_path), FA.BROADCAST_SET_BYTES),
+                           (FD.Config(seed=0, against=ref_path, one_task_docs=0, cc_task_edges=50, broadcast_labels=0), 0)):
+        monkeypatch.setattr(FA, "BROADCAST_SET_BYTES", set_bytes)
         out = run_stage(spark, FD, {"documents": docs}, cfg)
         rem = _removed(out)
         kept = {r["id"] for r in out["documents"].collect()}

@@ -14,10 +14,91 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pyarrow as pa
+
 if TYPE_CHECKING:
     from thresher.stages.fuzzy_dedup import Config
 
 REASON = "near_duplicate_of_reference"
+# Up to this many bytes of new documents' sets (or signatures) are broadcast to the tasks that
+# read the reference's candidate sets, which are then scored where they lie; above it both
+# sides shuffle to the new document's group.
+BROADCAST_SET_BYTES = 256 << 20
+
+
+def _scored_shuffled(new, ref_signed, pairs, cfg: Config):
+    """(a, b, j) of every candidate pair: each new document leads its group, its candidates
+    follow, and the stage's kernel scores every member against the group's first row."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages.fuzzy_dedup.distributed import with_reference
+
+    cand_sets = ref_signed.join(pairs.select(F.col("b").alias("id")).distinct(), "id", "left_semi").select("id", "s")
+    members = pairs.join(cand_sets.withColumnRenamed("id", "b"), "b").select(
+        F.col("a").alias("g"), F.col("b").alias("id"), "s", F.lit(1).alias("_o"))
+    heads = new.join(pairs.select(F.col("a").alias("id")).distinct(), "id", "left_semi").select(
+        F.col("id").alias("g"), "id", "s", F.lit(0).alias("_o"))
+    grouped = (heads.unionByName(members).repartition("g").sortWithinPartitions("g", "_o", "id")
+               .select("g", "id", "s"))
+    return with_reference(grouped, cfg, drop_reference=True).select(F.col("g").alias("a"), F.col("id").alias("b"), "j")
+
+
+def _scored_broadcast(spark, new, ref_signed, pairs, cfg: Config):
+    """(a, b, j) of every candidate pair, no set shuffled: the new documents' sets go to every
+    task (one broadcast), the candidate list of each reference document too (a broadcast join),
+    and each task scores the reference rows it reads against them."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages.arrow_bytes import binary_values
+
+    t = new.select("id", "s").toArrow()
+    dtype = np.uint64 if cfg.verify else np.uint32
+    off, val = binary_values(t.column("s"), dtype)
+    sets = spark.sparkContext.broadcast((t.column("id").combine_chunks(), off, val))
+    lists = pairs.groupBy("b").agg(F.collect_list("a").alias("as"))
+    rows = ref_signed.join(F.broadcast(lists), ref_signed["id"] == lists["b"]).select("b", "s", "as")
+    return rows.mapInArrow(_score_batches(cfg, sets), "a string, b string, j double")
+
+
+def _score_batches(cfg: Config, sets):
+    """mapInArrow over (b, s, as: the new documents paired with b) -> (a, b, j), j by the
+    stage's kernel: exact Jaccard of the sets, or the signatures' agreement without verify."""
+    verify, num_perm = cfg.verify, cfg.num_perm
+    dtype = np.uint64 if verify else np.uint32
+
+    def fn(batches):
+        import pyarrow.compute as pc
+
+        from thresher.kernels.minhash import jaccard_pairs, signature_agreement
+        from thresher.kernels.threads import limit_task_threads
+        from thresher.stages.arrow_bytes import binary_values
+
+        limit_task_threads()
+        ids, noff, nval = sets.value
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            roff, rval = binary_values(batch.column(1), dtype)
+            lists = batch.column(2)
+            a = pc.list_flatten(lists)
+            row = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+            k = pc.index_in(a, value_set=ids).to_numpy().astype(np.int64)
+            if verify:
+                # One pool: this batch's reference sets, then the new sets it needs.
+                need, y = np.unique(k, return_inverse=True)
+                ln = noff[need + 1] - noff[need]
+                start = np.repeat(noff[need] - np.concatenate(([0], np.cumsum(ln)[:-1])), ln)
+                take = start + np.arange(int(ln.sum()))
+                pool_off = np.concatenate((roff, roff[-1] + np.cumsum(ln)))
+                pool_val = np.concatenate((rval, nval[take]))
+                j = jaccard_pairs(pool_off, pool_val, row, len(roff) - 1 + y)
+            else:
+                j = signature_agreement(rval.reshape(-1, num_perm)[row], nval.reshape(-1, num_perm)[k])
+            yield pa.RecordBatch.from_arrays([a, batch.column(0).take(pa.array(row)), pa.array(j, pa.float64())],
+                                             names=["a", "b", "j"])
+
+    return fn
 
 
 def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int) -> dict:
@@ -26,7 +107,6 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
 
     from thresher.stages import against
     from thresher.stages.components import materialise
-    from thresher.stages.fuzzy_dedup.distributed import with_reference
     from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
 
     t0 = time.perf_counter()
@@ -40,7 +120,9 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     keys = new_keys.select("bk").distinct()
     # The new documents' keys go to every task reading the reference's keys while they are few
     # (8 bytes each); else both sides shuffle on the key.
-    if docs.count() * bands <= 4_000_000:
+    size = new.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("s")).alias("bytes")).first()
+    size = {"n": int(size["n"]), "bytes": int(size["bytes"] or 0)}
+    if size["n"] * bands <= 4_000_000:
         keys = F.broadcast(keys)
     hits = ref_keys.join(keys, "bk", "left_semi")
     if "ids" not in ref_keys.columns:  # signed in this run: only the shared keys are listed
@@ -49,17 +131,11 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     pairs = materialise(new_keys.join(hits, "bk").select("a", F.explode("ids").alias("b")).distinct(), reliable)
     t1 = time.perf_counter()
 
-    # Each new document with candidates leads its group, its candidates follow; the kernel
-    # scores every member against the group's first row.
-    cand_sets = ref_signed.join(pairs.select(F.col("b").alias("id")).distinct(), "id", "left_semi").select("id", "s")
-    members = pairs.join(cand_sets.withColumnRenamed("id", "b"), "b").select(
-        F.col("a").alias("g"), F.col("b").alias("id"), "s", F.lit(1).alias("_o"))
-    heads = new.join(pairs.select(F.col("a").alias("id")).distinct(), "id", "left_semi").select(
-        F.col("id").alias("g"), "id", "s", F.lit(0).alias("_o"))
-    grouped = (heads.unionByName(members).repartition("g").sortWithinPartitions("g", "_o", "id")
-               .select("g", "id", "s"))
-    scored = materialise(with_reference(grouped, cfg, drop_reference=True).select(
-        F.col("g").alias("a"), F.col("id").alias("b"), "j"), reliable)
+    if size["bytes"] <= BROADCAST_SET_BYTES:
+        scored = _scored_broadcast(spark, new, ref_signed, pairs, cfg)
+    else:
+        scored = _scored_shuffled(new, ref_signed, pairs, cfg)
+    scored = materialise(scored, reliable)
     t2 = time.perf_counter()
     matched = scored.where(F.col("j") >= F.lit(cfg.threshold))
     # Best reference of each matched new document: highest similarity, ties smallest id.
