@@ -290,7 +290,7 @@ def index(ref, config, output, sets, spark_master):
     from thresher.flows.config import load_config, parse_overrides
     from thresher.flows.spark import get_spark
     from thresher.stages import storage
-    from thresher.stages.against import build_index
+    from thresher.stages.against import build_index, resolve
 
     over = parse_overrides(list(sets))
     over.setdefault("output", "-")
@@ -303,6 +303,7 @@ def index(ref, config, output, sets, spark_master):
         return s if s.seed is not None else s.model_copy(update={"seed": cfg.seed})
 
     t0 = time.time()
+    resolve(ref)  # a missing reference or an unknown scheme: one line, before Spark starts
     spark = get_spark(cfg.spark)
     dest, meta = build_index(spark, ref, section("exact_dedup"), section("fuzzy_dedup"), output, __version__)
     f = meta["fuzzy"]

@@ -94,6 +94,20 @@ def test_near_copy_of_a_reference_is_removed_by_it(spark, tmp_path):
     assert dups["y"]["representative_id"] == "r2"
 
 
+def test_without_verify_the_estimates_decide(spark, tmp_path):
+    """verify: false scores the candidates by their signatures' agreement, kept at >= threshold."""
+    rng = random.Random(2)
+    r1 = _words(rng, 120)
+    ref = _write(tmp_path / "ref.parquet", [("r1", r1), ("r2", _words(rng, 120))])
+    rows = [("n1", _edit(rng, r1, 1)), ("n2", _words(rng, 120))]
+    out = run_stage(spark, FD, {"documents": spark.createDataFrame(rows, SCHEMA)},
+                    FD.Config(seed=0, against=ref, verify=False))
+    rem = _removed(out)
+    assert set(rem) == {"n1"} and rem["n1"][:2] == ("near_duplicate_of_reference", "r1")
+    assert 0.7 <= rem["n1"][2] < 1.0  # a MinHash estimate: a share of num_perm agreeing values
+    assert rem["n1"][2] * 128 == pytest.approx(round(rem["n1"][2] * 128))
+
+
 def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_corpus, monkeypatch):
     """The definition: a new document is kept iff it survives its component of the union graph
     where reference documents outrank every new one. The union run ranks by a quality column:
@@ -208,6 +222,8 @@ def test_cli_index_then_run_against_a_run_folder(spark, split_corpus, tmp_path):
     cli = CliRunner()
     r = cli.invoke(main, ["run", str(cfg), "-i", ref_path, "-o", str(first), "--no-prefect"])
     assert r.exit_code == 0, r.output
+    r = cli.invoke(main, ["index", str(tmp_path / "nowhere"), "--config", str(cfg)])
+    assert r.exit_code != 0 and f"thresher: error: {tmp_path / 'nowhere'}: reference corpus not found" in r.output
     r = cli.invoke(main, ["index", str(first), "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     assert (first / "index" / "index.json").exists()
