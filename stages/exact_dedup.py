@@ -4,6 +4,8 @@ Executors normalise each Arrow batch (stages/text.py) and hash it twice with ind
 (128 bits: a chance match between two different texts is negligible even among billions);
 Spark groups on the two hashes. The survivor of each group follows `survivor` (ties by id); the
 others go to `removed` with reason `exact_duplicate`, by_id the survivor, score 1.0.
+With `against` a reference corpus, a group whose hash a reference document has goes whole
+(`exact_duplicate_of_reference`, by_id the smallest such reference id): stages/against.py.
 """
 
 from __future__ import annotations

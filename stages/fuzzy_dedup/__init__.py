@@ -26,7 +26,9 @@ Steps 2-5 live in distributed.py. Inputs of up to `one_task_docs` documents and
 `one_task_bytes` of text take all five steps in one executor task instead (one_task.py, the
 same kernels, the same result): on a small corpus the shuffles and Spark jobs of the
 distributed path cost more than the work they spread. results.py turns either path's
-`duplicates` table into the stage's outputs and stats.
+`duplicates` table into the stage's outputs and stats. With `against` a reference corpus,
+against.py then matches the new documents with it and removes the components that hold a
+match (`near_duplicate_of_reference`; the definition is in stages/against.py).
 
 Per document, the driver receives at most the component labels of up to `broadcast_labels`
 nodes (or the ids of as many removed documents), for a broadcast join; otherwise counts and the
