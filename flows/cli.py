@@ -274,6 +274,45 @@ def serve(config, name, inputs, output, sets, spark_master, overwrite, resume, c
 
 
 @main.command()
+@click.argument("ref")
+@click.option("--config", "config", help="The config of the runs that will dedup against REF (default: the shipped demo config).")
+@click.option("--output", "-o", help="Index folder (default: REF/index for a run folder, REF.index beside a dataset).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value (repeatable).")
+@click.option("--spark-master", help="Spark master URL, e.g. spark://HOST:7077 (default local[*]).")
+def index(ref, config, output, sets, spark_master):
+    """Store REF's hashes, signatures and LSH bucket keys once, for exact_dedup/fuzzy_dedup `against: REF`.
+
+    REF is a run folder, a Parquet dataset (folder, glob or URL). The index holds what the
+    config's exact_dedup and fuzzy_dedup sections decide (normalise, shingle, num_perm, seed,
+    bands, rows); a run with other settings signs the reference itself."""
+    import time
+
+    from thresher.flows.config import load_config, parse_overrides
+    from thresher.flows.spark import get_spark
+    from thresher.stages import storage
+    from thresher.stages.against import build_index, resolve
+
+    over = parse_overrides(list(sets))
+    over.setdefault("output", "-")
+    _set_master(over, spark_master)
+    cfg = load_config(config, over)
+    storage.configure(getattr(cfg, "storage", None))
+
+    def section(name):  # the seed filled in from the run's, as the runner does
+        s = getattr(cfg, name)
+        return s if s.seed is not None else s.model_copy(update={"seed": cfg.seed})
+
+    t0 = time.time()
+    resolve(ref)  # a missing reference or an unknown scheme: one line, before Spark starts
+    spark = get_spark(cfg.spark)
+    dest, meta = build_index(spark, ref, section("exact_dedup"), section("fuzzy_dedup"), output, __version__)
+    f = meta["fuzzy"]
+    click.echo(f"index: {dest}  ({meta['rows']['documents']} documents, {len(meta['reference']['files'])} files; "
+               f"{f['shingle']['kind']} {f['shingle']['n']}-grams, {f['bands']} x {f['rows']}, num_perm {f['num_perm']}, "
+               f"seed {f['seed']}; {time.time() - t0:.1f}s)")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir):
     """Write RUN_DIR/report.html: plots of rows per stage, duplicates, clusters, quality, containment, time and memory."""

@@ -195,7 +195,12 @@ class Runner:
 
     def fingerprint(self, name: str, spec, stage_cfg) -> str:
         ups = {t: self.fingerprints.get(t) for t in (*spec.required(stage_cfg), *spec.optional_inputs) if t in self.tables}
-        extra = self.input_fingerprint if spec.source else {}
+        # A source stage's inputs; another stage's own outside data (dedup's `against` reference),
+        # which is {} when it has none, leaving the fingerprint as it was.
+        if spec.source:
+            extra = self.input_fingerprint
+        else:
+            extra = spec.fingerprint((), stage_cfg) if spec.fingerprint is not None else {}
         return _sha(__version__, name, stage_code(get_stage(name)), config_json(stage_cfg), ups, extra)
 
     def run_stage(self, name: str) -> StageRecord:

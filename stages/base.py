@@ -44,7 +44,9 @@ class StageSpec:
     - source: reads the run's input paths (`ctx.input_paths`) instead of tables (ingest,
       containment); `fingerprint(paths, cfg)` then says what of the inputs decides its result, and
       `check(paths, cfg)` is its preflight: every input check that needs no Spark, returning the
-      paths the run reads (the output folder must not lie inside them).
+      paths the run reads (the output folder must not lie inside them). A stage that is not a
+      source may declare `fingerprint((), cfg)` too: what of the data outside the run decides its
+      result (dedup's `against` reference); it returns {} when there is none.
     - writers: tables the stage writes itself, `write(df, dest: Path, cfg)` (say, export's
       sharded files); `top_level` maps tables that live at the run folder's top (`dataset`).
       A small table built in the driver may be returned as a pyarrow Table with a writer

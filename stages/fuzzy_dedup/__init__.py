@@ -26,7 +26,9 @@ Steps 2-5 live in distributed.py. Inputs of up to `one_task_docs` documents and
 `one_task_bytes` of text take all five steps in one executor task instead (one_task.py, the
 same kernels, the same result): on a small corpus the shuffles and Spark jobs of the
 distributed path cost more than the work they spread. results.py turns either path's
-`duplicates` table into the stage's outputs and stats.
+`duplicates` table into the stage's outputs and stats. With `against` a reference corpus,
+against.py then matches the new documents with it and removes the components that hold a
+match (`near_duplicate_of_reference`; the definition is in stages/against.py).
 
 Per document, the driver receives at most the component labels of up to `broadcast_labels`
 nodes (or the ids of as many removed documents), for a broadcast join; otherwise counts and the
@@ -87,6 +89,14 @@ class Config(StageConfig):
     # ... and at most this many bytes of text (UTF-8): the one task's memory grows with the words,
     # not the documents (64k Debian descriptions are 26 MB and peak at about 0.5 GB in the worker).
     one_task_bytes: int = Field(64 << 20, ge=0)
+    # An already-curated corpus (a run folder, a Parquet dataset folder/glob/URL, or an index
+    # folder from `thresher index`): this run's documents that are near-duplicates of one of its
+    # documents are removed (reason near_duplicate_of_reference, by_id that document); its own
+    # documents are never removed or output. None: dedup among this run's documents only.
+    against: str | None = None
+    # Reference documents read per bucket key shared with a new document (the smallest ids): a
+    # giant reference bucket adds at most this many candidates per new document in it.
+    against_bucket_cap: int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _check(self):
@@ -112,7 +122,17 @@ def lsh_params(cfg: Config) -> tuple[int, int]:
 def run(spark, tables, cfg: Config, ctx):
     out = run_with_pairs(spark, tables, cfg)[0]
     out.pop("documents")  # the runner derives the kept documents from `removed`
+    if cfg.against:
+        from thresher.stages.fuzzy_dedup.against import against_reference
+
+        out = against_reference(spark, tables["documents"], out, cfg, *lsh_params(cfg))
     return out
+
+
+def _fingerprint(paths, cfg: Config) -> dict:
+    from thresher.stages.against import stage_fingerprint
+
+    return stage_fingerprint(cfg.against)
 
 
 def run_with_pairs(spark, tables, cfg: Config):
@@ -143,7 +163,7 @@ from thresher.stages.fuzzy_dedup.distributed import reference_batches  # noqa: E
 from thresher.stages.fuzzy_dedup.results import size_bins  # noqa: E402
 
 SPEC = StageSpec(name=NAME, inputs=("documents",), optional_inputs=("quality",), outputs=("removed", "duplicates"),
-                 removes=True)
+                 removes=True, fingerprint=_fingerprint)
 
 __all__ = ["NAME", "SPEC", "Config", "lsh_params", "run", "run_with_pairs",
            "capped_pairs", "star_pairs", "reference_batches", "size_bins"]
