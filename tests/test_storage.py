@@ -133,8 +133,7 @@ def s3(tmp_path_factory):
         key = iam.create_access_key(UserName="curator")["AccessKey"]
         iam.create_access_key(UserName="curator")  # the fourth unauthenticated call
         env = {**os.environ, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
-               "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-               "THRESHER_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+               "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
         client.create_bucket(Bucket=BUCKET)
