@@ -63,6 +63,23 @@ def publish_url(cfg: RunConfig) -> str | None:
     return storage.canonical(cfg.output) if cfg.output and storage.is_remote(cfg.output) else None
 
 
+def against_paths(cfg: RunConfig) -> list[str]:
+    """The dedup stages' `against` references, resolved before Spark starts (a missing one or an
+    unknown scheme is one line here, not after ingest), as local paths for the overlap check: a
+    run must not write into the corpus it dedups against, nor that corpus lie in its run folder."""
+    from thresher.stages.against import resolve
+
+    paths = []
+    for name in cfg.stages:
+        spec = getattr(getattr(cfg, name, None), "against", None)
+        if not spec:
+            continue
+        ref = resolve(spec)
+        local = [spec, *(e.loc for e in ref.files)] if not storage.is_remote(spec) else []
+        paths += [storage.local_path(p) for p in local if not storage.has_magic(p)]
+    return paths
+
+
 def preflight(cfg: RunConfig, overwrite: bool = False, resume: bool = False, force=()) -> tuple[RunFolder, list[Path]]:
     """Every check that needs no Spark: inputs (the source stage's `check`), the output folder.
     Nothing is written, so bad input fails fast and leaves nothing behind."""
@@ -86,7 +103,8 @@ def preflight(cfg: RunConfig, overwrite: bool = False, resume: bool = False, for
     # Local inputs as given (globs included) and every local file they name, each resolved by
     # RunFolder, which refuses any overlap with the run folder.
     inputs = [*(storage.local_path(i) for i in cfg.input if not storage.is_remote(i)),
-              *(storage.local_path(p) for p in read if not storage.is_remote(p))]
+              *(storage.local_path(p) for p in read if not storage.is_remote(p)),
+              *against_paths(cfg)]
     folder = RunFolder(run_folder_path(cfg), overwrite=overwrite, resume=resume)
     if url:
         storage.check_output_url(url, overwrite=overwrite, resume=resume or folder.root.exists())

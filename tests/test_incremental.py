@@ -188,6 +188,32 @@ def test_missing_reference_or_unknown_scheme_is_one_line(tmp_path):
         resolve("nosuch://bucket/ref")
 
 
+def test_preflight_checks_the_reference_before_spark(tmp_path):
+    """A missing reference fails in preflight (nothing written), and a run may not write into
+    the corpus it dedups against."""
+    from thresher.flows.config import load_config
+    from thresher.flows.curate import preflight
+    from thresher.schemas.errors import OutputError
+
+    src = _write(tmp_path / "in" / "d.parquet", [("a", "one two three four five six")])
+    ref = _write(tmp_path / "ref" / "part-0.parquet", [("r", "one two three four five six")])
+    stages = ["ingest", "exact_dedup", "fuzzy_dedup", "export"]
+
+    def cfg(out, against):
+        return load_config(raw={"input": [src], "output": str(out), "stages": stages,
+                                "fuzzy_dedup": {"against": against}})
+
+    with pytest.raises(InputError, match="nothing: reference corpus not found"):
+        preflight(cfg(tmp_path / "out", str(tmp_path / "nothing")))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(OutputError, match="output folder is inside the input"):
+        preflight(cfg(tmp_path / "ref" / "run", str(tmp_path / "ref")))
+    inner = _write(tmp_path / "outer" / "ref" / "part-0.parquet", [("r", "one two three four five six")])
+    with pytest.raises(OutputError, match=r"outer/ref/part-0.parquet is inside the output folder"):
+        preflight(cfg(tmp_path / "outer", inner))
+    preflight(cfg(tmp_path / "out", ref))  # a reference beside the output is fine
+
+
 # ------------------------------------------------------------------------------ exact
 def test_exact_against(spark, tmp_path):
     _write(tmp_path / "ref" / "a.parquet", [("r1", "Hello world"), ("r0", "hello   WORLD"), ("r2", "other text")])
