@@ -83,6 +83,10 @@ def get_spark(cfg: SparkConfig | None = None):
         os.environ.setdefault("SPARK_LOCAL_IP", host)
     # Each Python worker is one task slot: one thread each for numba/torch/BLAS inside tasks.
     os.environ.setdefault("THRESHER_TASK_THREADS", "1")
+    # Python workers start with `python -m` in the driver's working folder, which Python puts
+    # first on sys.path. Run from a checkout, its kernels/, stages/, schemas/ and flows/ then
+    # shadow PyPI packages of those names (transformers >= 5.25 imports `kernels`): safe path.
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
     b = (
         SparkSession.builder.master(cfg.master)
         .appName("thresher")
@@ -95,6 +99,7 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.parquet.compression.codec", "zstd")
         .config("spark.executorEnv.THRESHER_TASK_THREADS", "1")
+        .config("spark.executorEnv.PYTHONSAFEPATH", "1")
         .config("spark.executorEnv.PYSPARK_PYTHON", os.environ["PYSPARK_PYTHON"])
         # Python workers import pyspark from the installed package, not from the zip of its
         # sources that Spark puts first on their path (flows/pyspark_daemon.py).

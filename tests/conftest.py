@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(var, "1")
 
 REPO = Path(__file__).resolve().parent.parent
+# The tests import `benchmarks` from the checkout; importing it takes the checkout off sys.path
+# (its kernels/ would shadow the PyPI `kernels` that transformers imports), and subprocesses
+# started with `python -m` keep their working folder off it too.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+import benchmarks  # noqa: E402,F401
+
+os.environ.setdefault("PYTHONSAFEPATH", "1")
 DEMO = REPO / "configs" / "data" / "debian_demo.parquet"
 # Rows cut from the shared Debian corpus by tests/data/cut_fixtures.py: the tests read only these.
 CUT = REPO / "tests" / "data" / "corpus"
