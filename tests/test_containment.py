@@ -6,8 +6,6 @@ ground truth is computed by benchmarks/lake.py with Python set membership over t
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,9 +15,7 @@ import pytest
 from thresher.schemas.errors import InputError
 from thresher.stages import containment as C
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from benchmarks.lake import load_or_build  # noqa: E402
+from benchmarks.lake import load_or_build  # noqa: E402  (conftest made `benchmarks` importable)
 
 from conftest import CUT  # noqa: E402
 
