@@ -174,6 +174,11 @@ def stage_fingerprint(against: str | None) -> dict:
     return {"against": ref.fingerprint}
 
 
+def spec_fingerprint(paths, cfg) -> dict:
+    """StageSpec.fingerprint of exact_dedup and fuzzy_dedup: their `against` reference."""
+    return stage_fingerprint(cfg.against)
+
+
 # -------------------------------------------------------------------------- index config
 def exact_settings(cfg) -> dict:
     """What decides exact_dedup's hashes (an index built otherwise cannot serve the stage)."""
@@ -241,14 +246,12 @@ def usable_index(ref: Reference, stage: str, want: dict) -> str | None:
 def read_documents(spark, ref: Reference):
     """The reference's (id, text) as a DataFrame: Spark's reader for local files, executors
     reading through stages/storage.py (one task per row group) for URLs."""
-    import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
     if ref.kind == "index":
         raise ConfigError(f"{ref.spec}: an index holds no documents")  # never reached: an index is used as is
     first = ref.files[0].loc
-    with storage.open_input_file(first) if storage.is_remote(first) else open(first, "rb") as fh:
-        names = pq.ParquetFile(fh).schema_arrow.names
+    names = storage.parquet_file(first).schema_arrow.names
     for col in ("id", "text"):
         if col not in names:
             raise InputError(f"{first}: reference corpus has no '{col}' column")
@@ -257,8 +260,7 @@ def read_documents(spark, ref: Reference):
                                                                      F.col("text").cast("string"))
     units = []
     for e in ref.files:
-        with storage.open_input_file(e.loc) as fh:
-            units += [(e.loc, g) for g in range(pq.ParquetFile(fh).metadata.num_row_groups)]
+        units += [(e.loc, g) for g in range(storage.parquet_file(e.loc).metadata.num_row_groups)]
     opts = storage.current().model_dump()
 
     def read_units(batches):
@@ -267,8 +269,7 @@ def read_documents(spark, ref: Reference):
         storage.configure(opts)  # executors do not share the driver's module state
         for b in batches:
             for u in b.to_pylist():
-                with storage.open_input_file(u["path"]) as fh:
-                    t = pq.ParquetFile(fh).read_row_group(u["rg"], columns=["id", "text"])
+                t = storage.parquet_file(u["path"]).read_row_group(u["rg"], columns=["id", "text"])
                 for rb in t.to_batches():
                     yield pa.RecordBatch.from_arrays([rb.column(0).cast(pa.string()), rb.column(1).cast(pa.string())],
                                                      names=["id", "text"])
@@ -294,8 +295,9 @@ def exact_reference(spark, ref: Reference, cfg):
 
 
 def fuzzy_reference(spark, ref: Reference, cfg, bands: int, rows: int):
-    """((id, _length, s), bucket keys, source) of the reference, from the index or signed now.
-    The keys come as (bk, ids, size) from an index (bucket_lists), as (bk, id) otherwise."""
+    """((id, _length, s), bucket keys, source, cached) of the reference, from the index or signed
+    now. The keys come as (bk, ids, size) from an index (bucket_lists), as (bk, id) otherwise;
+    `cached` is the persisted signed table the caller unpersists when done (None for an index)."""
     from pyspark.sql import functions as F
 
     from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
@@ -304,12 +306,12 @@ def fuzzy_reference(spark, ref: Reference, cfg, bands: int, rows: int):
     if index is not None:
         log.info("fuzzy_dedup.against: reading the index at %s", index)
         return (spark.read.parquet(storage.join(index, "fuzzy", "signed")),
-                spark.read.parquet(storage.join(index, "fuzzy", "buckets")), f"index {index}")
+                spark.read.parquet(storage.join(index, "fuzzy", "buckets")), f"index {index}", None)
     log.info("fuzzy_dedup.against: no matching index for %s; signing the reference in this run "
              "(`thresher index` stores it once)", ref.spec)
     signed = read_documents(spark, ref).mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
     return (signed.select("id", "_length", "s"), signed.select(F.explode("bk").alias("bk"), "id"),
-            "signed in this run")
+            "signed in this run", signed)
 
 
 # -------------------------------------------------------------------------- the index

@@ -20,7 +20,6 @@ import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from thresher.stages import storage
@@ -83,13 +82,8 @@ def _kind(path: str) -> str | None:
 def _read_file(path: str, spec: EvalSet) -> tuple[list[str], list[str | None]]:
     name = os.path.basename(path)
     if _kind(path) == "parquet":
-        try:
-            pf = pq.ParquetFile(storage.open_input_file(path) if storage.is_remote(path) else path)
-            schema = pf.schema_arrow
-        except InputError:
-            raise
-        except Exception as exc:  # pyarrow raises several types for a damaged footer
-            raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
+        pf = storage.parquet_file(path)
+        schema = pf.schema_arrow
         if spec.text_column not in schema.names:
             raise InputError(f"{path}: text column '{spec.text_column}' not found (columns: {', '.join(schema.names[:12])})")
         t = schema.field(spec.text_column).type

@@ -141,18 +141,9 @@ def input_fingerprint(inputs: list[str], cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------------------------- schema
-def _parquet_file(path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(storage.open_input_file(path) if storage.is_remote(path) else path)
-
-
 def _parquet_schema(path: str) -> tuple[pa.Schema, pq.FileMetaData]:
-    try:
-        pf = _parquet_file(path)
-        return pf.schema_arrow, pf.metadata
-    except InputError:
-        raise
-    except Exception as exc:  # pyarrow raises several types for a damaged footer
-        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    pf = storage.parquet_file(path)
+    return pf.schema_arrow, pf.metadata
 
 
 def _arrow_reader(path: str):
@@ -303,7 +294,7 @@ def _read_parquet_unit(unit, cfg: Config, passthrough: pa.Schema, derive: bool, 
     if rg < 0:
         return
     try:
-        pf = _parquet_file(path)
+        pf = storage.parquet_file(path)
         names = set(pf.schema_arrow.names)
         want = [c for c in [id_column(cfg), cfg.text_column, *passthrough.names] if c in names]
         table = pf.read_row_group(rg, columns=sorted(set(want), key=want.index))

@@ -449,6 +449,19 @@ def open_input_file(loc: str):
         return fs.open_input_file(path)
 
 
+def parquet_file(loc: str):
+    """A Parquet file's reader (footer read) at a local path or URL; a damaged or non-Parquet
+    file is one InputError line naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(open_input_file(loc) if is_remote(loc) else loc)
+    except InputError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for a damaged footer
+        raise InputError(f"{loc}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
+
+
 def open_input_stream(loc: str):
     """Sequential bytes (JSONL, Arrow IPC streams); gzip is undone by the caller."""
     fs, path = filesystem(loc)
