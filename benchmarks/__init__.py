@@ -7,5 +7,12 @@ import sys as _sys
 # kernels/, stages/, schemas/ and flows/ would shadow PyPI packages of those names (transformers
 # >= 5.25 imports `kernels`). thresher imports them as thresher.*, and this package's modules
 # resolve through its own __path__ once it is imported, so the checkout leaves sys.path here.
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-_sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _root]
+CHECKOUT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
+
+def leave_sys_path() -> None:
+    """Take the checkout off sys.path (tests/conftest.py calls it again after collection)."""
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != CHECKOUT]
+
+
+leave_sys_path()

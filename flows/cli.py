@@ -287,7 +287,7 @@ def index(ref, config, output, sets, spark_master):
     bands, rows); a run with other settings signs the reference itself."""
     import time
 
-    from thresher.flows.config import load_config, parse_overrides
+    from thresher.flows.config import load_config, parse_overrides, stage_section
     from thresher.flows.spark import get_spark
     from thresher.stages import storage
     from thresher.stages.against import build_index, resolve
@@ -298,14 +298,11 @@ def index(ref, config, output, sets, spark_master):
     cfg = load_config(config, over)
     storage.configure(getattr(cfg, "storage", None))
 
-    def section(name):  # the seed filled in from the run's, as the runner does
-        s = getattr(cfg, name)
-        return s if s.seed is not None else s.model_copy(update={"seed": cfg.seed})
-
     t0 = time.time()
     resolve(ref)  # a missing reference or an unknown scheme: one line, before Spark starts
     spark = get_spark(cfg.spark)
-    dest, meta = build_index(spark, ref, section("exact_dedup"), section("fuzzy_dedup"), output, __version__)
+    dest, meta = build_index(spark, ref, stage_section(cfg, "exact_dedup"), stage_section(cfg, "fuzzy_dedup"), output,
+                             __version__)
     f = meta["fuzzy"]
     click.echo(f"index: {dest}  ({meta['rows']['documents']} documents, {len(meta['reference']['files'])} files; "
                f"{f['shingle']['kind']} {f['shingle']['n']}-grams, {f['bands']} x {f['rows']}, num_perm {f['num_perm']}, "

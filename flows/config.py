@@ -121,6 +121,12 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def stage_section(cfg, name: str):
+    """A stage's config section with its seed filled in from the run's (what its run gets)."""
+    section = getattr(cfg, name)
+    return section if section.seed is not None else section.model_copy(update={"seed": cfg.seed})
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     out: dict = {}
     for pair in pairs:

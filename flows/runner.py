@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from thresher import schemas
 from thresher.flows import __version__
 from thresher.flows.codehash import stage_code
-from thresher.flows.config import RunConfig, config_json
+from thresher.flows.config import RunConfig, config_json, stage_section
 from thresher.flows.runfolder import MANIFEST, RunFolder
 from thresher.schemas.errors import StageError, ThresherError
 from thresher.stages import get_stage, spec_of
@@ -188,10 +188,7 @@ class Runner:
 
     # ----------------------------------------------------------------------------- stages
     def stage_config(self, name: str):
-        section = getattr(self.cfg, name)
-        if section.seed is None:
-            section = section.model_copy(update={"seed": self.cfg.seed})
-        return section
+        return stage_section(self.cfg, name)
 
     def fingerprint(self, name: str, spec, stage_cfg) -> str:
         ups = {t: self.fingerprints.get(t) for t in (*spec.required(stage_cfg), *spec.optional_inputs) if t in self.tables}

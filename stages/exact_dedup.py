@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from thresher.stages.base import StageConfig, StageSpec
+from thresher.stages.against import spec_fingerprint as against_fingerprint
 from thresher.schemas.errors import ConfigError
 from thresher.stages.text import NormaliseConfig
 
@@ -107,11 +108,6 @@ def _against(spark, ranked, n_docs: int, cfg: Config, ctx):
     return {"removed": removed, "stats": stats}
 
 
-def _fingerprint(paths, cfg: Config) -> dict:
-    from thresher.stages.against import stage_fingerprint
-
-    return stage_fingerprint(cfg.against)
-
 
 SPEC = StageSpec(name="exact_dedup", inputs=("documents",), optional_inputs=("quality",), outputs=("removed",),
-                 removes=True, fingerprint=_fingerprint)
+                 removes=True, fingerprint=against_fingerprint)

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 # started with `python -m` keep their working folder off it too.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-import benchmarks  # noqa: E402,F401
+import benchmarks  # noqa: E402
 
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 DEMO = REPO / "configs" / "data" / "debian_demo.parquet"
@@ -112,7 +112,7 @@ LAYERS = ("unit", "spark", "integration")
 def pytest_collection_modifyitems(config, items):
     # Whatever a test module put back on sys.path while it was collected, the checkout leaves it
     # again before any test imports transformers (see `import benchmarks` above).
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != str(REPO)]
+    benchmarks.leave_sys_path()
     for item in items:
         if any(item.get_closest_marker(m) for m in LAYERS):
             continue

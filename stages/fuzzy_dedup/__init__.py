@@ -42,6 +42,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from thresher.schemas.errors import ConfigError
+from thresher.stages.against import spec_fingerprint as against_fingerprint
 from thresher.stages.base import StageConfig, StageSpec
 from thresher.stages.text import NormaliseConfig, ShingleConfig
 
@@ -129,12 +130,6 @@ def run(spark, tables, cfg: Config, ctx):
     return out
 
 
-def _fingerprint(paths, cfg: Config) -> dict:
-    from thresher.stages.against import stage_fingerprint
-
-    return stage_fingerprint(cfg.against)
-
-
 def run_with_pairs(spark, tables, cfg: Config):
     """The stage's result and its scored candidate pairs (a, b, size, j) for inspection: the
     pairs with j >= threshold are the verified edges of the components."""
@@ -162,8 +157,9 @@ from thresher.kernels.lsh import capped_pairs, star_pairs  # noqa: E402
 from thresher.stages.fuzzy_dedup.distributed import reference_batches  # noqa: E402
 from thresher.stages.fuzzy_dedup.results import size_bins  # noqa: E402
 
+
 SPEC = StageSpec(name=NAME, inputs=("documents",), optional_inputs=("quality",), outputs=("removed", "duplicates"),
-                 removes=True, fingerprint=_fingerprint)
+                 removes=True, fingerprint=against_fingerprint)
 
 __all__ = ["NAME", "SPEC", "Config", "lsh_params", "run", "run_with_pairs",
            "capped_pairs", "star_pairs", "reference_batches", "size_bins"]

@@ -113,7 +113,7 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     reliable = cfg.checkpoint == "reliable"
     cap = cfg.against_bucket_cap
     ref = against.resolve(cfg.against)
-    ref_signed, ref_keys, source = against.fuzzy_reference(spark, ref, cfg, bands, rows)
+    ref_signed, ref_keys, source, ref_cached = against.fuzzy_reference(spark, ref, cfg, bands, rows)
 
     new = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
     new_keys = new.select(F.col("id").alias("a"), F.explode("bk").alias("bk"))
@@ -190,4 +190,6 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     # A new document the new-only dedup removed and a reference match removes again counts once.
     stats["docs_removed"] = stats["docs_removed"] + int(g["n"]) - int(g["again"] or 0)
     new.unpersist()
+    if ref_cached is not None:
+        ref_cached.unpersist()
     return {**out, "removed": removed, "duplicates": dups2, "stats": stats}
