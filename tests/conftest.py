@@ -19,7 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # inherit the environment) compiles with C1 only. Test JVMs live seconds to minutes, and on 2
 # cores C2's compiler threads took CPU from the work itself: an 800-document demo flow ran in
 # 56 s instead of 78 s (AMD EPYC Zen 4, load 4-5). The JIT tier changes speed, never results.
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
+# Serial GC: a test driver's heap is small and short-lived, and G1's concurrent threads compete
+# with the other worker for the two cores.
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Several pytest workers share the cores: OpenMP/BLAS pools sized to every core spin against
     # each other (a 150-text driver-side embed took 157 s instead of 8 s with three workers).
@@ -107,6 +109,8 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 LAYERS = ("unit", "spark", "integration")
+# Fixtures that start a server: a test using one is an integration test whatever else it uses.
+SERVER_FIXTURES = {"s3"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -116,5 +120,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(m) for m in LAYERS):
             continue
-        uses_spark = {"spark", "run_curate"} & set(getattr(item, "fixturenames", ()))
-        item.add_marker(pytest.mark.spark if uses_spark else pytest.mark.unit)
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.spark if used & {"spark", "run_curate"} else pytest.mark.unit)
+    # Modules with whole flows first, then those with Spark stages, then unit-only ones, each
+    # module kept together (its module fixtures are set up once): the two xdist workers then end
+    # on short tests together instead of one waiting on a whole flow that started last.
+    rank = {m: i for i, m in enumerate(reversed(LAYERS))}
+    module_rank: dict = {}
+    for it in items:
+        r = next(rank[m] for m in reversed(LAYERS) if it.get_closest_marker(m))
+        module_rank[it.module] = min(r, module_rank.get(it.module, r))
+    items.sort(key=lambda it: module_rank[it.module])

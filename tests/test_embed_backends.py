@@ -82,6 +82,7 @@ def test_backend_holds_bound_to_torch_fp32(spark, docs, cache, torch_fp32, backe
     assert meta[b"thresher.embed.precision"] == precision.encode()
 
 
+@pytest.mark.integration  # a whole model export and its checks
 def test_export_built_once_reused_and_keyed(cache, model):
     path, fp = model
     folder, meta = backends.export_onnx(path, fp)
@@ -102,6 +103,7 @@ def test_export_built_once_reused_and_keyed(cache, model):
     assert k_onnx != embed.cache_key(d, fp, s, "fp32")
 
 
+@pytest.mark.integration  # a whole model export and its checks
 def test_auto_picks_an_export_within_bound_and_says_why(cache, model):
     path, fp = model
     plan = embed.resolve_plan("auto", "auto", "cpu", path, fp)

@@ -224,6 +224,7 @@ def test_a_second_run_on_a_locked_folder_fails_naming_the_holder(run_curate, sma
     assert tree_digest(sentinel) == s0
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_a_failed_run_removes_only_what_it_created(small, tmp_path):
     """Case 2: Ctrl-C on a run that had finished nothing used to delete the whole output folder
     (another run's result included). It now takes away only what it created itself."""
@@ -450,6 +451,7 @@ def test_lone_surrogates_in_jsonl_are_rejected_rows_at_any_line(run_curate, tmp_
     assert "a real pair \U0001F600 is fine" in pq.read_table(out / "dataset").column("text").to_pylist()
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_corrupt_pages_behind_a_valid_footer_name_the_file_and_row_group(small, tmp_path):
     """Case 7: the only line was `stage ingest: An exception was thrown from the Python worker:`
     after ~50 lines of traces."""
@@ -472,6 +474,7 @@ def test_corrupt_pages_behind_a_valid_footer_name_the_file_and_row_group(small, 
     assert not out.exists()
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_disk_full_is_one_line_and_a_failed_manifest(small, tmp_path):
     """Case 7: a full disk (a tiny tmpfs as the output) was a traceback, exit 1, a manifest stuck
     at `running` and a stray zero-byte temporary manifest. Done on a real 2 MiB tmpfs mounted in
@@ -519,6 +522,7 @@ def test_disk_full_is_one_line_and_a_failed_manifest(small, tmp_path):
 
 
 # ------------------------------------------------------------------------- case 8: Ctrl-C
+@pytest.mark.integration  # the CLI in a subprocess
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path):
     """Case 8: Ctrl-C printed py4j tracebacks and `Aborted!`."""
     sentinel = sentinel_tree(tmp_path / "sentinel")
