@@ -7,6 +7,8 @@ BIN     = $(VENV)/bin
 
 setup: $(VENV)/.installed
 
+# `thresher warm` compiles the numba kernels for this CPU once (about 30 s), instead of every
+# process of a first run compiling them.
 # torch goes in first as the CPU build (a local wheel on these machines), or resolving
 # sentence-transformers pulls several GB of CUDA wheels.
 $(VENV)/.installed: pyproject.toml
@@ -14,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/thresher warm
 	touch $@
 
 demo: setup

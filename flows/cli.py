@@ -180,6 +180,15 @@ def demo(**kw):
     _run("demo.yaml", **kw)
 
 
+@main.command()
+def warm():
+    """Compile the CPU kernels for this machine into numba's cache (setup runs it): a first run
+    then loads them instead of compiling in each of its processes."""
+    from thresher.flows.warm import warm as compile_all
+
+    compile_all(say=click.echo)
+
+
 def _is_demo_run(output: str) -> bool:
     """True when OUTPUT holds a run of the shipped demo data (any other run is refused as by
     `thresher run`, unless --overwrite)."""
