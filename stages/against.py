@@ -294,10 +294,18 @@ def exact_reference(spark, ref: Reference, cfg):
     return hashed.select("id", "_h1", "_h2"), "hashed in this run"
 
 
-def fuzzy_reference(spark, ref: Reference, cfg, bands: int, rows: int):
-    """((id, _length, s), bucket keys, source, cached) of the reference, from the index or signed
-    now. The keys come as (bk, ids, size) from an index (bucket_lists), as (bk, id) otherwise;
-    `cached` is the persisted signed table the caller unpersists when done (None for an index)."""
+@dataclass(frozen=True)
+class FuzzyReference:
+    signed: object            # DataFrame (id, _length, s)
+    keys: object              # DataFrame: (bk, ids, size) from an index (bucket_lists), else (bk, id)
+    source: str               # "index <folder>" or "signed in this run"
+    cached: object = None     # the persisted signed table the caller unpersists when done
+    buckets: str | None = None  # an index's bucket and signed folders, for readers that skip
+    sets: str | None = None     # Spark's row format
+
+
+def fuzzy_reference(spark, ref: Reference, cfg, bands: int, rows: int) -> FuzzyReference:
+    """The reference's shingle sets (or signatures) and bucket keys, from the index or signed now."""
     from pyspark.sql import functions as F
 
     from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
@@ -305,13 +313,13 @@ def fuzzy_reference(spark, ref: Reference, cfg, bands: int, rows: int):
     index = usable_index(ref, "fuzzy", fuzzy_settings(cfg, bands, rows))
     if index is not None:
         log.info("fuzzy_dedup.against: reading the index at %s", index)
-        return (spark.read.parquet(storage.join(index, "fuzzy", "signed")),
-                spark.read.parquet(storage.join(index, "fuzzy", "buckets")), f"index {index}", None)
+        buckets, sets = storage.join(index, "fuzzy", "buckets"), storage.join(index, "fuzzy", "signed")
+        return FuzzyReference(spark.read.parquet(sets), spark.read.parquet(buckets), f"index {index}", None, buckets, sets)
     log.info("fuzzy_dedup.against: no matching index for %s; signing the reference in this run "
              "(`thresher index` stores it once)", ref.spec)
     signed = read_documents(spark, ref).mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
-    return (signed.select("id", "_length", "s"), signed.select(F.explode("bk").alias("bk"), "id"),
-            "signed in this run", signed)
+    return FuzzyReference(signed.select("id", "_length", "s"), signed.select(F.explode("bk").alias("bk"), "id"),
+                          "signed in this run", signed)
 
 
 # -------------------------------------------------------------------------- the index

@@ -1,11 +1,14 @@
 """`fuzzy_dedup.against`: steps (b) and (c) of stages/against.py for near-duplicates.
 
-(b) The new documents are signed (signing.sign_batches, as the stage signs them) and their
-bucket keys semi-joined with the reference's (bk, id): only reference rows under a key some new
-document has are read, at most `against_bucket_cap` of them per key (the smallest ids), so one
-giant reference bucket costs at most that many candidates for each new document in it. Each
-candidate pair (new, reference) is scored by the stage's kernel (exact Jaccard of the shingle
-sets, or the share of agreeing signature values without `verify`) and kept at >= threshold.
+(b) The new documents are signed (signing.sign_batches, as the stage signs them) and matched
+with the reference's buckets (bk, ids, size): at most `against_bucket_cap` reference ids per key
+(the smallest), so one giant reference bucket costs at most that many candidates for each new
+document in it. Each candidate pair (new, reference) is scored by the stage's kernel (exact
+Jaccard of the shingle sets, or the share of agreeing signature values without `verify`) and
+kept at >= threshold. While the new documents are few enough to go to every task (their keys
+and sets), one scan of the reference's buckets finds the pairs (`_probe_batches`, a sorted-key
+search in numpy) and the scan of its sets scores them where they lie; above that, both sides
+shuffle on the key, then on the new document.
 (c) Every new document whose new-only component holds a matched one is removed.
 """
 
@@ -44,26 +47,168 @@ def _scored_shuffled(new, ref_signed, pairs, cfg: Config):
     return with_reference(grouped, cfg, drop_reference=True).select(F.col("g").alias("a"), F.col("id").alias("b"), "j")
 
 
-def _scored_broadcast(spark, new, ref_signed, pairs, cfg: Config):
-    """(a, b, j) of every candidate pair, no set shuffled: the new documents' sets go to every
-    task (one broadcast), the candidate list of each reference document too (a broadcast join),
-    and each task scores the reference rows it reads against them."""
+def _probe_batch(batch, uk, start, docs, cap: int):
+    """Reference buckets (bk, ids, size) -> (b: a reference id, a: the number of a new document
+    sharing that key, capped: 0) for each pair, and one row (b null, capped: the hit buckets
+    above `cap`). `uk`: the new documents' sorted distinct keys; the documents under uk[i] are
+    docs[start[i]:start[i + 1]]."""
+    import pyarrow.compute as pc
+
+    bk = batch.column(0).to_numpy(zero_copy_only=False)
+    pos = np.minimum(np.searchsorted(uk, bk), len(uk) - 1)
+    rows = np.flatnonzero(uk[pos] == bk)
+    capped = int((batch.column(2).to_numpy(zero_copy_only=False)[rows] > cap).sum())
+    if len(rows):
+        p = pos[rows]
+        lists = pc.list_slice(batch.column(1).take(pa.array(rows)), 0, cap)
+        ref = pc.list_flatten(lists)
+        n_ref = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        n_new = start[p + 1] - start[p]
+        # Every (reference id, new document) of each hit bucket: pair q of bucket r is its
+        # reference q // n_new[r] and its new document q % n_new[r].
+        per = n_ref * n_new
+        row = np.repeat(np.arange(len(rows)), per)
+        q = np.arange(int(per.sum())) - (np.cumsum(per) - per)[row]
+        ref_at = (np.cumsum(n_ref) - n_ref)[row] + q // n_new[row]
+        new_at = start[p][row] + q % n_new[row]
+        yield pa.RecordBatch.from_arrays([ref.take(pa.array(ref_at)), pa.array(docs[new_at], pa.int32()),
+                                          pa.array(np.zeros(len(q), np.int32))], names=list(PROBED))
+    yield pa.RecordBatch.from_arrays([pa.nulls(1, pa.string()), pa.array([-1], pa.int32()),
+                                      pa.array([capped], pa.int32())], names=list(PROBED))
+
+
+PROBED = {"b": "string", "a": "int", "capped": "int"}
+
+
+def _probe_frame(keys, cap: int):
+    """mapInArrow over a DataFrame of reference buckets (bk, ids, size): _probe_batch."""
+
+    def fn(batches):
+        uk, start, docs = keys.value
+        for batch in batches:
+            if len(uk) and batch.num_rows:
+                yield from _probe_batch(batch, uk, start, docs, cap)
+
+    return fn
+
+
+def _probe_files(keys, cap: int, opts: dict):
+    """mapInArrow over (path, rg) units of an index's bucket files: each row group read by
+    pyarrow (Spark's reader would hand every bucket row to Python through its row format, 4-6 s
+    for 11M buckets against under 1 s), then _probe_batch."""
+
+    def fn(units):
+        from thresher.stages import storage
+
+        storage.configure(opts)
+        uk, start, docs = keys.value
+        for u in units:
+            for path, rg in zip(u.column(0).to_pylist(), u.column(1).to_pylist()):
+                t = storage.parquet_file(path).read_row_group(rg, columns=["bk", "ids", "size"])
+                for batch in t.to_batches():
+                    if len(uk) and batch.num_rows:
+                        yield from _probe_batch(batch, uk, start, docs, cap)
+
+    return fn
+
+
+def _probe(spark, new, ref_keys, cap: int, reliable: bool):
+    """(b, as): each candidate reference document and the new documents paired with it (numbers
+    into `t`, the new documents' (id, s)), from one scan of the reference's buckets
+    (a DataFrame, or an index's bucket folder); `t`; and the hit buckets above the cap."""
+    import pyarrow.compute as pc
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
+    from thresher.stages import against, storage
+    from thresher.stages.components import materialise
+
+    t = new.select("id", "s", "bk").toArrow()
+    bk = t.column("bk").combine_chunks()
+    flat = pc.list_flatten(bk).to_numpy(zero_copy_only=False)
+    doc = pc.list_parent_indices(bk).to_numpy(zero_copy_only=False).astype(np.int32)
+    order = np.lexsort((doc, flat))
+    flat, doc = flat[order], doc[order]
+    uk, first = np.unique(flat, return_index=True)
+    keys = spark.sparkContext.broadcast((uk, np.append(first, len(flat)).astype(np.int64), doc))
+    schema = ", ".join(f"{k} {v}" for k, v in PROBED.items())
+    if isinstance(ref_keys, str):
+        units = [(e.loc, g) for e in against.parquet_files(ref_keys)
+                 for g in range(storage.parquet_file(e.loc).metadata.num_row_groups)]
+        frame = spark.createDataFrame(units, "path string, rg int")
+        frame = frame.repartition(max(1, min(len(units), 4 * spark.sparkContext.defaultParallelism)))
+        pairs = frame.mapInArrow(_probe_files(keys, cap, storage.current().model_dump()), schema)
+    else:
+        pairs = ref_keys.select("bk", "ids", "size").mapInArrow(_probe_frame(keys, cap), schema)
+    obs = Observation("against_probe")
+    pairs = pairs.observe(obs, F.sum("capped").alias("capped"))
+    lists = materialise(pairs.where(F.col("b").isNotNull()).groupBy("b").agg(
+        F.array_sort(F.collect_set("a")).alias("as")), reliable)
+    keys.unpersist()
+    return lists, t.select(["id", "s"]), int(obs.get["capped"] or 0)
+
+
+def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: str | None = None):
+    """(a, b, j) of every candidate pair, no set shuffled: the new documents' sets go to every
+    task (one broadcast), the candidate list of each reference document too, and each task
+    scores the reference rows it reads against them. An index's sets are read by pyarrow, one
+    task per row group; otherwise through a broadcast join."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages import against, storage
     from thresher.stages.arrow_bytes import binary_values
 
-    t = new.select("id", "s").toArrow()
     dtype = np.uint64 if cfg.verify else np.uint32
     off, val = binary_values(t.column("s"), dtype)
     sets = spark.sparkContext.broadcast((t.column("id").combine_chunks(), off, val))
-    lists = pairs.groupBy("b").agg(F.collect_list("a").alias("as"))
-    rows = ref_signed.join(F.broadcast(lists), ref_signed["id"] == lists["b"]).select("b", "s", "as")
-    return rows.mapInArrow(_score_batches(cfg, sets), "a string, b string, j double")
+    schema = "a string, b string, j double"
+    if signed_folder is None:
+        rows = ref_signed.join(F.broadcast(lists), ref_signed["id"] == lists["b"]).select("b", "s", "as")
+        return rows.mapInArrow(_score_batches(cfg, sets), schema)
+    lt = lists.toArrow()
+    wanted = spark.sparkContext.broadcast((lt.column("b").combine_chunks(), lt.column("as").combine_chunks()))
+    units = [(e.loc, g) for e in against.parquet_files(signed_folder)
+             for g in range(storage.parquet_file(e.loc).metadata.num_row_groups)]
+    frame = spark.createDataFrame(units, "path string, rg int")
+    frame = frame.repartition(max(1, min(len(units), 4 * spark.sparkContext.defaultParallelism)))
+    return frame.mapInArrow(_score_files(cfg, sets, wanted, storage.current().model_dump()), schema)
+
+
+def _score_files(cfg: Config, sets, wanted, opts: dict):
+    """mapInArrow over (path, rg) units of an index's signed files: the rows whose id is a
+    candidate, with the numbers of their new documents, scored as _score_batches does (Spark's
+    reader would hand every reference set to Python through its row format)."""
+    score = _score_batches(cfg, sets)
+
+    def fn(units):
+        import pyarrow.compute as pc
+
+        from thresher.stages import storage
+
+        storage.configure(opts)
+        b, lists = wanted.value
+
+        def candidates():
+            for u in units:
+                for path, rg in zip(u.column(0).to_pylist(), u.column(1).to_pylist()):
+                    part = storage.parquet_file(path).read_row_group(rg, columns=["id", "s"])
+                    k = pc.index_in(part.column("id").combine_chunks(), value_set=b)
+                    hit = pc.is_valid(k)
+                    part, k = part.filter(hit).combine_chunks(), k.filter(hit)
+                    for batch in part.to_batches():
+                        kk, k = k.slice(0, batch.num_rows), k.slice(batch.num_rows)
+                        yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), lists.take(kk)],
+                                                         names=["b", "s", "as"])
+
+        yield from score(candidates())
+
+    return fn
 
 
 def _score_batches(cfg: Config, sets):
-    """mapInArrow over (b, s, as: the new documents paired with b) -> (a, b, j), j by the
-    stage's kernel: exact Jaccard of the sets, or the signatures' agreement without verify."""
+    """mapInArrow over (b, s, as: the numbers of the new documents paired with b) -> (a, b, j),
+    j by the stage's kernel: exact Jaccard of the sets, or the signatures' agreement without
+    verify."""
     verify, num_perm = cfg.verify, cfg.num_perm
     dtype = np.uint64 if verify else np.uint32
 
@@ -81,9 +226,9 @@ def _score_batches(cfg: Config, sets):
                 continue
             roff, rval = binary_values(batch.column(1), dtype)
             lists = batch.column(2)
-            a = pc.list_flatten(lists)
+            k = pc.list_flatten(lists).to_numpy().astype(np.int64)
             row = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
-            k = pc.index_in(a, value_set=ids).to_numpy().astype(np.int64)
+            a = ids.take(pa.array(k))
             if verify:
                 # One pool: this batch's reference sets, then the new sets it needs.
                 need, y = np.unique(k, return_inverse=True)
@@ -113,27 +258,29 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     reliable = cfg.checkpoint == "reliable"
     cap = cfg.against_bucket_cap
     ref = against.resolve(cfg.against)
-    ref_signed, ref_keys, source, ref_cached = against.fuzzy_reference(spark, ref, cfg, bands, rows)
+    fr = against.fuzzy_reference(spark, ref, cfg, bands, rows)
+    ref_signed, ref_keys = fr.signed, fr.keys
 
     new = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
     new_keys = new.select(F.col("id").alias("a"), F.explode("bk").alias("bk"))
     keys = new_keys.select("bk").distinct()
-    # The new documents' keys go to every task reading the reference's keys while they are few
-    # (8 bytes each); else both sides shuffle on the key.
     size = new.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("s")).alias("bytes")).first()
     size = {"n": int(size["n"]), "bytes": int(size["bytes"] or 0)}
-    if size["n"] * bands <= 4_000_000:
-        keys = F.broadcast(keys)
-    hits = ref_keys.join(keys, "bk", "left_semi")
+    # The new documents' keys (8 bytes each, and a number for each document under one) and sets
+    # go to every task while they are few; else both sides shuffle.
+    few = size["n"] * bands <= 4_000_000 and size["bytes"] <= BROADCAST_SET_BYTES
     if "ids" not in ref_keys.columns:  # signed in this run: only the shared keys are listed
-        hits = against.bucket_lists(hits, cap)
-    hits = materialise(hits.select("bk", F.slice("ids", 1, cap).alias("ids"), "size"), reliable)
-    pairs = materialise(new_keys.join(hits, "bk").select("a", F.explode("ids").alias("b")).distinct(), reliable)
-    t1 = time.perf_counter()
-
-    if size["bytes"] <= BROADCAST_SET_BYTES:
-        scored = _scored_broadcast(spark, new, ref_signed, pairs, cfg)
+        ref_keys = against.bucket_lists(ref_keys.join(F.broadcast(keys) if few else keys, "bk", "left_semi"), cap)
+    if few:
+        lists, t, capped = _probe(spark, new, fr.buckets or ref_keys, cap, reliable)
+        t1 = time.perf_counter()
+        scored = _scored_broadcast(spark, t, ref_signed, lists, cfg, fr.sets)
     else:
+        hits = materialise(ref_keys.join(keys, "bk", "left_semi").select(
+            "bk", F.slice("ids", 1, cap).alias("ids"), "size"), reliable)
+        capped = hits.where(F.col("size") > cap).count()
+        pairs = materialise(new_keys.join(hits, "bk").select("a", F.explode("ids").alias("b")).distinct(), reliable)
+        t1 = time.perf_counter()
         scored = _scored_shuffled(new, ref_signed, pairs, cfg)
     scored = materialise(scored, reliable)
     t2 = time.perf_counter()
@@ -177,10 +324,9 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
                      F.countDistinct("b").alias("refs")).first()
     g = gone.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("refs"),
                  F.count("score").alias("direct"), F.sum(F.col("_was_removed").cast("long")).alias("again")).first()
-    capped = hits.where(F.col("size") > cap).count()
     stats = dict(out["stats"])
     stats["against"] = {
-        "reference": ref.spec, "source": source, "bucket_cap": cap, "capped_buckets": capped,
+        "reference": ref.spec, "source": fr.source, "bucket_cap": cap, "capped_buckets": capped,
         "candidate_pairs": int(agg["n"]), "verified_pairs": int(agg["ok"] or 0),
         "reference_candidates": int(agg["refs"]), "matched_directly": int(g["direct"]),
         "removed": int(g["n"]), "reference_docs_named": int(g["refs"]),
@@ -190,6 +336,6 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     # A new document the new-only dedup removed and a reference match removes again counts once.
     stats["docs_removed"] = stats["docs_removed"] + int(g["n"]) - int(g["again"] or 0)
     new.unpersist()
-    if ref_cached is not None:
-        ref_cached.unpersist()
+    if fr.cached is not None:
+        fr.cached.unpersist()
     return {**out, "removed": removed, "duplicates": dups2, "stats": stats}
