@@ -64,9 +64,9 @@ def _dedup(batch) -> None:
 
 
 def _kmeans() -> None:
-    import numba
     import numpy as np
 
+    from thresher.kernels import kmeans_cpu as cpu
     from thresher.kernels.hkmeans import HierarchicalKMeans
 
     X = np.random.default_rng(0).standard_normal((3000, 64)).astype(np.float32)
@@ -78,14 +78,13 @@ def _kmeans() -> None:
             levels = [{"n_clusters": k, "n_iters": 4, "n_resampling_steps": 1, "sampling": sampling}, 5]
             hk = HierarchicalKMeans(levels=levels, seed=0, backend="cpu", dtype=dtype, empty=empty).fit(X)
             hk.predict(X[:100])
-    # Low dimensions take the direct assignment; one thread (a Spark task) the sorted update.
+    # Low dimensions take the direct assignment.
     HierarchicalKMeans(levels=[8, 2], seed=0, backend="cpu").fit(X[:, :2].copy())
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        HierarchicalKMeans(levels=[40, 5], seed=0, backend="cpu").fit(X)
-    finally:
-        numba.set_num_threads(threads)
+    # kmeans_cpu.update picks by numba's thread count (one in a Spark task or a capped process):
+    # both of its kernels, with the argument types it passes.
+    labels = np.arange(len(X), dtype=np.int64) % 40
+    cpu._update_partials(X, labels, 40, 1024.0, 2)
+    cpu._update_sorted(X, labels, 40, 1024.0)
 
 
 def warm(say=print) -> dict[str, float]:

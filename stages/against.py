@@ -258,9 +258,6 @@ def read_documents(spark, ref: Reference):
     if not any(storage.is_remote(e.loc) for e in ref.files):
         return spark.read.parquet(*[e.loc for e in ref.files]).select(F.col("id").cast("string"),
                                                                      F.col("text").cast("string"))
-    units = []
-    for e in ref.files:
-        units += [(e.loc, g) for g in range(storage.parquet_file(e.loc).metadata.num_row_groups)]
     opts = storage.current().model_dump()
 
     def read_units(batches):
@@ -274,9 +271,16 @@ def read_documents(spark, ref: Reference):
                     yield pa.RecordBatch.from_arrays([rb.column(0).cast(pa.string()), rb.column(1).cast(pa.string())],
                                                      names=["id", "text"])
 
-    df = spark.createDataFrame([{"path": p, "rg": g} for p, g in units], "path string, rg int")
-    df = df.repartition(max(1, min(len(units), 4 * spark.sparkContext.defaultParallelism)))
-    return df.mapInArrow(read_units, "id string, text string")
+    return row_group_units(spark, ref.files).mapInArrow(read_units, "id string, text string")
+
+
+def row_group_units(spark, files):
+    """A DataFrame (path, rg) with one row per row group of `files` (storage entries), spread
+    over the tasks: for executors that read Parquet with pyarrow (URLs, or tables whose rows
+    Spark's row format would make slow to hand to Python)."""
+    units = [(e.loc, g) for e in files for g in range(storage.parquet_file(e.loc).metadata.num_row_groups)]
+    df = spark.createDataFrame(units, "path string, rg int")
+    return df.repartition(max(1, min(len(units), 4 * spark.sparkContext.defaultParallelism)))
 
 
 def exact_reference(spark, ref: Reference, cfg):

@@ -133,10 +133,7 @@ def _probe(spark, new, ref_keys, cap: int, reliable: bool):
     keys = spark.sparkContext.broadcast((uk, np.append(first, len(flat)).astype(np.int64), doc))
     schema = ", ".join(f"{k} {v}" for k, v in PROBED.items())
     if isinstance(ref_keys, str):
-        units = [(e.loc, g) for e in against.parquet_files(ref_keys)
-                 for g in range(storage.parquet_file(e.loc).metadata.num_row_groups)]
-        frame = spark.createDataFrame(units, "path string, rg int")
-        frame = frame.repartition(max(1, min(len(units), 4 * spark.sparkContext.defaultParallelism)))
+        frame = against.row_group_units(spark, against.parquet_files(ref_keys))
         pairs = frame.mapInArrow(_probe_files(keys, cap, storage.current().model_dump()), schema)
     else:
         pairs = ref_keys.select("bk", "ids", "size").mapInArrow(_probe_frame(keys, cap), schema)
@@ -167,10 +164,7 @@ def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: s
         return rows.mapInArrow(_score_batches(cfg, sets), schema)
     lt = lists.toArrow()
     wanted = spark.sparkContext.broadcast((lt.column("b").combine_chunks(), lt.column("as").combine_chunks()))
-    units = [(e.loc, g) for e in against.parquet_files(signed_folder)
-             for g in range(storage.parquet_file(e.loc).metadata.num_row_groups)]
-    frame = spark.createDataFrame(units, "path string, rg int")
-    frame = frame.repartition(max(1, min(len(units), 4 * spark.sparkContext.defaultParallelism)))
+    frame = against.row_group_units(spark, against.parquet_files(signed_folder))
     return frame.mapInArrow(_score_files(cfg, sets, wanted, storage.current().model_dump()), schema)
 
 
