@@ -78,8 +78,6 @@ def _probe_batch(batch, uk, start, docs, cap: int):
 
 
 PROBED = {"b": "string", "a": "int", "capped": "int"}
-# (reference, new document) rows grouped on the driver (about 30 bytes each) rather than shuffled.
-DRIVER_PAIRS = 8_000_000
 
 
 def _probe_frame(keys, cap: int):
@@ -116,9 +114,8 @@ def _probe_files(keys, cap: int, opts: dict):
 
 def _probe(spark, new, ref_keys, cap: int, reliable: bool):
     """(b, as): each candidate reference document and the new documents paired with it (numbers
-    into `t`, the new documents' (id, s)), from one scan of the reference's buckets (a
-    DataFrame, or an index's bucket folder), as a DataFrame or an Arrow table; `t`; and the hit
-    buckets above the cap."""
+    into `t`, the new documents' (id, s)), from one scan of the reference's buckets
+    (a DataFrame, or an index's bucket folder); `t`; and the hit buckets above the cap."""
     import pyarrow.compute as pc
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
@@ -141,18 +138,9 @@ def _probe(spark, new, ref_keys, cap: int, reliable: bool):
     else:
         pairs = ref_keys.select("bk", "ids", "size").mapInArrow(_probe_frame(keys, cap), schema)
     obs = Observation("against_probe")
-    pairs = pairs.observe(obs, F.sum("capped").alias("capped"), F.count(F.lit(1)).alias("rows"))
-    lists = None
-    if isinstance(ref_keys, str):
-        # The index path's scoring wants the lists on the driver anyway: up to DRIVER_PAIRS
-        # pairs, pyarrow groups them there instead of a shuffle.
-        pairs = materialise(pairs.where(F.col("b").isNotNull()), reliable)
-        if obs.get["rows"] <= DRIVER_PAIRS:
-            g = pairs.toArrow().group_by("b").aggregate([("a", "distinct")])
-            lists = pa.table({"b": g.column("b"), "as": g.column("a_distinct")})
-    if lists is None:
-        lists = materialise(pairs.where(F.col("b").isNotNull()).groupBy("b").agg(
-            F.array_sort(F.collect_set("a")).alias("as")), reliable)
+    pairs = pairs.observe(obs, F.sum("capped").alias("capped"))
+    lists = materialise(pairs.where(F.col("b").isNotNull()).groupBy("b").agg(
+        F.array_sort(F.collect_set("a")).alias("as")), reliable)
     keys.unpersist()
     return lists, t.select(["id", "s"]), int(obs.get["capped"] or 0)
 
@@ -174,7 +162,7 @@ def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: s
     if signed_folder is None:
         rows = ref_signed.join(F.broadcast(lists), ref_signed["id"] == lists["b"]).select("b", "s", "as")
         return rows.mapInArrow(_score_batches(cfg, sets), schema)
-    lt = lists if isinstance(lists, pa.Table) else lists.toArrow()
+    lt = lists.toArrow()
     wanted = spark.sparkContext.broadcast((lt.column("b").combine_chunks(), lt.column("as").combine_chunks()))
     frame = against.row_group_units(spark, against.parquet_files(signed_folder))
     return frame.mapInArrow(_score_files(cfg, sets, wanted, storage.current().model_dump()), schema)
