@@ -263,15 +263,21 @@ def read_documents(spark, ref: Reference):
     def read_units(batches):
         import pyarrow as pa
 
-        storage.configure(opts)  # executors do not share the driver's module state
-        for b in batches:
-            for u in b.to_pylist():
-                t = storage.parquet_file(u["path"]).read_row_group(u["rg"], columns=["id", "text"])
-                for rb in t.to_batches():
-                    yield pa.RecordBatch.from_arrays([rb.column(0).cast(pa.string()), rb.column(1).cast(pa.string())],
-                                                     names=["id", "text"])
+        for t in read_row_groups(batches, ["id", "text"], opts):
+            for rb in t.to_batches():
+                yield pa.RecordBatch.from_arrays([rb.column(0).cast(pa.string()), rb.column(1).cast(pa.string())],
+                                                 names=["id", "text"])
 
     return row_group_units(spark, ref.files).mapInArrow(read_units, "id string, text string")
+
+
+def read_row_groups(units, columns: list, opts: dict):
+    """In an executor: each (path, rg) unit of `units` (Arrow batches of row_group_units) read
+    by pyarrow as a table of `columns`."""
+    storage.configure(opts)  # executors do not share the driver's module state
+    for u in units:
+        for path, rg in zip(u.column(0).to_pylist(), u.column(1).to_pylist()):
+            yield storage.parquet_file(path).read_row_group(rg, columns=columns)
 
 
 def row_group_units(spark, files):

@@ -6,7 +6,7 @@ with the reference's buckets (bk, ids, size): at most `against_bucket_cap` refer
 document in it. Each candidate pair (new, reference) is scored by the stage's kernel (exact
 Jaccard of the shingle sets, or the share of agreeing signature values without `verify`) and
 kept at >= threshold. While the new documents are few enough to go to every task (their keys
-and sets), one scan of the reference's buckets finds the pairs (`_probe_batches`, a sorted-key
+and sets), one scan of the reference's buckets finds the pairs (`_probe_batch`, a sorted-key
 search in numpy) and the scan of its sets scores them where they lie; above that, both sides
 shuffle on the key, then on the new document.
 (c) Every new document whose new-only component holds a matched one is removed.
@@ -98,16 +98,13 @@ def _probe_files(keys, cap: int, opts: dict):
     for 11M buckets against under 1 s), then _probe_batch."""
 
     def fn(units):
-        from thresher.stages import storage
+        from thresher.stages.against import read_row_groups
 
-        storage.configure(opts)
         uk, start, docs = keys.value
-        for u in units:
-            for path, rg in zip(u.column(0).to_pylist(), u.column(1).to_pylist()):
-                t = storage.parquet_file(path).read_row_group(rg, columns=["bk", "ids", "size"])
-                for batch in t.to_batches():
-                    if len(uk) and batch.num_rows:
-                        yield from _probe_batch(batch, uk, start, docs, cap)
+        for t in read_row_groups(units, ["bk", "ids", "size"], opts):
+            for batch in t.to_batches():
+                if len(uk) and batch.num_rows:
+                    yield from _probe_batch(batch, uk, start, docs, cap)
 
     return fn
 
@@ -177,22 +174,19 @@ def _score_files(cfg: Config, sets, wanted, opts: dict):
     def fn(units):
         import pyarrow.compute as pc
 
-        from thresher.stages import storage
+        from thresher.stages.against import read_row_groups
 
-        storage.configure(opts)
         b, lists = wanted.value
 
         def candidates():
-            for u in units:
-                for path, rg in zip(u.column(0).to_pylist(), u.column(1).to_pylist()):
-                    part = storage.parquet_file(path).read_row_group(rg, columns=["id", "s"])
-                    k = pc.index_in(part.column("id").combine_chunks(), value_set=b)
-                    hit = pc.is_valid(k)
-                    part, k = part.filter(hit).combine_chunks(), k.filter(hit)
-                    for batch in part.to_batches():
-                        kk, k = k.slice(0, batch.num_rows), k.slice(batch.num_rows)
-                        yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), lists.take(kk)],
-                                                         names=["b", "s", "as"])
+            for part in read_row_groups(units, ["id", "s"], opts):
+                k = pc.index_in(part.column("id").combine_chunks(), value_set=b)
+                hit = pc.is_valid(k)
+                part, k = part.filter(hit).combine_chunks(), k.filter(hit)
+                for batch in part.to_batches():
+                    kk, k = k.slice(0, batch.num_rows), k.slice(batch.num_rows)
+                    yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), lists.take(kk)],
+                                                     names=["b", "s", "as"])
 
         yield from score(candidates())
 
