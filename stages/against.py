@@ -31,9 +31,12 @@ once by the stages' own code (exact_dedup.hash_batches, fuzzy_dedup.signing.sign
     index.json          the config that decides the rows, thresher's version, the reference's
                         file fingerprint (names, sizes, mtimes)
     exact/              (id, _h1, _h2)
-    fuzzy/signed/       (id, _length, s): s the shingle set (verify) or the signature
-    fuzzy/buckets/      (bk, ids, size): one row per bucket key, its `against_bucket_cap` smallest
-                        ids and its size
+    fuzzy/signed/       (id, n, _length, s): s the shingle set (verify) or the signature, n the
+                        rank of id among the reference's ids (0, 1, ...)
+    fuzzy/buckets/      (bk, ns, size): one row per bucket key, the n of its `against_bucket_cap`
+                        smallest ids, sorted, and its size
+A run matches and groups the reference's documents by n, numbers in numpy, and reads the ids
+only of the few it pairs.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from thresher.stages import storage
 log = logging.getLogger("thresher.against")
 
 INDEX_FILE = "index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 RUN_MANIFEST = "manifest.json"
 
 
@@ -202,17 +205,38 @@ def _differing(have: dict, want: dict) -> str | None:
     return None
 
 
-def bucket_lists(keys, cap: int):
-    """(bk, id) rows -> one row per bucket key: (bk, ids: its `cap` smallest ids, sorted; size:
-    its documents). A window numbers each bucket's rows, so a giant bucket is never held whole."""
+def bucket_lists(keys, cap: int, col: str = "id"):
+    """(bk, col) rows -> one row per bucket key: (bk, <col>s: its `cap` smallest values of col,
+    sorted; size: its documents). A window numbers each bucket's rows, so a giant bucket is
+    never held whole."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = Window.partitionBy("bk").orderBy("id")
+    w = Window.partitionBy("bk").orderBy(col)
     wn = Window.partitionBy("bk")
     return (keys.withColumn("_n", F.row_number().over(w)).withColumn("size", F.count(F.lit(1)).over(wn))
             .where(F.col("_n") <= cap).groupBy("bk")
-            .agg(F.array_sort(F.collect_list("id")).alias("ids"), F.first("size").alias("size")))
+            .agg(F.array_sort(F.collect_list(col)).alias(f"{col}s"), F.first("size").alias("size")))
+
+
+def rank_ids(ids, reliable: bool = False):
+    """(id) rows -> (id, n): n the rank of id in sorted order (0, 1, ...; ties in any order).
+    A range-partitioned sort numbers the rows within each partition; the partitions' counts
+    give their offsets, so no single task sees every id."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages.components import materialise
+
+    ranked = materialise(ids.select("id").orderBy("id").select(
+        "id", F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m")), reliable)
+    counts = dict(ranked.groupBy("_p").count().collect())
+    offsets, at = {}, 0
+    for p in sorted(counts):
+        offsets[p], at = at, at + counts[p]
+    start = F.create_map(*[F.lit(x) for p in sorted(offsets) for x in (p, offsets[p])]) if offsets else None
+    # monotonically_increasing_id is the partition's index << 33 plus the row's place in it.
+    place = F.col("_m") - F.shiftleft(F.col("_p").cast("long"), 33)
+    return ranked.select("id", (place + start[F.col("_p")]).alias("n") if start is not None else place.alias("n"))
 
 
 def usable_index(ref: Reference, stage: str, want: dict) -> str | None:
@@ -307,7 +331,7 @@ def exact_reference(spark, ref: Reference, cfg):
 @dataclass(frozen=True)
 class FuzzyReference:
     signed: object            # DataFrame (id, _length, s)
-    keys: object              # DataFrame: (bk, ids, size) from an index (bucket_lists), else (bk, id)
+    keys: object              # DataFrame: (bk, ns, size) from an index (bucket_lists), else (bk, id)
     source: str               # "index <folder>" or "signed in this run"
     cached: object = None     # the persisted signed table the caller unpersists when done
     buckets: str | None = None  # an index's bucket and signed folders, for readers that skip
@@ -365,10 +389,11 @@ def build_index(spark, spec: str, exact_cfg, fuzzy_cfg, dest: str | None = None,
         signed = docs.mapInArrow(sign_batches(fuzzy_cfg, bands, rows), SIGNED)
         signed.write.parquet(str(tmp / "fuzzy" / "all"))
         both = spark.read.parquet(str(tmp / "fuzzy" / "all"))
-        both.select("id", "_length", "s").write.parquet(str(tmp / "fuzzy" / "signed"))
-        # One row per bucket key with its first ids: a run reads the keys its new documents
-        # share, with no shuffle of the reference's keys.
-        bucket_lists(both.select(F.explode("bk").alias("bk"), "id"), fuzzy_cfg.against_bucket_cap).write.parquet(
+        both = both.join(rank_ids(both.select("id").distinct()), "id")
+        both.select("id", "n", "_length", "s").write.parquet(str(tmp / "fuzzy" / "signed"))
+        # One row per bucket key with its first documents: a run reads the keys its new
+        # documents share, with no shuffle of the reference's keys.
+        bucket_lists(both.select(F.explode("bk").alias("bk"), "n"), fuzzy_cfg.against_bucket_cap, "n").write.parquet(
             str(tmp / "fuzzy" / "buckets"))
         counts = {"documents": spark.read.parquet(str(tmp / "exact")).count(),
                   "signed": spark.read.parquet(str(tmp / "fuzzy" / "signed")).count()}

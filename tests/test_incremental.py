@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -124,10 +125,16 @@ def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_
     docs = spark.createDataFrame(new, SCHEMA)
     from thresher.stages.fuzzy_dedup import against as FA
 
-    # The one-task path with the new sets broadcast; the distributed one with them shuffled.
-    for cfg, set_bytes in ((FD.Config(seed=0, against=ref_path), FA.BROADCAST_SET_BYTES),
-                           (FD.Config(seed=0, against=ref_path, one_task_docs=0, cc_task_edges=50, broadcast_labels=0), 0)):
+    # The one-task path with the new sets broadcast (pairs grouped on the driver, then by Spark
+    # from many small blobs); the distributed one with them shuffled.
+    for cfg, set_bytes, driver_pairs, task_pairs in (
+            (FD.Config(seed=0, against=ref_path), FA.BROADCAST_SET_BYTES, FA.DRIVER_PAIRS, FA.TASK_PAIRS),
+            (FD.Config(seed=0, against=ref_path), FA.BROADCAST_SET_BYTES, 0, 7),
+            (FD.Config(seed=0, against=ref_path, one_task_docs=0, cc_task_edges=50, broadcast_labels=0), 0,
+             FA.DRIVER_PAIRS, FA.TASK_PAIRS)):
         monkeypatch.setattr(FA, "BROADCAST_SET_BYTES", set_bytes)
+        monkeypatch.setattr(FA, "DRIVER_PAIRS", driver_pairs)
+        monkeypatch.setattr(FA, "TASK_PAIRS", task_pairs)
         out = run_stage(spark, FD, {"documents": docs}, cfg)
         rem = _removed(out)
         kept = {r["id"] for r in out["documents"].collect()}
@@ -142,7 +149,7 @@ def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_
         assert {v[1] for k, v in rem.items() if v[0] == "near_duplicate"} <= new_ids
 
 
-def test_index_is_reused_and_gives_the_same_result(spark, split_corpus, tmp_path):
+def test_index_is_reused_and_gives_the_same_result(spark, split_corpus, tmp_path, monkeypatch):
     ref, new, ref_path, folder = split_corpus
     docs = spark.createDataFrame(new, SCHEMA)
     cfg = FD.Config(seed=0, against=ref_path)
@@ -154,6 +161,15 @@ def test_index_is_reused_and_gives_the_same_result(spark, split_corpus, tmp_path
     via_index = run_stage(spark, FD, {"documents": docs}, cfg.model_copy(update={"against": dest}))
     assert via_index["stats"]["against"]["source"] == f"index {dest}"
     assert _removed(via_index) == _removed(on_the_fly)
+    from thresher.stages.fuzzy_dedup import against as FA
+
+    # The index's numbered documents through the other two ways: pairs grouped by Spark, and
+    # both sides shuffled.
+    for name, value in (("DRIVER_PAIRS", 0), ("BROADCAST_SET_BYTES", 0)):
+        with monkeypatch.context() as m:
+            m.setattr(FA, name, value)
+            assert _removed(run_stage(spark, FD, {"documents": docs}, cfg.model_copy(update={"against": dest}))) == \
+                _removed(on_the_fly), name
     assert stage_fingerprint(dest) == fp_before  # the indexed reference decides the result, as the reference does
 
     # At the default place (beside the dataset) with a matching fingerprint it is found by itself.
@@ -278,3 +294,53 @@ def test_cli_index_then_run_against_a_run_folder(spark, split_corpus, tmp_path):
     assert m2["stages"]["ingest"]["reused"]
     assert not m2["stages"]["exact_dedup"]["reused"] and not m2["stages"]["fuzzy_dedup"]["reused"]
     assert m2["stages"]["fuzzy_dedup"]["stats"]["against"]["source"] == "signed in this run"  # the index is stale
+
+
+def test_group_pairs_is_the_same_table_for_any_order():
+    from thresher.stages.fuzzy_dedup.against import group_pairs
+
+    rng = np.random.default_rng(3)
+    b = np.array([f"r{i}" for i in rng.integers(0, 50, 2000)])
+    a = rng.integers(0, 300, 2000).astype(np.int32)
+    want = {}
+    for x, y in zip(b, a):
+        want.setdefault(str(x), set()).add(int(y))
+    g = group_pairs(pa.array(b), a)
+    assert g.column("b").to_pylist() == sorted(want)
+    assert g.column("as").to_pylist() == [sorted(want[k]) for k in sorted(want)]
+    perm = rng.permutation(len(b))
+    assert group_pairs(pa.chunked_array([b[perm][:700], b[perm][700:]]), a[perm]).equals(g)
+    assert group_pairs(pa.array([], pa.string()), np.zeros(0, np.int32)).num_rows == 0
+
+
+def test_probe_ships_every_pair_in_chunks():
+    """A task's pairs leave in blobs of about `chunk` pairs; together they are every (reference,
+    new document) pair of the shared keys, capped lists sliced, and the capped count."""
+    from types import SimpleNamespace
+
+    from thresher.stages.fuzzy_dedup.against import _pairs_of, _probe_task, _unipc, group_pairs
+
+    # New documents 0..2 under keys 10, 20, 30 (doc 1 under two keys).
+    uk = np.array([10, 20, 30], np.int64)
+    docs = np.array([0, 1, 2, 1], np.int32)
+    start = np.array([0, 2, 3, 4], np.int64)
+    keys = SimpleNamespace(value=(uk, start, docs))
+    buckets = pa.table({"bk": pa.array([5, 10, 20, 30], pa.int64()),
+                        "ids": [["x"], ["r1", "r2"], ["r2", "r3", "r4"], ["r5"]],
+                        "size": pa.array([1, 2, 5, 1], pa.int32())})
+    rows = list(_probe_task(buckets.to_batches(max_chunksize=1), keys, 2, chunk=2))
+    assert len(rows) > 1 and sum(r.column(2)[0].as_py() for r in rows) == 1  # key 20 holds 5 > cap 2
+    b, a = _pairs_of([_unipc(r.column(0)[0].as_py()) for r in rows])
+    assert sorted(zip(b.to_pylist(), a.tolist())) == sorted(
+        [("r1", 0), ("r1", 1), ("r2", 0), ("r2", 1), ("r2", 2), ("r3", 2), ("r5", 1)])
+    assert group_pairs(b, a).column("as").to_pylist() == [[0, 1], [0, 1, 2], [2], [1]]
+
+
+def test_rank_ids_numbers_ids_in_sorted_order_over_partitions(spark):
+    from thresher.stages.against import rank_ids
+
+    ids = [f"d{i:05d}-{(i * 7919) % 1000}" for i in range(3000)]
+    random.Random(1).shuffle(ids)
+    got = dict(rank_ids(spark.createDataFrame([(i,) for i in ids], "id string").repartition(7)).collect())
+    assert got == {i: n for n, i in enumerate(sorted(ids))}
+    assert rank_ids(spark.createDataFrame([], "id string")).count() == 0

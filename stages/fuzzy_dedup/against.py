@@ -1,13 +1,15 @@
 """`fuzzy_dedup.against`: steps (b) and (c) of stages/against.py for near-duplicates.
 
 (b) The new documents are signed (signing.sign_batches, as the stage signs them) and matched
-with the reference's buckets (bk, ids, size): at most `against_bucket_cap` reference ids per key
+with the reference's buckets (bk, ids or ns, size): at most `against_bucket_cap` reference ids per key
 (the smallest), so one giant reference bucket costs at most that many candidates for each new
 document in it. Each candidate pair (new, reference) is scored by the stage's kernel (exact
 Jaccard of the shingle sets, or the share of agreeing signature values without `verify`) and
 kept at >= threshold. While the new documents are few enough to go to every task (their keys
 and sets), one scan of the reference's buckets finds the pairs (`_probe_batch`, a sorted-key
-search in numpy) and the scan of its sets scores them where they lie; above that, both sides
+search in numpy), the tasks ship them as a few Arrow IPC values, the driver groups them by
+reference document (`group_pairs`; an index names its documents by number, so this is a sort
+of integers), and one scan of its sets scores them where they lie; above that, both sides
 shuffle on the key, then on the new document.
 (c) Every new document whose new-only component holds a matched one is removed.
 """
@@ -48,73 +50,153 @@ def _scored_shuffled(new, ref_signed, pairs, cfg: Config):
 
 
 def _probe_batch(batch, uk, start, docs, cap: int):
-    """Reference buckets (bk, ids, size) -> (b: a reference id, a: the number of a new document
-    sharing that key, capped: 0) for each pair, and one row (b null, capped: the hit buckets
-    above `cap`). `uk`: the new documents' sorted distinct keys; the documents under uk[i] are
-    docs[start[i]:start[i + 1]]."""
+    """Reference buckets (bk, ids, size) -> (b: the reference id, a: the number of a new
+    document sharing that key) of each pair, and the hit buckets above `cap`. `uk`: the new
+    documents' sorted distinct keys; the documents under uk[i] are docs[start[i]:start[i + 1]]."""
     import pyarrow.compute as pc
 
     bk = batch.column(0).to_numpy(zero_copy_only=False)
     pos = np.minimum(np.searchsorted(uk, bk), len(uk) - 1)
     rows = np.flatnonzero(uk[pos] == bk)
     capped = int((batch.column(2).to_numpy(zero_copy_only=False)[rows] > cap).sum())
-    if len(rows):
-        p = pos[rows]
-        lists = pc.list_slice(batch.column(1).take(pa.array(rows)), 0, cap)
-        ref = pc.list_flatten(lists)
-        n_ref = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-        n_new = start[p + 1] - start[p]
-        # Every (reference id, new document) of each hit bucket: pair q of bucket r is its
-        # reference q // n_new[r] and its new document q % n_new[r].
-        per = n_ref * n_new
-        row = np.repeat(np.arange(len(rows)), per)
-        q = np.arange(int(per.sum())) - (np.cumsum(per) - per)[row]
-        ref_at = (np.cumsum(n_ref) - n_ref)[row] + q // n_new[row]
-        new_at = start[p][row] + q % n_new[row]
-        yield pa.RecordBatch.from_arrays([ref.take(pa.array(ref_at)), pa.array(docs[new_at], pa.int32()),
-                                          pa.array(np.zeros(len(q), np.int32))], names=list(PROBED))
-    yield pa.RecordBatch.from_arrays([pa.nulls(1, pa.string()), pa.array([-1], pa.int32()),
-                                      pa.array([capped], pa.int32())], names=list(PROBED))
+    if not len(rows):
+        return pa.array([], pa.string()), np.zeros(0, np.int32), capped
+    p = pos[rows]
+    lists = pc.list_slice(batch.column(1).take(pa.array(rows)), 0, cap)
+    ref = pc.list_flatten(lists)
+    n_ref = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    n_new = start[p + 1] - start[p]
+    # Every (reference id, new document) of each hit bucket: pair q of bucket r is its
+    # reference q // n_new[r] and its new document q % n_new[r].
+    per = n_ref * n_new
+    row = np.repeat(np.arange(len(rows)), per)
+    q = np.arange(int(per.sum())) - (np.cumsum(per) - per)[row]
+    ref_at = (np.cumsum(n_ref) - n_ref)[row] + q // n_new[row]
+    new_at = start[p][row] + q % n_new[row]
+    return ref.take(pa.array(ref_at)), docs[new_at].astype(np.int32), capped
 
 
-PROBED = {"b": "string", "a": "int", "capped": "int"}
+def group_pairs(b, a) -> pa.Table:
+    """(b: reference ids, or an index's numbers below 2**31; a: int32 numbers) pairs -> (b, as):
+    each distinct b, in sorted order, with its distinct a's, sorted; the same table whatever
+    order the pairs came in."""
+    import pyarrow.compute as pc
+
+    b = b.combine_chunks() if isinstance(b, pa.ChunkedArray) else b
+    if pa.types.is_integer(b.type):
+        values, code = None, b.to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        enc = b.dictionary_encode()  # one hash pass; the dictionary is then ranked, not the pairs
+        order = pc.array_sort_indices(enc.dictionary)
+        rank = np.empty(len(order), np.int64)
+        rank[order.to_numpy(zero_copy_only=False)] = np.arange(len(order))
+        values, code = enc.dictionary.take(order), rank[enc.indices.to_numpy(zero_copy_only=False)]
+    # Sort and mask: numpy 2.4's np.unique without return_* hashes first, 15x slower here.
+    key = np.sort((code << 32) | np.asarray(a, np.int64))
+    key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
+    c = key >> 32
+    first = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if len(c) else np.zeros(0, np.int64)
+    out_b = pa.array(c[first]) if values is None else values.take(pa.array(c[first]))
+    return pa.table({"b": out_b, "as": pa.ListArray.from_arrays(pa.array(np.append(first, len(key)).astype(np.int32)),
+                                                                pa.array((key & 0xFFFFFFFF).astype(np.int32)))})
 
 
-def _probe_frame(keys, cap: int):
-    """mapInArrow over a DataFrame of reference buckets (bk, ids, size): _probe_batch."""
+def _pairs_of(tables) -> tuple:
+    """(b, a) of shipped pair tables, concatenated (a task with no pairs ships an empty table)."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return pa.array([], pa.string()), np.zeros(0, np.int32)
+    t = pa.concat_tables(tables)
+    return t.column("b").combine_chunks(), t.column("a").to_numpy()
+
+
+# A task ships its (b, a) pairs as Arrow IPC values of up to about this many pairs each: Spark
+# then moves a few large values instead of a row per pair (about 1.5 s per 3M pairs for the
+# conversions to its row format and back, and the shuffle after).
+TASK_PAIRS = 1 << 20
+PROBED = "blob binary, pairs long, capped long"
+# Up to this many pairs (12 bytes each from an index, about 30 with ids) are grouped on the driver, where the
+# scoring wants the lists anyway; above it the blobs are unpacked into rows and Spark groups them.
+DRIVER_PAIRS = 8_000_000
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _unipc(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+
+
+def _ship(refs: list, news: list, capped: int) -> pa.RecordBatch:
+    """One PROBED row: the pairs (refs[i], news[i]) as an Arrow IPC value."""
+    t = pa.table({"b": pa.chunked_array(refs).combine_chunks() if refs else pa.array([], pa.string()),
+                  "a": np.concatenate(news) if news else np.zeros(0, np.int32)})
+    return pa.RecordBatch.from_pydict({"blob": [_ipc(t)], "pairs": [t.num_rows], "capped": [capped]},
+                                      schema=pa.schema([("blob", pa.binary()), ("pairs", pa.int64()), ("capped", pa.int64())]))
+
+
+def _probe_task(tables, keys, cap: int, chunk: int):
+    """In an executor: _probe_batch over every batch of `tables`, the pairs grouped and shipped
+    (PROBED rows: at least one, so the capped count always arrives)."""
+    uk, start, docs = keys.value
+    refs, news, n, capped = [], [], 0, 0
+    for t in tables:
+        for batch in t.to_batches() if isinstance(t, pa.Table) else [t]:
+            if not (len(uk) and batch.num_rows):
+                continue
+            r, a, c = _probe_batch(batch, uk, start, docs, cap)
+            capped += c
+            if len(a):
+                refs.append(r)
+                news.append(a)
+                n += len(a)
+            if n >= chunk:
+                yield _ship(refs, news, capped)
+                refs, news, n, capped = [], [], 0, 0
+    yield _ship(refs, news, capped)
+
+
+def _probe_frame(keys, cap: int, chunk: int):
+    """mapInArrow over a DataFrame of reference buckets (bk, ids, size): _probe_task."""
 
     def fn(batches):
-        uk, start, docs = keys.value
-        for batch in batches:
-            if len(uk) and batch.num_rows:
-                yield from _probe_batch(batch, uk, start, docs, cap)
+        yield from _probe_task(batches, keys, cap, chunk)
 
     return fn
 
 
-def _probe_files(keys, cap: int, opts: dict):
+def _probe_files(keys, cap: int, chunk: int, opts: dict):
     """mapInArrow over (path, rg) units of an index's bucket files: each row group read by
     pyarrow (Spark's reader would hand every bucket row to Python through its row format, 4-6 s
-    for 11M buckets against under 1 s), then _probe_batch."""
+    for 11M buckets against under 1 s), then _probe_task."""
 
     def fn(units):
         from thresher.stages.against import read_row_groups
 
-        uk, start, docs = keys.value
-        for t in read_row_groups(units, ["bk", "ids", "size"], opts):
-            for batch in t.to_batches():
-                if len(uk) and batch.num_rows:
-                    yield from _probe_batch(batch, uk, start, docs, cap)
+        yield from _probe_task(read_row_groups(units, ["bk", "ns", "size"], opts), keys, cap, chunk)
 
     return fn
 
 
+def _unpack(batches):
+    """mapInArrow over PROBED blobs -> (b, a) rows."""
+    for batch in batches:
+        for blob in batch.column(0).to_pylist():
+            t = _unipc(blob)
+            if t.num_rows:
+                yield from t.to_batches()
+
+
 def _probe(spark, new, ref_keys, cap: int, reliable: bool):
-    """(b, as): each candidate reference document and the new documents paired with it (numbers
-    into `t`, the new documents' (id, s)), from one scan of the reference's buckets
-    (a DataFrame, or an index's bucket folder); `t`; and the hit buckets above the cap."""
+    """(b, as): each candidate reference document (its id, or an index's number n) and the new
+    documents paired with it (numbers into `t`, the new documents' (id, s)), from one scan of the reference's buckets (a
+    DataFrame, or an index's bucket folder), as an Arrow table (grouped on the driver) or a
+    DataFrame (above DRIVER_PAIRS); `t`; and the hit buckets above the cap."""
     import pyarrow.compute as pc
-    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from thresher.stages import against, storage
@@ -128,18 +210,21 @@ def _probe(spark, new, ref_keys, cap: int, reliable: bool):
     flat, doc = flat[order], doc[order]
     uk, first = np.unique(flat, return_index=True)
     keys = spark.sparkContext.broadcast((uk, np.append(first, len(flat)).astype(np.int64), doc))
-    schema = ", ".join(f"{k} {v}" for k, v in PROBED.items())
     if isinstance(ref_keys, str):
         frame = against.row_group_units(spark, against.parquet_files(ref_keys))
-        pairs = frame.mapInArrow(_probe_files(keys, cap, storage.current().model_dump()), schema)
+        blobs = frame.mapInArrow(_probe_files(keys, cap, TASK_PAIRS, storage.current().model_dump()), PROBED)
     else:
-        pairs = ref_keys.select("bk", "ids", "size").mapInArrow(_probe_frame(keys, cap), schema)
-    obs = Observation("against_probe")
-    pairs = pairs.observe(obs, F.sum("capped").alias("capped"))
-    lists = materialise(pairs.where(F.col("b").isNotNull()).groupBy("b").agg(
-        F.array_sort(F.collect_set("a")).alias("as")), reliable)
+        blobs = ref_keys.select("bk", "ids", "size").mapInArrow(_probe_frame(keys, cap, TASK_PAIRS), PROBED)
+    blobs = materialise(blobs, reliable)
     keys.unpersist()
-    return lists, t.select(["id", "s"]), int(obs.get["capped"] or 0)
+    size = blobs.agg(F.sum("pairs").alias("pairs"), F.sum("capped").alias("capped")).first()
+    if (size["pairs"] or 0) <= DRIVER_PAIRS:
+        lists = group_pairs(*_pairs_of([_unipc(b) for b in blobs.select("blob").toArrow().column(0).to_pylist()]))
+    else:
+        b_type = "long" if isinstance(ref_keys, str) else "string"
+        lists = materialise(blobs.select("blob").mapInArrow(_unpack, f"b {b_type}, a int").groupBy("b").agg(
+            F.array_sort(F.collect_set("a")).alias("as")), reliable)
+    return lists, t.select(["id", "s"]), int(size["capped"] or 0)
 
 
 def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: str | None = None):
@@ -157,35 +242,38 @@ def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: s
     sets = spark.sparkContext.broadcast((t.column("id").combine_chunks(), off, val))
     schema = "a string, b string, j double"
     if signed_folder is None:
+        if isinstance(lists, pa.Table):
+            lists = spark.createDataFrame(lists)
         rows = ref_signed.join(F.broadcast(lists), ref_signed["id"] == lists["b"]).select("b", "s", "as")
         return rows.mapInArrow(_score_batches(cfg, sets), schema)
-    lt = lists.toArrow()
-    wanted = spark.sparkContext.broadcast((lt.column("b").combine_chunks(), lt.column("as").combine_chunks()))
+    lt = (lists if isinstance(lists, pa.Table) else lists.toArrow()).sort_by("b")
+    wanted = spark.sparkContext.broadcast((lt.column("b").to_numpy(), lt.column("as").combine_chunks()))
     frame = against.row_group_units(spark, against.parquet_files(signed_folder))
     return frame.mapInArrow(_score_files(cfg, sets, wanted, storage.current().model_dump()), schema)
 
 
 def _score_files(cfg: Config, sets, wanted, opts: dict):
-    """mapInArrow over (path, rg) units of an index's signed files: the rows whose id is a
-    candidate, with the numbers of their new documents, scored as _score_batches does (Spark's
+    """mapInArrow over (path, rg) units of an index's signed files: the rows whose number n is a
+    candidate's, with the numbers of their new documents, scored as _score_batches does (Spark's
     reader would hand every reference set to Python through its row format)."""
     score = _score_batches(cfg, sets)
 
     def fn(units):
-        import pyarrow.compute as pc
-
         from thresher.stages.against import read_row_groups
 
-        b, lists = wanted.value
+        b, lists = wanted.value  # b: the candidates' n, sorted
 
         def candidates():
-            for part in read_row_groups(units, ["id", "s"], opts):
-                k = pc.index_in(part.column("id").combine_chunks(), value_set=b)
-                hit = pc.is_valid(k)
-                part, k = part.filter(hit).combine_chunks(), k.filter(hit)
+            if not len(b):
+                return
+            for part in read_row_groups(units, ["id", "n", "s"], opts):
+                n = part.column("n").to_numpy()
+                pos = np.minimum(np.searchsorted(b, n), len(b) - 1)
+                rows = np.flatnonzero(b[pos] == n)
+                part, k = part.take(pa.array(rows)).combine_chunks(), pos[rows]
                 for batch in part.to_batches():
-                    kk, k = k.slice(0, batch.num_rows), k.slice(batch.num_rows)
-                    yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), lists.take(kk)],
+                    kk, k = k[:batch.num_rows], k[batch.num_rows:]
+                    yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(2), lists.take(pa.array(kk))],
                                                      names=["b", "s", "as"])
 
         yield from score(candidates())
@@ -257,17 +345,22 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     # The new documents' keys (8 bytes each, and a number for each document under one) and sets
     # go to every task while they are few; else both sides shuffle.
     few = size["n"] * bands <= 4_000_000 and size["bytes"] <= BROADCAST_SET_BYTES
-    if "ids" not in ref_keys.columns:  # signed in this run: only the shared keys are listed
+    if "ns" not in ref_keys.columns:  # signed in this run: only the shared keys are listed
         ref_keys = against.bucket_lists(ref_keys.join(F.broadcast(keys) if few else keys, "bk", "left_semi"), cap)
     if few:
         lists, t, capped = _probe(spark, new, fr.buckets or ref_keys, cap, reliable)
         t1 = time.perf_counter()
         scored = _scored_broadcast(spark, t, ref_signed, lists, cfg, fr.sets)
     else:
+        listed = "ns" if "ns" in ref_keys.columns else "ids"
         hits = materialise(ref_keys.join(keys, "bk", "left_semi").select(
-            "bk", F.slice("ids", 1, cap).alias("ids"), "size"), reliable)
+            "bk", F.slice(listed, 1, cap).alias("ids"), "size"), reliable)
         capped = hits.where(F.col("size") > cap).count()
-        pairs = materialise(new_keys.join(hits, "bk").select("a", F.explode("ids").alias("b")).distinct(), reliable)
+        pairs = new_keys.join(hits, "bk").select("a", F.explode("ids").alias("b")).distinct()
+        if listed == "ns":  # an index lists its documents by number
+            pairs = pairs.join(ref_signed.select(F.col("n").alias("b"), F.col("id").alias("_id")), "b").select(
+                "a", F.col("_id").alias("b"))
+        pairs = materialise(pairs, reliable)
         t1 = time.perf_counter()
         scored = _scored_shuffled(new, ref_signed, pairs, cfg)
     scored = materialise(scored, reliable)
