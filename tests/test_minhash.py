@@ -66,6 +66,9 @@ def test_minhash_signatures_twin(num_perm, sample):
     # Order and repeats of shingles do not change a signature.
     off2, h2 = shingle_hashes(sample.slice(0, 400))
     np.testing.assert_array_equal(K.minhash_signatures(off2, h2, a, b), sig)
+    # Every set length 0..9 (the kernel takes shingles four at a time, then the rest one by one).
+    off3, h3 = _random_segments(np.random.default_rng(num_perm), n_docs=200, max_len=10)
+    np.testing.assert_array_equal(K.minhash_signatures(off3, h3, a, b), K.minhash_signatures_ref(off3, h3, a, b))
 
 
 def test_band_hashes_twin():
