@@ -59,9 +59,12 @@ def star_pairs_ref(keys: np.ndarray, node: np.ndarray, nodes: int):
 def buckets(keys: np.ndarray, node: np.ndarray):
     """The buckets of two or more documents: (members, starts, sizes), members in node order
     within each bucket, buckets in key order."""
-    bands = keys.shape[1]
-    k = keys.reshape(-1)
-    mem = np.repeat(node, bands)
+    return buckets_flat(keys.reshape(-1), np.repeat(node, keys.shape[1]))
+
+
+def buckets_flat(k: np.ndarray, mem: np.ndarray):
+    """buckets() over flat (key, node) rows, one per document and band (the distributed path
+    holds the rows of its share of the keys, not whole documents)."""
     o = np.lexsort((mem, k))
     k, mem = k[o], mem[o]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
@@ -87,7 +90,12 @@ def unique_pairs(a: np.ndarray, b: np.ndarray, size: np.ndarray, nodes: int):
 def capped_pairs(keys: np.ndarray, node: np.ndarray, nodes: int, cap: int):
     """Buckets of up to `cap` documents linked all to all, larger ones as stars to their
     smallest node: at most max(cap(cap-1)/2, k-1) pairs from a bucket of k. (lo, hi, size)."""
-    mem, starts, sizes = buckets(keys, node)
+    return capped_pairs_flat(keys.reshape(-1), np.repeat(node, keys.shape[1]), nodes, cap)
+
+
+def capped_pairs_flat(k: np.ndarray, node: np.ndarray, nodes: int, cap: int):
+    """capped_pairs over flat (key, node) rows: every row of a key must be here."""
+    mem, starts, sizes = buckets_flat(k, node)
     a, b, s = [], [], []
     star = sizes > cap
     if star.any():
@@ -96,13 +104,13 @@ def capped_pairs(keys: np.ndarray, node: np.ndarray, nodes: int, cap: int):
         a.append(np.repeat(mem[st], sz - 1))
         b.append(mem[idx])
         s.append(np.repeat(sz, sz - 1))
-    for k in np.unique(sizes[~star]):
-        st = starts[sizes == k]
-        block = mem[st[:, None] + np.arange(k)]  # (buckets, k)
-        i, j = np.triu_indices(k, 1)
+    for m in np.unique(sizes[~star]):
+        st = starts[sizes == m]
+        block = mem[st[:, None] + np.arange(m)]  # (buckets, m)
+        i, j = np.triu_indices(m, 1)
         a.append(block[:, i].reshape(-1))
         b.append(block[:, j].reshape(-1))
-        s.append(np.full(len(st) * len(i), k))
+        s.append(np.full(len(st) * len(i), m))
     if not a:
         z = np.zeros(0, np.int64)
         return z, z, z
