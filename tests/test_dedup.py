@@ -203,8 +203,9 @@ def test_accuracy_and_partition_independence(spark):
     results = []
     # The first run takes the one-task path (a small corpus); the second the distributed one,
     # with the paths for big graphs: components contracted in several tasks and joined by
-    # distributed rounds, labels and removed ids joined without a broadcast.
-    for parts, big in ((1, {}), (5, {"one_task_docs": 0, "cc_task_edges": 100, "broadcast_labels": 0})):
+    # distributed rounds, labels and removed ids joined without a broadcast, and more shares of
+    # documents (task_docs) than shuffle partitions.
+    for parts, big in ((1, {}), (5, {"one_task_docs": 0, "cc_task_edges": 100, "broadcast_labels": 0, "task_docs": 300})):
         out, scored = FD.run_with_pairs(spark, {"documents": _df(spark, rows, parts)}, FD.Config(seed=0, **big))
         edges = {tuple(sorted((r["a"], r["b"]))) for r in scored.where("j >= 0.7").collect()}
         dups = sorted(tuple(r) for r in out["duplicates"].collect())
@@ -439,3 +440,64 @@ def test_family_fixture_recall_on_both_paths(spark):
     stars = go(bucket_all_pairs=0, false_positive_weight=0.1, false_negative_weight=0.9)
     assert stars[2] < 0.97, stars[2]
     assert len(removed) > len(stars[3])
+
+
+def test_partition_labels_land_one_share_per_partition(spark):
+    """The distributed path's shares travel under labels that Spark's hash partitioning sends to
+    distinct partitions (the hash is Spark's own Murmur3, spelled out in Python)."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages.fuzzy_dedup.distributed import _murmur3_int, partition_labels
+
+    got = spark.range(-300, 300).select("id", F.hash(F.col("id").cast("int")).alias("h")).collect()
+    assert all(_murmur3_int(r["id"]) == r["h"] for r in got)
+    for parts in (1, 3, 4, 8, 200):
+        label = partition_labels(parts)
+        df = spark.createDataFrame([(q,) for q in label], "q int").repartition(parts, "q")
+        placed = df.rdd.mapPartitionsWithIndex(lambda i, rows: [(i, r["q"]) for r in rows]).collect()
+        assert sorted(placed) == [(t, label[t]) for t in range(parts)]
+
+
+def test_blobs_carry_tables_whole(monkeypatch):
+    """A share's rows cut into several IPC values (here a few hundred bytes each) come back as
+    the same rows; the per-document table is told apart from the pairs by its first column."""
+    import numpy as np
+
+    from thresher.stages.fuzzy_dedup import distributed as D
+
+    monkeypatch.setattr(D, "_BLOB_BYTES", 300)
+    rng = np.random.default_rng(0)
+    n = np.arange(100, dtype=np.int64)
+    sets = pa.table({"n": n, "id": [f"d{i:03d}" for i in n],
+                     "s": [rng.integers(0, 99, rng.integers(1, 9)).astype(np.uint64).tobytes() for _ in n]})
+    starts = np.array([0, 40, 70])
+    shares = D._split(sets, D._shares(starts, n))
+    assert {k: v.num_rows for k, v in shares.items()} == {0: 40, 1: 30, 2: 30}
+    label = D.partition_labels(3)
+    batches = list(D._blob_rows(shares, label))
+    assert sum(b.num_rows for b in batches) > 3  # cut into several values
+    back = D._from_blobs(batches)
+    assert back.sort_by("n").equals(sets)
+    pairs = pa.table({"a": n[:5], "b": n[5:10], "size": n[:5]})
+    s, rest = D._sets_and_rest(list(D._blob_rows({0: pairs}, label)) + batches[::-1], "pairs")
+    assert s.equals(sets) and rest.equals(pairs)
+    with pytest.raises(Exception, match="outside its share"):
+        D._locate(s, np.array([3, 100]))
+
+
+TWIN = "same words in both of these two texts here"
+
+
+@pytest.mark.parametrize("rows", [[], [("a", "")], [("b", "one two three four five six"), ("a", "one two three four five six")],
+                                  [("x", TWIN), ("y", TWIN + " again")]])
+def test_distributed_path_on_tiny_inputs(spark, rows):
+    """Fewer documents than partitions (empty ranges, empty shares) give the one-task result."""
+    def go(**kw):
+        docs = _df(spark, rows, 3) if rows else spark.createDataFrame([], SCHEMA)
+        out, scored = FD.run_with_pairs(spark, {"documents": docs}, FD.Config(seed=0, **kw))
+        return (sorted(tuple(r) for r in out["duplicates"].collect()), sorted(tuple(r) for r in scored.collect()),
+                sorted(tuple(r) for r in out["removed"].collect()))
+    one, dist = go(), go(one_task_docs=0)
+    assert one == dist
+    if len(rows) == 2:
+        assert len(one[1]) == 1 and len(one[2]) == 1

@@ -83,6 +83,11 @@ class Config(StageConfig):
     # local: intermediate tables live on the executors (fast); reliable: also written to the
     # checkpoint folder, so a lost executor does not lose them (clusters).
     checkpoint: Literal["local", "reliable"] = "local"
+    # The distributed path cuts the documents into shares of at most this many (and at least
+    # spark.sql.shuffle.partitions shares): one task holds a share's bucket keys, or its sets
+    # and the second sets of its candidate pairs (on the 640k replica about 0.3 GB of Python
+    # worker memory at 80,000 documents a share).
+    task_docs: int = Field(100_000, ge=1)
     # Up to this many documents, the whole dedup runs in one executor task (one Python worker
     # holds every document's shingle set and bucket keys: about 0.8 KB a Debian document), with
     # the same result as the distributed path and without its shuffles and jobs. 0: never.
@@ -145,11 +150,10 @@ def run_with_pairs(spark, tables, cfg: Config):
     has_quality = tables.get("quality") is not None or "quality" in docs.columns
     if cfg.survivor == "quality" and not has_quality:
         raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
-    if cfg.one_task_docs and cfg.one_task_bytes:
-        size = docs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("text")).alias("b")).first()
-        if size["n"] <= cfg.one_task_docs and (size["b"] or 0) <= cfg.one_task_bytes:
-            return run_one_task(docs, tables, cfg, bands, rows)
-    return run_distributed(docs, tables, cfg, bands, rows, has_quality)
+    size = docs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("text")).alias("b")).first()
+    if cfg.one_task_docs and cfg.one_task_bytes and size["n"] <= cfg.one_task_docs and (size["b"] or 0) <= cfg.one_task_bytes:
+        return run_one_task(docs, tables, cfg, bands, rows)
+    return run_distributed(docs, tables, cfg, bands, rows, has_quality, size["n"])
 
 
 # The pieces the tests and benchmarks reach through the stage module.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from thresher.stages.arrow_bytes import binary_values
+from thresher.stages.arrow_bytes import binary_from_buffers, binary_values
 from thresher.stages.fuzzy_dedup.results import component_stats, outputs, stage_stats
 from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
 
@@ -81,46 +81,270 @@ def with_reference(frame, cfg: Config, drop_reference: bool):
     return frame.mapInArrow(reference_batches(cfg, out, drop_reference), from_arrow_schema(out))
 
 
-def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_quality: bool):
+# Rows that carry a share of a table between tasks: q the share's partition label, x the rows
+# as an Arrow IPC stream. Spark moves a few large values instead of a row per document or pair.
+BLOBS = "q int, x binary"
+_BLOB_BYTES = 64 << 20  # at most this much a value (a Spark row holds under 2 GB)
+
+
+def _murmur3_int(v: int, seed: int = 42) -> int:
+    """Spark's hash() of an int column (Murmur3_x86_32.hashInt), which its hash partitioning
+    takes modulo the partition count."""
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+    k1 = rotl((v & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF, 15) * 0x1B873593 & 0xFFFFFFFF
+    h1 = (rotl(seed ^ k1, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h1 ^= 4
+    h1 ^= h1 >> 16
+    h1 = h1 * 0x85EBCA6B & 0xFFFFFFFF
+    h1 ^= h1 >> 13
+    h1 = h1 * 0xC2B2AE35 & 0xFFFFFFFF
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 >= 1 << 31 else h1
+
+
+def partition_labels(parts: int) -> list[int]:
+    """label[t]: an int that `repartition(parts, col)` sends to partition t, so `parts` shares
+    land in `parts` different tasks (the plain labels 0..parts-1 collide: about a third of the
+    partitions would stay empty and others do two shares' work)."""
+    label, v = [-1] * parts, 0
+    while min(label) < 0:
+        t = _murmur3_int(v) % parts
+        if label[t] < 0:
+            label[t] = v
+        v += 1
+    return label
+
+
+def _blob_rows(tables: dict[int, pa.Table], label):
+    """BLOBS batches: each share's table as IPC streams of at most _BLOB_BYTES, batches under
+    1 GB (a binary column's offsets are 32-bit)."""
+    qs, xs, size = [], [], 0
+    for share, t in tables.items():
+        if t.num_rows == 0:
+            continue
+        step = max(1, int(t.num_rows * _BLOB_BYTES // max(1, t.nbytes)))
+        for lo in range(0, t.num_rows, step):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, t.schema) as w:
+                w.write_table(t.slice(lo, step))
+            x = np.frombuffer(sink.getvalue(), np.uint8)
+            if xs and size + len(x) > 1 << 30:
+                yield _blob_batch(qs, xs)
+                qs, xs, size = [], [], 0
+            qs.append(int(label[share]))
+            xs.append(x)
+            size += len(x)
+    if xs:
+        yield _blob_batch(qs, xs)
+
+
+def _blob_batch(qs: list[int], xs: list[np.ndarray]) -> pa.RecordBatch:
+    off = np.zeros(len(xs) + 1, np.int64)
+    np.cumsum([len(x) for x in xs], out=off[1:])
+    return pa.RecordBatch.from_arrays([pa.array(qs, pa.int32()), binary_from_buffers(off, np.concatenate(xs))],
+                                      names=["q", "x"])
+
+
+def _from_blobs(batches) -> pa.Table | None:
+    """The tables carried by BLOBS rows, concatenated (None if there are none)."""
+    parts = []
+    for batch in batches:
+        for x in batch.column(1):
+            parts.append(pa.ipc.open_stream(x.as_buffer()).read_all())
+    return pa.concat_tables(parts) if parts else None
+
+
+def _shares(starts: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """The share of each document number: shares are ranges of numbers beginning at `starts`."""
+    return np.searchsorted(starts, n, side="right") - 1
+
+
+def _split(table: pa.Table, share: np.ndarray) -> dict[int, pa.Table]:
+    o = np.argsort(share, kind="stable")
+    s = share[o]
+    cut = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
+    t = table.take(pa.array(o))
+    ends = np.append(cut[1:], len(s))
+    return {int(s[c]): t.slice(int(c), int(e - c)) for c, e in zip(cut, ends)}
+
+
+def set_blobs(starts: np.ndarray, label):
+    """mapInArrow function: (n, id, s) -> BLOBS of each row's share (its range of numbers)."""
+
+    def fn(batches):
+        for batch in batches:
+            if batch.num_rows:
+                t = pa.Table.from_batches([batch])
+                yield from _blob_rows(_split(t, _shares(starts, batch.column(0).to_numpy())), label)
+
+    return fn
+
+
+def key_batches(parts: int, label):
+    """mapInArrow function: (n, bk) -> BLOBS of (k, n) rows, one per document and band, cut
+    into `parts` shares by bucket key: every row of a bucket lands in the same share."""
+
+    def fn(batches):
+        import pyarrow.compute as pc
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            bk = batch.column(1)
+            k = pc.list_flatten(bk).to_numpy()
+            n = np.repeat(batch.column(0).to_numpy(), pc.list_value_length(bk).to_numpy())
+            share = (k.view(np.uint64) % np.uint64(parts)).astype(np.int64)
+            yield from _blob_rows(_split(pa.table({"k": k, "n": n}), share), label)
+
+    return fn
+
+
+def pair_batches(cap: int, starts: np.ndarray, label):
+    """mapInArrow function over the key shares, each share whole in one task: its buckets'
+    candidate pairs (a, b, size) (kernels/lsh.capped_pairs_flat, as the one-task path links
+    them: a < b by number, so by id), as BLOBS of the share of b."""
+
+    def fn(batches):
+        from thresher.kernels.lsh import capped_pairs_flat
+
+        t = _from_blobs(batches)
+        if t is None:
+            return
+        n = t.column("n").to_numpy()
+        a, b, size = capped_pairs_flat(t.column("k").to_numpy(), n, int(n.max(initial=0)) + 1, cap)
+        yield from _blob_rows(_split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, b)), label)
+
+    return fn
+
+
+def _sets_and_rest(batches, kind: str):
+    """Split a task's BLOBS into its share of the per-document table (n, id, s), sorted by n,
+    and the other table (pairs or requests)."""
+    sets, rest = [], []
+    for batch in batches:
+        for x in batch.column(1):
+            t = pa.ipc.open_stream(x.as_buffer()).read_all()
+            (sets if t.schema.names[0] == "n" else rest).append(t)
+    if not rest:
+        return None, None
+    if not sets:
+        from thresher.schemas.errors import StageError
+
+        raise StageError(f"fuzzy_dedup: {kind} without the documents they name")
+    s = pa.concat_tables(sets)
+    s = s.take(pa.array(np.argsort(s.column("n").to_numpy(), kind="stable")))
+    return s, pa.concat_tables(rest)
+
+
+def _locate(sets: pa.Table, n: np.ndarray) -> np.ndarray:
+    have = sets.column("n").to_numpy()
+    i = np.searchsorted(have, n)
+    if len(n) and (i.max() >= len(have) or not np.array_equal(have[i], n)):
+        from thresher.schemas.errors import StageError
+
+        raise StageError("fuzzy_dedup: a candidate pair names a document outside its share")
+    return i
+
+
+def gather_batches(starts: np.ndarray, label):
+    """mapInArrow function over a share of documents and the pairs whose b lies in it: each
+    distinct pair once (the largest bucket that links it), with b's id and set, as BLOBS of the
+    share of a."""
+
+    def fn(batches):
+        from thresher.kernels.lsh import unique_pairs
+
+        sets, pairs = _sets_and_rest(batches, "candidate pairs")
+        if pairs is None:
+            return
+        a, b = pairs.column("a").to_numpy(), pairs.column("b").to_numpy()
+        a, b, size = unique_pairs(a, b, pairs.column("size").to_numpy(), int(max(a.max(), b.max())) + 1)
+        i = pa.array(_locate(sets, b))
+        out = pa.table({"a": a, "size": size, "bid": sets.column("id").take(i), "s": sets.column("s").take(i)})
+        yield from _blob_rows(_split(out, _shares(starts, a)), label)
+
+    return fn
+
+
+def score_batches(cfg: Config):
+    """mapInArrow function over a share of documents and the gathered pairs whose a lies in it:
+    (a, b, size, j) by id, j the exact Jaccard of the sets (or the signatures' agreement)."""
+    verify, num_perm = cfg.verify, cfg.num_perm
+
+    def fn(batches):
+        from thresher.kernels.minhash import jaccard_pairs, signature_agreement
+        from thresher.kernels.threads import limit_task_threads
+
+        limit_task_threads()
+        sets, req = _sets_and_rest(batches, "gathered pairs")
+        if req is None:
+            return
+        ia = _locate(sets, req.column("a").to_numpy())
+        dt = np.uint64 if verify else np.uint32
+        o1, v1 = binary_values(sets.column("s"), dt)
+        o2, v2 = binary_values(req.column("s"), dt)
+        off, val = np.concatenate([o1, o1[-1] + o2[1:]]), np.concatenate([v1, v2])
+        ib = len(sets) + np.arange(req.num_rows)
+        if verify:
+            j = jaccard_pairs(off, val, ia, ib)
+        else:
+            sig = val.reshape(-1, num_perm)
+            j = signature_agreement(sig[ia], sig[ib])
+        out = pa.table({"a": sets.column("id").take(pa.array(ia)), "b": req.column("bid"),
+                        "size": req.column("size"), "j": pa.array(j)})
+        yield from out.to_batches(max_chunksize=65536)
+
+    return fn
+
+
+def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_quality: bool, n_docs: int):
     """Steps 1-5 as Spark jobs: (the stage's outputs, the scored candidate pairs (a, b, size, j))."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from thresher.stages.components import connected_components, materialise, rank_key, with_quality
 
     reliable = cfg.checkpoint == "reliable"
-    # 1. One pass over the texts; the per-document table is read three times (buckets,
-    # verification, survivors), so it is cached the first time it is computed.
-    signed = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
-
-    # 2. Buckets: a bucket's size and smallest id (its hub) come from a window over the bucket
-    # key, which spills rather than holding a big bucket's member list. Above `bucket_all_pairs`
-    # documents every member is linked to the hub; up to it the bucket's ids (at most that many)
-    # are collected, sorted, and one SQL expression emits every pair (lo, hi). Each pair's left
-    # id also gets its own row (a, a), which leads its group below. Keys of different bands are
-    # different hashes, so the key alone names the bucket.
+    parts = max(int(docs.sparkSession.conf.get("spark.sql.shuffle.partitions")), -(-n_docs // cfg.task_docs))
+    label = partition_labels(parts)
+    # 1. One pass over the texts, in id order: the documents are range-partitioned and sorted by
+    # id first (moving the texts is cheaper than joining numbers onto the signed rows), so each
+    # document's number n -- its rank in id order -- is its partition's offset plus its place
+    # there. The per-document table is read four times (shares of sets and of bucket keys,
+    # survivors), so it is cached the first time it is computed.
     t0 = time.perf_counter()
-    cap = max(1, cfg.bucket_all_pairs)
-    w = Window.partitionBy("k")
-    sized = (signed.select("id", F.explode("bk").alias("k"))
-             .withColumn("hub", F.min("id").over(w)).withColumn("size", F.count(F.lit(1)).over(w))
-             .where(F.col("size") > 1))
-    stars = sized.where(F.col("size") > cap).select(F.col("hub").alias("a"), F.col("id").alias("b"), "size")
-    pair = "named_struct('a', ids[i], 'b', {0}, 'size', {1})"
-    all_pairs = (f"flatten(transform(sequence(0, size - 2), i -> concat(array({pair.format('ids[i]', 'CAST(0 AS BIGINT)')}), "
-                 f"transform(slice(ids, i + 2, size - i - 1), x -> {pair.format('x', 'size')}))))")
-    small = (sized.where(F.col("size") <= cap).groupBy("k")
-             .agg(F.array_sort(F.collect_list("id")).alias("ids"), F.first("size").alias("size"))
-             .select(F.explode(F.expr(all_pairs)).alias("p")).select("p.*"))
-    linked = stars.unionByName(small).groupBy("a", "b").agg(F.max("size").alias("size"))
+    signed = (docs.select("id", "text").repartitionByRange(parts, "id").sortWithinPartitions("id")
+              .mapInArrow(sign_batches(cfg, bands, rows), SIGNED)
+              .select("*", F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m"))
+              .persist())
+    counts = dict(signed.groupBy("_p").count().collect())
+    offset, at = {}, 0
+    for p in sorted(counts):
+        offset[p], at = at, at + counts[p]
+    starts = np.array([offset[p] for p in sorted(offset)] or [0], np.int64)
+    # monotonically_increasing_id is the partition's index << 33 plus the row's place in it.
+    first = F.create_map(*[F.lit(x) for p in sorted(offset) for x in (p, offset[p])]) if offset else F.create_map(F.lit(0), F.lit(0))
+    n = (F.col("_m") - F.shiftleft(F.col("_p").cast("long"), 33) + first[F.col("_p")]).alias("n")
 
-    # 3. Verification (or estimates): each hub's rows gathered, the hub first, and every member
-    # compared with it in one kernel call per Arrow batch; the sets travel once, with the rows.
-    with_sets = linked.join(signed.select(F.col("id").alias("b"), "s"), "b")
-    grouped = (with_sets.repartition("a").sortWithinPartitions("a", F.col("b") != F.col("a"), "b")
-               .select(F.col("a").alias("g"), F.col("b").alias("id"), "s", "size"))
-    scored = with_reference(grouped, cfg, drop_reference=True).select(
-        F.col("g").alias("a"), F.col("id").alias("b"), "size", "j")
+    # 2. Buckets: each (bucket key, n) row goes to the task that owns its key's share, which
+    # links its buckets as the one-task path does (kernels/lsh.capped_pairs_flat): up to
+    # `bucket_all_pairs` documents all to all, larger buckets as stars to their smallest number,
+    # that is their smallest id. Keys of different bands are different hashes, so the key alone
+    # names the bucket.
+    cap = max(1, cfg.bucket_all_pairs)
+    shares = materialise(signed.select(n, "id", "s").mapInArrow(set_blobs(starts, label), BLOBS), reliable)
+    pairs = (signed.select(n, "bk").mapInArrow(key_batches(parts, label), BLOBS)
+             .repartition(parts, "q").mapInArrow(pair_batches(cap, starts, label), BLOBS))
+
+    # 3. Verification (or estimates) in two hops over the shares of documents, each a range of
+    # numbers: the pairs go to b's share, where each distinct pair is kept once and b's id and
+    # set join it; then to a's share, where the kernel compares the two sets. Every set travels
+    # once per pair it is the b of, and no row per pair passes through Spark's row format.
+    gathered = (shares.unionByName(pairs).repartition(parts, "q")
+                .mapInArrow(gather_batches(starts, label), BLOBS))
+    scored = shares.unionByName(gathered).repartition(parts, "q").mapInArrow(
+        score_batches(cfg), "a string, b string, size long, j double")
     scored = materialise(scored, reliable)
     t1 = time.perf_counter()
     agg = scored.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("j") >= cfg.threshold).cast("long")).alias("ok"),
