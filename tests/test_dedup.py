@@ -474,14 +474,14 @@ def test_blobs_carry_tables_whole(monkeypatch):
     shares = D._split(sets, D._shares(starts, n))
     assert {k: v.num_rows for k, v in shares.items()} == {0: 40, 1: 30, 2: 30}
     label = D.partition_labels(3)
-    batches = list(D._blob_rows(shares, label))
+    batches = list(D._blob_rows(shares.items(), label))
     assert sum(b.num_rows for b in batches) > 3  # cut into several values
     back = D._from_blobs(batches)
     assert back.sort_by("n").equals(sets)
     pairs = pa.table({"a": n[:5], "b": n[5:10], "size": n[:5]})
-    s, rest = D._sets_and_rest(list(D._blob_rows({0: pairs}, label)) + batches[::-1], "pairs")
+    s, rest = D._sets_and_rest(list(D._blob_rows([(0, pairs)], label)) + batches[::-1], "pairs")
     assert s.equals(sets) and rest.equals(pairs)
-    with pytest.raises(Exception, match="outside its share"):
+    with pytest.raises(Exception, match="does not hold"):
         D._locate(s, np.array([3, 100]))
 
 

@@ -4,16 +4,20 @@
    normalise, shingle, sign, band; one row per document with shingles: (id, length, its sorted
    shingle-hash set as bytes, its LSH bucket keys). Cached: buckets, verification and survivors
    read it.
-2. Spark groups the exploded bucket keys. A bucket of up to `bucket_all_pairs` (32) documents
-   is linked all to all; a larger one as a star to its smallest id. A bucket of k documents
-   yields at most max(32*31/2 = 496, k-1) candidate pairs, never k(k-1)/2 of a big bucket.
+2. Buckets. The distributed path numbers the documents in id order (a range sort before
+   step 1) and sends each (bucket key, number) row to the task owning its key's share. A bucket
+   of up to `bucket_all_pairs` (32) documents is linked all to all; a larger one as a star to
+   its smallest id. A bucket of k documents yields at most max(32*31/2 = 496, k-1) candidate
+   pairs, never k(k-1)/2 of a big bucket.
    Stars alone lose the members of a drifting family that are similar to each other but not
    to the hub (A~B~C, A and C below the threshold): on the family corpus of
    benchmarks/families.py they kept 0.948 of the true pairs in one component, all pairs in
    the buckets up to 32 keep 0.9985 (with 25 bands of 5 rows; README, dedup).
-3. Verification (default): each hub's candidates are gathered with their sets, hub first, and
-   the exact Jaccard of each with the hub comes from one kernel call per Arrow batch; pairs
-   below `threshold` are dropped and counted.
+3. Verification (default), in two hops over shares of the documents: each pair goes to its
+   larger id's share, where it is kept once and that document's set joins it, then to its
+   smaller id's share, where one kernel call scores every pair of the share (exact Jaccard);
+   pairs below `threshold` are dropped and counted. Keys, pairs and sets move between tasks as
+   a few Arrow IPC values per task, not as a Spark row each.
 4. Connected components of the verified pairs (stages/components.py): each partition's edges
    contracted in its executor (union-find over that partition), then large-star/small-star
    rounds, one Spark job each, for what spans partitions; up to `cc_task_edges` verified

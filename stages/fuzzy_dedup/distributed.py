@@ -117,11 +117,12 @@ def partition_labels(parts: int) -> list[int]:
     return label
 
 
-def _blob_rows(tables: dict[int, pa.Table], label):
-    """BLOBS batches: each share's table as IPC streams of at most _BLOB_BYTES, batches under
-    1 GB (a binary column's offsets are 32-bit)."""
+def _blob_rows(tables, label):
+    """BLOBS batches from (share, table) items: each table as IPC streams of at most
+    _BLOB_BYTES under its share's label, batches under 1 GB (a binary column's offsets are
+    32-bit)."""
     qs, xs, size = [], [], 0
-    for share, t in tables.items():
+    for share, t in tables:
         if t.num_rows == 0:
             continue
         step = max(1, int(t.num_rows * _BLOB_BYTES // max(1, t.nbytes)))
@@ -177,7 +178,7 @@ def set_blobs(starts: np.ndarray, label):
         for batch in batches:
             if batch.num_rows:
                 t = pa.Table.from_batches([batch])
-                yield from _blob_rows(_split(t, _shares(starts, batch.column(0).to_numpy())), label)
+                yield from _blob_rows(_split(t, _shares(starts, batch.column(0).to_numpy())).items(), label)
 
     return fn
 
@@ -196,7 +197,7 @@ def key_batches(parts: int, label):
             k = pc.list_flatten(bk).to_numpy()
             n = np.repeat(batch.column(0).to_numpy(), pc.list_value_length(bk).to_numpy())
             share = (k.view(np.uint64) % np.uint64(parts)).astype(np.int64)
-            yield from _blob_rows(_split(pa.table({"k": k, "n": n}), share), label)
+            yield from _blob_rows(_split(pa.table({"k": k, "n": n}), share).items(), label)
 
     return fn
 
@@ -214,14 +215,14 @@ def pair_batches(cap: int, starts: np.ndarray, label):
             return
         n = t.column("n").to_numpy()
         a, b, size = capped_pairs_flat(t.column("k").to_numpy(), n, int(n.max(initial=0)) + 1, cap)
-        yield from _blob_rows(_split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, b)), label)
+        yield from _blob_rows(_split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, b)).items(), label)
 
     return fn
 
 
 def _sets_and_rest(batches, kind: str):
-    """Split a task's BLOBS into its share of the per-document table (n, id, s), sorted by n,
-    and the other table (pairs or requests)."""
+    """Split a task's BLOBS into the per-document rows (n, id, s) it holds, sorted by n, and
+    the pairs (a, b, size)."""
     sets, rest = [], []
     for batch in batches:
         for x in batch.column(1):
@@ -244,14 +245,14 @@ def _locate(sets: pa.Table, n: np.ndarray) -> np.ndarray:
     if len(n) and (i.max() >= len(have) or not np.array_equal(have[i], n)):
         from thresher.schemas.errors import StageError
 
-        raise StageError("fuzzy_dedup: a candidate pair names a document outside its share")
+        raise StageError("fuzzy_dedup: a candidate pair names a document its task does not hold")
     return i
 
 
 def gather_batches(starts: np.ndarray, label):
     """mapInArrow function over a share of documents and the pairs whose b lies in it: each
-    distinct pair once (the largest bucket that links it), with b's id and set, as BLOBS of the
-    share of a."""
+    distinct pair once (with the largest bucket that links it), as BLOBS of the share of a,
+    and with them the rows (n, id, s) of the b's that share does not hold, each once."""
 
     def fn(batches):
         from thresher.kernels.lsh import unique_pairs
@@ -261,16 +262,21 @@ def gather_batches(starts: np.ndarray, label):
             return
         a, b = pairs.column("a").to_numpy(), pairs.column("b").to_numpy()
         a, b, size = unique_pairs(a, b, pairs.column("size").to_numpy(), int(max(a.max(), b.max())) + 1)
-        i = pa.array(_locate(sets, b))
-        out = pa.table({"a": a, "size": size, "bid": sets.column("id").take(i), "s": sets.column("s").take(i)})
-        yield from _blob_rows(_split(out, _shares(starts, a)), label)
+        own = int(_shares(starts, sets.column("n").to_numpy()[:1])[0])
+        out = []
+        for d, t in _split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, a)).items():
+            out.append((d, t))
+            if d != own:
+                out.append((d, sets.take(pa.array(_locate(sets, np.unique(t.column("b").to_numpy()))))))
+        yield from _blob_rows(out, label)
 
     return fn
 
 
 def score_batches(cfg: Config):
-    """mapInArrow function over a share of documents and the gathered pairs whose a lies in it:
-    (a, b, size, j) by id, j the exact Jaccard of the sets (or the signatures' agreement)."""
+    """mapInArrow function over a share of documents, the pairs whose a lies in it and the rows
+    of their b's from other shares: (a, b, size, j) by id, j the exact Jaccard of the sets (or
+    the signatures' agreement)."""
     verify, num_perm = cfg.verify, cfg.num_perm
 
     def fn(batches):
@@ -278,22 +284,20 @@ def score_batches(cfg: Config):
         from thresher.kernels.threads import limit_task_threads
 
         limit_task_threads()
-        sets, req = _sets_and_rest(batches, "gathered pairs")
-        if req is None:
+        sets, pairs = _sets_and_rest(batches, "gathered pairs")
+        if pairs is None:
             return
-        ia = _locate(sets, req.column("a").to_numpy())
-        dt = np.uint64 if verify else np.uint32
-        o1, v1 = binary_values(sets.column("s"), dt)
-        o2, v2 = binary_values(req.column("s"), dt)
-        off, val = np.concatenate([o1, o1[-1] + o2[1:]]), np.concatenate([v1, v2])
-        ib = len(sets) + np.arange(req.num_rows)
+        ia = _locate(sets, pairs.column("a").to_numpy())
+        ib = _locate(sets, pairs.column("b").to_numpy())
+        off, val = binary_values(sets.column("s"), np.uint64 if verify else np.uint32)
         if verify:
             j = jaccard_pairs(off, val, ia, ib)
         else:
             sig = val.reshape(-1, num_perm)
             j = signature_agreement(sig[ia], sig[ib])
-        out = pa.table({"a": sets.column("id").take(pa.array(ia)), "b": req.column("bid"),
-                        "size": req.column("size"), "j": pa.array(j)})
+        ids = sets.column("id")
+        out = pa.table({"a": ids.take(pa.array(ia)), "b": ids.take(pa.array(ib)), "size": pairs.column("size"),
+                        "j": pa.array(j)})
         yield from out.to_batches(max_chunksize=65536)
 
     return fn
@@ -338,9 +342,11 @@ def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_qualit
              .repartition(parts, "q").mapInArrow(pair_batches(cap, starts, label), BLOBS))
 
     # 3. Verification (or estimates) in two hops over the shares of documents, each a range of
-    # numbers: the pairs go to b's share, where each distinct pair is kept once and b's id and
-    # set join it; then to a's share, where the kernel compares the two sets. Every set travels
-    # once per pair it is the b of, and no row per pair passes through Spark's row format.
+    # numbers: the pairs go to b's share, where each distinct pair is kept once; then to a's
+    # share, with the rows (id, set) of those b's it does not hold, each once per share. There
+    # the kernel compares the two sets. No row per pair passes through Spark's row format, and
+    # a set travels at most once to each other share that needs it (near-duplicates whose ids
+    # sort close together, as URLs of one site do, often need no travel at all).
     gathered = (shares.unionByName(pairs).repartition(parts, "q")
                 .mapInArrow(gather_batches(starts, label), BLOBS))
     scored = shares.unionByName(gathered).repartition(parts, "q").mapInArrow(
