@@ -1,6 +1,6 @@
 """The stage contract's building blocks: config bases every stage section derives from.
 
-Stages import these (and the errors in thresher.schemas.errors), never thresher.flows: the
+Stages import these (and the errors in thresher.schemas.errors), never the orchestration package: the
 layers go flows > stages > kernels > schemas, and a Spark Python worker running a stage's
 executor code imports nothing of the orchestration.
 """
