@@ -48,6 +48,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from thresher.schemas.errors import ConfigError, InputError
 from thresher.stages import storage
 
@@ -219,24 +221,35 @@ def bucket_lists(keys, cap: int, col: str = "id"):
             .agg(F.array_sort(F.collect_list(col)).alias(f"{col}s"), F.first("size").alias("size")))
 
 
-def rank_ids(ids, reliable: bool = False):
-    """(id) rows -> (id, n): n the rank of id in sorted order (0, 1, ...; ties in any order).
-    A range-partitioned sort numbers the rows within each partition; the partitions' counts
-    give their offsets, so no single task sees every id."""
+def placed(sorted_frame):
+    """`sorted_frame` (range-partitioned and sorted within partitions) with each row's place:
+    _p its partition, _m Spark's monotonically increasing id there."""
     from pyspark.sql import functions as F
 
+    return sorted_frame.select("*", F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m"))
+
+
+def rank_column(frame):
+    """For a computed (cached or checkpointed) `placed` frame: (the column n, each row's rank in
+    the sort order; the first rank of each non-empty partition, ascending). The partitions'
+    counts give their offsets, so no single task sees every row."""
+    from pyspark.sql import functions as F
+
+    counts = sorted(frame.groupBy("_p").count().collect())
+    starts = np.cumsum([0] + [c for _, c in counts[:-1]]).astype(np.int64) if counts else np.zeros(0, np.int64)
+    # monotonically_increasing_id is the partition's index << 33 plus the row's place in it.
+    n = F.col("_m") - F.shiftleft(F.col("_p").cast("long"), 33)
+    if counts:
+        n = n + F.create_map(*[F.lit(int(x)) for (p, _), at in zip(counts, starts) for x in (p, at)])[F.col("_p")]
+    return n.alias("n"), starts
+
+
+def rank_ids(ids, reliable: bool = False):
+    """(id) rows -> (id, n): n the rank of id in sorted order (0, 1, ...; ties in any order)."""
     from thresher.stages.components import materialise
 
-    ranked = materialise(ids.select("id").orderBy("id").select(
-        "id", F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m")), reliable)
-    counts = dict(ranked.groupBy("_p").count().collect())
-    offsets, at = {}, 0
-    for p in sorted(counts):
-        offsets[p], at = at, at + counts[p]
-    start = F.create_map(*[F.lit(x) for p in sorted(offsets) for x in (p, offsets[p])]) if offsets else None
-    # monotonically_increasing_id is the partition's index << 33 plus the row's place in it.
-    place = F.col("_m") - F.shiftleft(F.col("_p").cast("long"), 33)
-    return ranked.select("id", (place + start[F.col("_p")]).alias("n") if start is not None else place.alias("n"))
+    ranked = materialise(placed(ids.select("id").orderBy("id")), reliable)
+    return ranked.select("id", rank_column(ranked)[0])
 
 
 def usable_index(ref: Reference, stage: str, want: dict) -> str | None:

@@ -33,3 +33,16 @@ def binary_values(col, dtype) -> tuple[np.ndarray, np.ndarray]:
     if not vals.flags.aligned:
         vals = vals.copy()
     return o // np.dtype(dtype).itemsize, vals
+
+
+def ipc_buffer(table: pa.Table) -> pa.Buffer:
+    """`table` as one Arrow IPC stream: a value Spark moves as plain bytes."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def ipc_table(value) -> pa.Table:
+    """The table of an IPC stream value (bytes or a pyarrow Buffer)."""
+    return pa.ipc.open_stream(value if isinstance(value, pa.Buffer) else pa.py_buffer(value)).read_all()

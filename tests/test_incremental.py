@@ -318,7 +318,8 @@ def test_probe_ships_every_pair_in_chunks():
     new document) pair of the shared keys, capped lists sliced, and the capped count."""
     from types import SimpleNamespace
 
-    from thresher.stages.fuzzy_dedup.against import _pairs_of, _probe_task, _unipc, group_pairs
+    from thresher.stages.arrow_bytes import ipc_table
+    from thresher.stages.fuzzy_dedup.against import _pairs_of, _probe_task, group_pairs
 
     # New documents 0..2 under keys 10, 20, 30 (doc 1 under two keys).
     uk = np.array([10, 20, 30], np.int64)
@@ -330,7 +331,7 @@ def test_probe_ships_every_pair_in_chunks():
                         "size": pa.array([1, 2, 5, 1], pa.int32())})
     rows = list(_probe_task(buckets.to_batches(max_chunksize=1), keys, 2, chunk=2))
     assert len(rows) > 1 and sum(r.column(2)[0].as_py() for r in rows) == 1  # key 20 holds 5 > cap 2
-    b, a = _pairs_of([_unipc(r.column(0)[0].as_py()) for r in rows])
+    b, a = _pairs_of([ipc_table(r.column(0)[0].as_py()) for r in rows])
     assert sorted(zip(b.to_pylist(), a.tolist())) == sorted(
         [("r1", 0), ("r1", 1), ("r2", 0), ("r2", 1), ("r2", 2), ("r3", 2), ("r5", 1)])
     assert group_pairs(b, a).column("as").to_pylist() == [[0, 1], [0, 1, 2], [2], [1]]

@@ -14,8 +14,9 @@
    benchmarks/families.py they kept 0.948 of the true pairs in one component, all pairs in
    the buckets up to 32 keep 0.9985 (with 25 bands of 5 rows; README, dedup).
 3. Verification (default), in two hops over shares of the documents: each pair goes to its
-   larger id's share, where it is kept once and that document's set joins it, then to its
-   smaller id's share, where one kernel call scores every pair of the share (exact Jaccard);
+   larger id's share, where it is kept once, then to its smaller id's share, with the set of
+   its larger id when that share lacks it (once per share); one kernel call scores every pair
+   of the share (exact Jaccard);
    pairs below `threshold` are dropped and counted. Keys, pairs and sets move between tasks as
    a few Arrow IPC values per task, not as a Spark row each.
 4. Connected components of the verified pairs (stages/components.py): each partition's edges
@@ -88,9 +89,9 @@ class Config(StageConfig):
     # checkpoint folder, so a lost executor does not lose them (clusters).
     checkpoint: Literal["local", "reliable"] = "local"
     # The distributed path cuts the documents into shares of at most this many (and at least
-    # spark.sql.shuffle.partitions shares): one task holds a share's bucket keys, or its sets
-    # and the second sets of its candidate pairs (on the 640k replica about 0.3 GB of Python
-    # worker memory at 80,000 documents a share).
+    # spark.sql.shuffle.partitions shares): one task holds a share's bucket keys, or its sets,
+    # the sets it imports from other shares and its pairs (640k replica, 8 shares of 80,000:
+    # the Python workers peaked at 1.25 GB together, two at a time; README, dedup).
     task_docs: int = Field(100_000, ge=1)
     # Up to this many documents, the whole dedup runs in one executor task (one Python worker
     # holds every document's shingle set and bucket keys: about 0.8 KB a Debian document), with

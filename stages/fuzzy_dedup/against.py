@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from thresher.stages.arrow_bytes import ipc_buffer, ipc_table
+
 if TYPE_CHECKING:
     from thresher.stages.fuzzy_dedup import Config
 
@@ -120,22 +122,11 @@ PROBED = "blob binary, pairs long, capped long"
 DRIVER_PAIRS = 8_000_000
 
 
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _unipc(blob: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
-
-
 def _ship(refs: list, news: list, capped: int) -> pa.RecordBatch:
     """One PROBED row: the pairs (refs[i], news[i]) as an Arrow IPC value."""
     t = pa.table({"b": pa.chunked_array(refs).combine_chunks() if refs else pa.array([], pa.string()),
                   "a": np.concatenate(news) if news else np.zeros(0, np.int32)})
-    return pa.RecordBatch.from_pydict({"blob": [_ipc(t)], "pairs": [t.num_rows], "capped": [capped]},
+    return pa.RecordBatch.from_pydict({"blob": [ipc_buffer(t).to_pybytes()], "pairs": [t.num_rows], "capped": [capped]},
                                       schema=pa.schema([("blob", pa.binary()), ("pairs", pa.int64()), ("capped", pa.int64())]))
 
 
@@ -186,7 +177,7 @@ def _unpack(batches):
     """mapInArrow over PROBED blobs -> (b, a) rows."""
     for batch in batches:
         for blob in batch.column(0).to_pylist():
-            t = _unipc(blob)
+            t = ipc_table(blob)
             if t.num_rows:
                 yield from t.to_batches()
 
@@ -219,7 +210,7 @@ def _probe(spark, new, ref_keys, cap: int, reliable: bool):
     keys.unpersist()
     size = blobs.agg(F.sum("pairs").alias("pairs"), F.sum("capped").alias("capped")).first()
     if (size["pairs"] or 0) <= DRIVER_PAIRS:
-        lists = group_pairs(*_pairs_of([_unipc(b) for b in blobs.select("blob").toArrow().column(0).to_pylist()]))
+        lists = group_pairs(*_pairs_of([ipc_table(b) for b in blobs.select("blob").toArrow().column(0).to_pylist()]))
     else:
         b_type = "long" if isinstance(ref_keys, str) else "string"
         lists = materialise(blobs.select("blob").mapInArrow(_unpack, f"b {b_type}, a int").groupBy("b").agg(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from thresher.stages.arrow_bytes import binary_from_buffers, binary_values
+from thresher.stages.arrow_bytes import binary_from_buffers, binary_values, ipc_buffer, ipc_table
 from thresher.stages.fuzzy_dedup.results import component_stats, outputs, stage_stats
 from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
 
@@ -127,10 +127,7 @@ def _blob_rows(tables, label):
             continue
         step = max(1, int(t.num_rows * _BLOB_BYTES // max(1, t.nbytes)))
         for lo in range(0, t.num_rows, step):
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, t.schema) as w:
-                w.write_table(t.slice(lo, step))
-            x = np.frombuffer(sink.getvalue(), np.uint8)
+            x = np.frombuffer(ipc_buffer(t.slice(lo, step)), np.uint8)
             if xs and size + len(x) > 1 << 30:
                 yield _blob_batch(qs, xs)
                 qs, xs, size = [], [], 0
@@ -148,13 +145,11 @@ def _blob_batch(qs: list[int], xs: list[np.ndarray]) -> pa.RecordBatch:
                                       names=["q", "x"])
 
 
-def _from_blobs(batches) -> pa.Table | None:
-    """The tables carried by BLOBS rows, concatenated (None if there are none)."""
-    parts = []
+def _blob_tables(batches):
+    """The tables carried by BLOBS rows."""
     for batch in batches:
         for x in batch.column(1):
-            parts.append(pa.ipc.open_stream(x.as_buffer()).read_all())
-    return pa.concat_tables(parts) if parts else None
+            yield ipc_table(x.as_buffer())
 
 
 def _shares(starts: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -162,13 +157,14 @@ def _shares(starts: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.searchsorted(starts, n, side="right") - 1
 
 
-def _split(table: pa.Table, share: np.ndarray) -> dict[int, pa.Table]:
+def _split(table: pa.Table, share: np.ndarray) -> list[tuple[int, pa.Table]]:
+    """(share, its rows of `table`) for each share present, in share order."""
     o = np.argsort(share, kind="stable")
     s = share[o]
     cut = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
     t = table.take(pa.array(o))
     ends = np.append(cut[1:], len(s))
-    return {int(s[c]): t.slice(int(c), int(e - c)) for c, e in zip(cut, ends)}
+    return [(int(s[c]), t.slice(int(c), int(e - c))) for c, e in zip(cut, ends)]
 
 
 def set_blobs(starts: np.ndarray, label):
@@ -178,14 +174,15 @@ def set_blobs(starts: np.ndarray, label):
         for batch in batches:
             if batch.num_rows:
                 t = pa.Table.from_batches([batch])
-                yield from _blob_rows(_split(t, _shares(starts, batch.column(0).to_numpy())).items(), label)
+                yield from _blob_rows(_split(t, _shares(starts, batch.column(0).to_numpy())), label)
 
     return fn
 
 
-def key_batches(parts: int, label):
+def key_batches(label):
     """mapInArrow function: (n, bk) -> BLOBS of (k, n) rows, one per document and band, cut
-    into `parts` shares by bucket key: every row of a bucket lands in the same share."""
+    into len(label) shares by bucket key: every row of a bucket lands in the same share."""
+    parts = len(label)
 
     def fn(batches):
         import pyarrow.compute as pc
@@ -197,7 +194,7 @@ def key_batches(parts: int, label):
             k = pc.list_flatten(bk).to_numpy()
             n = np.repeat(batch.column(0).to_numpy(), pc.list_value_length(bk).to_numpy())
             share = (k.view(np.uint64) % np.uint64(parts)).astype(np.int64)
-            yield from _blob_rows(_split(pa.table({"k": k, "n": n}), share).items(), label)
+            yield from _blob_rows(_split(pa.table({"k": k, "n": n}), share), label)
 
     return fn
 
@@ -210,12 +207,13 @@ def pair_batches(cap: int, starts: np.ndarray, label):
     def fn(batches):
         from thresher.kernels.lsh import capped_pairs_flat
 
-        t = _from_blobs(batches)
-        if t is None:
+        tables = list(_blob_tables(batches))
+        if not tables:
             return
+        t = pa.concat_tables(tables)
         n = t.column("n").to_numpy()
         a, b, size = capped_pairs_flat(t.column("k").to_numpy(), n, int(n.max(initial=0)) + 1, cap)
-        yield from _blob_rows(_split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, b)).items(), label)
+        yield from _blob_rows(_split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, b)), label)
 
     return fn
 
@@ -224,10 +222,8 @@ def _sets_and_rest(batches, kind: str):
     """Split a task's BLOBS into the per-document rows (n, id, s) it holds, sorted by n, and
     the pairs (a, b, size)."""
     sets, rest = [], []
-    for batch in batches:
-        for x in batch.column(1):
-            t = pa.ipc.open_stream(x.as_buffer()).read_all()
-            (sets if t.schema.names[0] == "n" else rest).append(t)
+    for t in _blob_tables(batches):
+        (sets if t.schema.names[0] == "n" else rest).append(t)
     if not rest:
         return None, None
     if not sets:
@@ -264,7 +260,7 @@ def gather_batches(starts: np.ndarray, label):
         a, b, size = unique_pairs(a, b, pairs.column("size").to_numpy(), int(max(a.max(), b.max())) + 1)
         own = int(_shares(starts, sets.column("n").to_numpy()[:1])[0])
         out = []
-        for d, t in _split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, a)).items():
+        for d, t in _split(pa.table({"a": a, "b": b, "size": size}), _shares(starts, a)):
             out.append((d, t))
             if d != own:
                 out.append((d, sets.take(pa.array(_locate(sets, np.unique(t.column("b").to_numpy()))))))
@@ -307,6 +303,7 @@ def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_qualit
     """Steps 1-5 as Spark jobs: (the stage's outputs, the scored candidate pairs (a, b, size, j))."""
     from pyspark.sql import functions as F
 
+    from thresher.stages.against import placed, rank_column
     from thresher.stages.components import connected_components, materialise, rank_key, with_quality
 
     reliable = cfg.checkpoint == "reliable"
@@ -318,18 +315,9 @@ def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_qualit
     # there. The per-document table is read four times (shares of sets and of bucket keys,
     # survivors), so it is cached the first time it is computed.
     t0 = time.perf_counter()
-    signed = (docs.select("id", "text").repartitionByRange(parts, "id").sortWithinPartitions("id")
-              .mapInArrow(sign_batches(cfg, bands, rows), SIGNED)
-              .select("*", F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m"))
-              .persist())
-    counts = dict(signed.groupBy("_p").count().collect())
-    offset, at = {}, 0
-    for p in sorted(counts):
-        offset[p], at = at, at + counts[p]
-    starts = np.array([offset[p] for p in sorted(offset)] or [0], np.int64)
-    # monotonically_increasing_id is the partition's index << 33 plus the row's place in it.
-    first = F.create_map(*[F.lit(x) for p in sorted(offset) for x in (p, offset[p])]) if offset else F.create_map(F.lit(0), F.lit(0))
-    n = (F.col("_m") - F.shiftleft(F.col("_p").cast("long"), 33) + first[F.col("_p")]).alias("n")
+    signed = placed(docs.select("id", "text").repartitionByRange(parts, "id").sortWithinPartitions("id")
+                    .mapInArrow(sign_batches(cfg, bands, rows), SIGNED)).persist()
+    n, starts = rank_column(signed)
 
     # 2. Buckets: each (bucket key, n) row goes to the task that owns its key's share, which
     # links its buckets as the one-task path does (kernels/lsh.capped_pairs_flat): up to
@@ -338,7 +326,7 @@ def run_distributed(docs, tables, cfg: Config, bands: int, rows: int, has_qualit
     # names the bucket.
     cap = max(1, cfg.bucket_all_pairs)
     shares = materialise(signed.select(n, "id", "s").mapInArrow(set_blobs(starts, label), BLOBS), reliable)
-    pairs = (signed.select(n, "bk").mapInArrow(key_batches(parts, label), BLOBS)
+    pairs = (signed.select(n, "bk").mapInArrow(key_batches(label), BLOBS)
              .repartition(parts, "q").mapInArrow(pair_batches(cap, starts, label), BLOBS))
 
     # 3. Verification (or estimates) in two hops over the shares of documents, each a range of
