@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -69,28 +70,40 @@ def cluster(tmp_path_factory):
             started.append(subprocess.Popen(
                 [cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
                  "--webui-port", str(ui)], env=env, stdout=mlog, stderr=subprocess.STDOUT, start_new_session=True))
-        url = f"spark://127.0.0.1:{port}"
+        deadline = time.time() + 120
+
+        def alive_or_fail(what: str):
+            for p in started:
+                if p.poll() is not None:
+                    pytest.fail(f"spark daemon exited early:\n{(tmp / 'master.log').read_text()[-2000:]}"
+                                f"\n{(tmp / 'worker.log').read_text()[-2000:] if (tmp / 'worker.log').exists() else ''}")
+            if time.time() > deadline:
+                pytest.fail(f"{what} in 120 s:\n{(tmp / 'master.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+
+        # A port found free may be taken by another process (the other test worker's servers) before
+        # the master binds it, and Spark then moves to the next one: read the ports it bound.
+        bound: dict[str, int] = {}
+        while len(bound) < 2:
+            found = re.findall(r"started service '(sparkMaster|MasterUI)' on port (\d+)", (tmp / "master.log").read_text())
+            bound = {k: int(v) for k, v in found}
+            if len(bound) < 2:
+                alive_or_fail("the master did not bind its ports")
+        url = f"spark://127.0.0.1:{bound['sparkMaster']}"
         with open(tmp / "worker.log", "wb") as wlog:
             started.append(subprocess.Popen(
                 [cls, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--webui-port", str(wui),
                  "--cores", "2", "--memory", "2g", "--work-dir", str(tmp / "work")],
                 env=env, stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.time() + 120
         while True:
-            for p in started:
-                if p.poll() is not None:
-                    pytest.fail(f"spark daemon exited early:\n{(tmp / 'master.log').read_text()[-2000:]}"
-                                f"\n{(tmp / 'worker.log').read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=5) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{bound['MasterUI']}/json/", timeout=5) as r:
                     state = json.load(r)
                 if state.get("aliveworkers", 0) >= 1:
                     break
             except OSError:
                 pass
-            if time.time() > deadline:
-                pytest.fail(f"worker did not register in 120 s:\n{(tmp / 'worker.log').read_text()[-2000:]}")
-            time.sleep(1)
+            alive_or_fail("the worker did not register")
         yield {"url": url, "procs": started, "tmp": tmp}
     finally:
         for p in reversed(started):
