@@ -125,8 +125,10 @@ def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_
     docs = spark.createDataFrame(new, SCHEMA)
     from thresher.stages.fuzzy_dedup import against as FA
 
-    # The one-task path with the new sets broadcast (pairs grouped on the driver, then by Spark
-    # from many small blobs); the distributed one with them shuffled.
+    # The one-task path with the new sets broadcast (pairs grouped on the driver, where step (c)
+    # then runs in Arrow; then grouped by Spark from many small blobs, step (c) in Spark); the
+    # distributed one with them shuffled. All three give the same tables and counts.
+    seen = []
     for cfg, set_bytes, driver_pairs, task_pairs in (
             (FD.Config(seed=0, against=ref_path), FA.BROADCAST_SET_BYTES, FA.DRIVER_PAIRS, FA.TASK_PAIRS),
             (FD.Config(seed=0, against=ref_path), FA.BROADCAST_SET_BYTES, 0, 7),
@@ -147,6 +149,11 @@ def test_against_equals_a_union_run_with_reference_first_survivors(spark, split_
             if score is not None:
                 assert score == pytest.approx(_jaccard(texts[k], texts[by])) and score >= 0.7
         assert {v[1] for k, v in rem.items() if v[0] == "near_duplicate"} <= new_ids
+        counts = {k: v for k, v in out["stats"]["against"].items() if k != "step_s"}
+        dups = sorted(tuple(r) for r in out["duplicates"].collect())
+        seen.append((rem, counts, dups, out["stats"]["docs_removed"]))
+    assert seen[0][1]["removed"] > 50 and seen[0][1]["candidate_pairs"] > seen[0][1]["verified_pairs"] > 0
+    assert all(x == seen[0] for x in seen[1:])
 
 
 def test_index_is_reused_and_gives_the_same_result(spark, split_corpus, tmp_path, monkeypatch):
@@ -335,6 +342,14 @@ def test_probe_ships_every_pair_in_chunks():
     assert sorted(zip(b.to_pylist(), a.tolist())) == sorted(
         [("r1", 0), ("r1", 1), ("r2", 0), ("r2", 1), ("r2", 2), ("r3", 2), ("r5", 1)])
     assert group_pairs(b, a).column("as").to_pylist() == [[0, 1], [0, 1, 2], [2], [1]]
+
+    # An index's flat rows (bk, n, size on a key's first row): the same pairs, by number.
+    flat = pa.table({"bk": pa.array([5, 10, 10, 20, 20, 30], pa.int64()), "n": pa.array([9, 1, 2, 2, 3, 5], pa.int64()),
+                     "size": pa.array([1, 2, 0, 5, 0, 1], pa.int64())})
+    rows = list(_probe_task(flat.to_batches(max_chunksize=2), keys, 2, chunk=2))
+    assert sum(r.column(2)[0].as_py() for r in rows) == 1
+    b, a = _pairs_of([ipc_table(r.column(0)[0].as_py()) for r in rows])
+    assert sorted(zip(b.to_pylist(), a.tolist())) == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 2), (5, 1)]
 
 
 def test_rank_ids_numbers_ids_in_sorted_order_over_partitions(spark):

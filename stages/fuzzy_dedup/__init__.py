@@ -131,20 +131,28 @@ def lsh_params(cfg: Config) -> tuple[int, int]:
 
 
 def run(spark, tables, cfg: Config, ctx):
-    out = run_with_pairs(spark, tables, cfg)[0]
+    size = corpus_size(tables["documents"])
+    out = run_with_pairs(spark, tables, cfg, size)[0]
     out.pop("documents")  # the runner derives the kept documents from `removed`
     if cfg.against:
         from thresher.stages.fuzzy_dedup.against import against_reference
 
-        out = against_reference(spark, tables["documents"], out, cfg, *lsh_params(cfg))
+        out = against_reference(spark, tables["documents"], out, cfg, *lsh_params(cfg), n_docs=size["n"])
     return out
 
 
-def run_with_pairs(spark, tables, cfg: Config):
-    """The stage's result and its scored candidate pairs (a, b, size, j) for inspection: the
-    pairs with j >= threshold are the verified edges of the components."""
+def corpus_size(docs) -> dict:
+    """{"n": documents, "b": bytes of text}, one small job."""
     from pyspark.sql import functions as F
 
+    size = docs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("text")).alias("b")).first()
+    return {"n": int(size["n"]), "b": int(size["b"] or 0)}
+
+
+def run_with_pairs(spark, tables, cfg: Config, size: dict | None = None):
+    """The stage's result and its scored candidate pairs (a, b, size, j) for inspection: the
+    pairs with j >= threshold are the verified edges of the components. `size`: corpus_size's,
+    when the caller has it."""
     from thresher.stages.fuzzy_dedup.distributed import run_distributed
     from thresher.stages.fuzzy_dedup.one_task import run_one_task
 
@@ -155,8 +163,8 @@ def run_with_pairs(spark, tables, cfg: Config):
     has_quality = tables.get("quality") is not None or "quality" in docs.columns
     if cfg.survivor == "quality" and not has_quality:
         raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
-    size = docs.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("text")).alias("b")).first()
-    if cfg.one_task_docs and cfg.one_task_bytes and size["n"] <= cfg.one_task_docs and (size["b"] or 0) <= cfg.one_task_bytes:
+    size = size or corpus_size(docs)
+    if cfg.one_task_docs and cfg.one_task_bytes and size["n"] <= cfg.one_task_docs and size["b"] <= cfg.one_task_bytes:
         return run_one_task(docs, tables, cfg, bands, rows)
     return run_distributed(docs, tables, cfg, bands, rows, has_quality, size["n"])
 

@@ -52,22 +52,29 @@ def _scored_shuffled(new, ref_signed, pairs, cfg: Config):
 
 
 def _probe_batch(batch, uk, start, docs, cap: int):
-    """Reference buckets (bk, ids, size) -> (b: the reference id, a: the number of a new
-    document sharing that key) of each pair, and the hit buckets above `cap`. `uk`: the new
-    documents' sorted distinct keys; the documents under uk[i] are docs[start[i]:start[i + 1]]."""
+    """Reference buckets -> (b: the reference id or number, a: the number of a new document
+    sharing that key) of each pair, and the hit buckets above `cap`. `uk`: the new documents'
+    sorted distinct keys; the documents under uk[i] are docs[start[i]:start[i + 1]]. The buckets
+    are (bk, ids, size) lists, or an index's flat (bk, n, size) rows (size on a key's first row,
+    0 on the others)."""
     import pyarrow.compute as pc
 
     bk = batch.column(0).to_numpy(zero_copy_only=False)
     pos = np.minimum(np.searchsorted(uk, bk), len(uk) - 1)
     rows = np.flatnonzero(uk[pos] == bk)
     capped = int((batch.column(2).to_numpy(zero_copy_only=False)[rows] > cap).sum())
+    listed = pa.types.is_list(batch.column(1).type) or pa.types.is_large_list(batch.column(1).type)
     if not len(rows):
-        return pa.array([], pa.string()), np.zeros(0, np.int32), capped
+        return pa.array([], pa.string() if listed else pa.int64()), np.zeros(0, np.int32), capped
     p = pos[rows]
+    n_new = start[p + 1] - start[p]
+    if not listed:  # one reference document per row: each pairs with every new one under its key
+        new_at = np.repeat(start[p] - (np.cumsum(n_new) - n_new), n_new) + np.arange(int(n_new.sum()))
+        ref = batch.column(1).to_numpy(zero_copy_only=False)[rows].astype(np.int64)
+        return pa.array(np.repeat(ref, n_new)), docs[new_at].astype(np.int32), capped
     lists = pc.list_slice(batch.column(1).take(pa.array(rows)), 0, cap)
     ref = pc.list_flatten(lists)
     n_ref = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    n_new = start[p + 1] - start[p]
     # Every (reference id, new document) of each hit bucket: pair q of bucket r is its
     # reference q // n_new[r] and its new document q % n_new[r].
     per = n_ref * n_new
@@ -161,14 +168,14 @@ def _probe_frame(keys, cap: int, chunk: int):
 
 
 def _probe_files(keys, cap: int, chunk: int, opts: dict):
-    """mapInArrow over (path, rg) units of an index's bucket files: each row group read by
+    """mapInArrow over (path, rg) units of an index's flat bucket files: each row group read by
     pyarrow (Spark's reader would hand every bucket row to Python through its row format, 4-6 s
     for 11M buckets against under 1 s), then _probe_task."""
 
     def fn(units):
         from thresher.stages.against import read_row_groups
 
-        yield from _probe_task(read_row_groups(units, ["bk", "ns", "size"], opts), keys, cap, chunk)
+        yield from _probe_task(read_row_groups(units, ["bk", "n", "size"], opts), keys, cap, chunk)
 
     return fn
 
@@ -182,18 +189,18 @@ def _unpack(batches):
                 yield from t.to_batches()
 
 
-def _probe(spark, new, ref_keys, cap: int, reliable: bool):
+def _probe(spark, t, ref_keys, cap: int, reliable: bool):
     """(b, as): each candidate reference document (its id, or an index's number n) and the new
-    documents paired with it (numbers into `t`, the new documents' (id, s)), from one scan of the reference's buckets (a
-    DataFrame, or an index's bucket folder), as an Arrow table (grouped on the driver) or a
-    DataFrame (above DRIVER_PAIRS); `t`; and the hit buckets above the cap."""
+    documents paired with it (numbers into `t`, the new documents' (id, s, bk) on the driver),
+    from one scan of the reference's buckets (a DataFrame, or an index's bucket folder), as an
+    Arrow table (grouped on the driver) or a DataFrame (above DRIVER_PAIRS); `t`'s (id, s); and
+    the hit buckets above the cap."""
     import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
     from thresher.stages import against, storage
     from thresher.stages.components import materialise
 
-    t = new.select("id", "s", "bk").toArrow()
     bk = t.column("bk").combine_chunks()
     flat = pc.list_flatten(bk).to_numpy(zero_copy_only=False)
     doc = pc.list_parent_indices(bk).to_numpy(zero_copy_only=False).astype(np.int32)
@@ -218,11 +225,38 @@ def _probe(spark, new, ref_keys, cap: int, reliable: bool):
     return lists, t.select(["id", "s"]), int(size["capped"] or 0)
 
 
-def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: str | None = None):
+SCORED = pa.schema([("a", pa.string()), ("b", pa.string()), ("j", pa.float64())])
+# What a task ships when only the matches go to the driver: the pairs at >= threshold as one
+# Arrow IPC value, and how many pairs it scored and kept.
+MATCHED = "blob binary, candidates long, matched long"
+
+
+def _matches_only(score, threshold: float):
+    """A scoring mapInArrow function -> one MATCHED row per task."""
+
+    def fn(it):
+        import pyarrow.compute as pc
+
+        kept, n = [], 0
+        for batch in score(it):
+            n += batch.num_rows
+            m = batch.filter(pc.greater_equal(batch.column(2), threshold))
+            if m.num_rows:
+                kept.append(m)
+        t = pa.Table.from_batches(kept, schema=SCORED)
+        yield pa.RecordBatch.from_pydict({"blob": [ipc_buffer(t).to_pybytes()], "candidates": [n], "matched": [t.num_rows]},
+                                         schema=pa.schema([("blob", pa.binary()), ("candidates", pa.int64()),
+                                                           ("matched", pa.int64())]))
+
+    return fn
+
+
+def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: str | None = None,
+                      matches_only: bool = False):
     """(a, b, j) of every candidate pair, no set shuffled: the new documents' sets go to every
     task (one broadcast), the candidate list of each reference document too, and each task
     scores the reference rows it reads against them. An index's sets are read by pyarrow, one
-    task per row group; otherwise through a broadcast join."""
+    task per row group; otherwise through a broadcast join. `matches_only`: MATCHED rows instead."""
     from pyspark.sql import functions as F
 
     from thresher.stages import against, storage
@@ -231,16 +265,20 @@ def _scored_broadcast(spark, t, ref_signed, lists, cfg: Config, signed_folder: s
     dtype = np.uint64 if cfg.verify else np.uint32
     off, val = binary_values(t.column("s"), dtype)
     sets = spark.sparkContext.broadcast((t.column("id").combine_chunks(), off, val))
-    schema = "a string, b string, j double"
+    schema = MATCHED if matches_only else "a string, b string, j double"
+
+    def shaped(fn):
+        return _matches_only(fn, cfg.threshold) if matches_only else fn
+
     if signed_folder is None:
         if isinstance(lists, pa.Table):
             lists = spark.createDataFrame(lists)
         rows = ref_signed.join(F.broadcast(lists), ref_signed["id"] == lists["b"]).select("b", "s", "as")
-        return rows.mapInArrow(_score_batches(cfg, sets), schema)
+        return rows.mapInArrow(shaped(_score_batches(cfg, sets)), schema)
     lt = (lists if isinstance(lists, pa.Table) else lists.toArrow()).sort_by("b")
     wanted = spark.sparkContext.broadcast((lt.column("b").to_numpy(), lt.column("as").combine_chunks()))
     frame = against.row_group_units(spark, against.parquet_files(signed_folder))
-    return frame.mapInArrow(_score_files(cfg, sets, wanted, storage.current().model_dump()), schema)
+    return frame.mapInArrow(shaped(_score_files(cfg, sets, wanted, storage.current().model_dump())), schema)
 
 
 def _score_files(cfg: Config, sets, wanted, opts: dict):
@@ -313,8 +351,84 @@ def _score_batches(cfg: Config, sets):
     return fn
 
 
-def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int) -> dict:
-    """The stage's result `out` (new-only dedup) with the reference matches applied."""
+# Up to this many of the new documents' bucket keys (documents x bands, 8 bytes each) are
+# signed straight to the driver and go to every task with their sets; above it both sides
+# shuffle.
+BROADCAST_KEYS = 4_000_000
+GONE = pa.schema([("id", pa.string()), ("by_id", pa.string()), ("score", pa.float64()), ("_was_removed", pa.bool_())])
+
+
+def _first_of_each(t: pa.Table, key: str, order: list) -> pa.Table:
+    """The first row of each `key` group of `t`, rows ordered by `order` within a group."""
+    import pyarrow.compute as pc
+
+    t = t.sort_by([(key, "ascending"), *order])
+    k = t.column(key).combine_chunks()
+    if len(k) < 2:
+        return t
+    return t.filter(pa.array(np.r_[True, pc.not_equal(k[1:], k[:-1]).to_numpy(zero_copy_only=False)]))
+
+
+def gone_table(matched: pa.Table, dups: pa.Table) -> pa.Table:
+    """Step (c) on the driver, what `_gone_frame` computes with Spark: from the matches (a, b, j)
+    and the new-only `duplicates`, every new document to remove (GONE). A matched document
+    names its best reference (highest j, ties smallest id) and scores it; the rest of its
+    component the component's best reference, with no score."""
+    import pyarrow.compute as pc
+
+    s = pa.string()
+    best = _first_of_each(matched, "a", [("j", "descending"), ("b", "ascending")])
+    best = pa.table({"id": best["a"].cast(s), "ref": best["b"].cast(s), "j": best["j"]})
+    comp = pa.table({"id": dups["id"].cast(s), "component_id": dups["component_id"].cast(s),
+                     "is_representative": dups["is_representative"]})
+    of = best.join(comp, "id", join_type="left outer")
+    comp_best = _first_of_each(pa.table({"component_id": pc.coalesce(of["component_id"], of["id"]), "j": of["j"],
+                                         "cref": of["ref"]}), "component_id", [("j", "descending"), ("cref", "ascending")])
+    in_comp = comp.join(comp_best.select(["component_id", "cref"]), "component_id", join_type="inner")
+    g = in_comp.select(["id", "is_representative", "cref"]).join(best, "id", join_type="full outer")
+    return pa.table([g["id"], pc.coalesce(g["ref"], g["cref"]), g["j"],
+                     pc.fill_null(pc.invert(g["is_representative"]), False)], schema=GONE)
+
+
+def _gone_frame(scored, dups, threshold: float, reliable: bool):
+    """Step (c) with Spark, for many new documents: gone_table's result as a DataFrame."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages.components import materialise
+
+    matched = scored.where(F.col("j") >= F.lit(threshold))
+    # Best reference of each matched new document: highest similarity, ties smallest id.
+    best = matched.groupBy("a").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("b").alias("b"))).alias("m")).select(
+        F.col("a").alias("id"), F.col("m.b").alias("ref"), (-F.col("m.nj")).alias("j"))
+    # Components of the new-only dedup; a document in none is its own.
+    comp_of = best.join(dups.select("id", "component_id"), "id", "left").select(
+        "id", "ref", "j", F.coalesce("component_id", "id").alias("c"))
+    comp_best = comp_of.groupBy("c").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("ref").alias("ref"))).alias("m")).select(
+        "c", F.col("m.ref").alias("cref"))
+    in_comp = dups.select("id", F.col("component_id").alias("c"), "is_representative").join(comp_best, "c")
+    gone = (in_comp.join(best, "id", "full_outer")
+            .select("id", F.coalesce("ref", "cref").alias("by_id"), F.col("j").alias("score"),
+                    F.coalesce(~F.col("is_representative"), F.lit(False)).alias("_was_removed")))
+    return materialise(gone, reliable)
+
+
+def _signed_on_driver(docs, cfg: Config, bands: int, rows: int, n_docs: int | None) -> pa.Table | None:
+    """The new documents' (id, s, bk), signed by one Spark job straight to the driver, while they
+    are few enough to go to every task (BROADCAST_KEYS, BROADCAST_SET_BYTES); else None."""
+    import pyarrow.compute as pc
+
+    from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
+
+    if n_docs is None or n_docs * bands > BROADCAST_KEYS:
+        return None
+    t = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).select("id", "s", "bk").toArrow()
+    return t if (pc.sum(pc.binary_length(t.column("s"))).as_py() or 0) <= BROADCAST_SET_BYTES else None
+
+
+def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int, n_docs: int | None = None) -> dict:
+    """The stage's result `out` (new-only dedup) with the reference matches applied. `n_docs`:
+    the number of new documents, when known (it lets them be signed straight to the driver)."""
+    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
     from thresher.stages import against
@@ -327,53 +441,56 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     ref = against.resolve(cfg.against)
     fr = against.fuzzy_reference(spark, ref, cfg, bands, rows)
     ref_signed, ref_keys = fr.signed, fr.keys
+    dups = out["duplicates"]
 
-    new = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
-    new_keys = new.select(F.col("id").alias("a"), F.explode("bk").alias("bk"))
-    keys = new_keys.select("bk").distinct()
-    size = new.agg(F.count(F.lit(1)).alias("n"), F.sum(F.octet_length("s")).alias("bytes")).first()
-    size = {"n": int(size["n"]), "bytes": int(size["bytes"] or 0)}
-    # The new documents' keys (8 bytes each, and a number for each document under one) and sets
-    # go to every task while they are few; else both sides shuffle.
-    few = size["n"] * bands <= 4_000_000 and size["bytes"] <= BROADCAST_SET_BYTES
-    if "ns" not in ref_keys.columns:  # signed in this run: only the shared keys are listed
-        ref_keys = against.bucket_lists(ref_keys.join(F.broadcast(keys) if few else keys, "bk", "left_semi"), cap)
+    t = _signed_on_driver(docs, cfg, bands, rows, n_docs)
+    new = None
+    if t is None:
+        new = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
+        new_keys = new.select(F.col("id").alias("a"), F.explode("bk").alias("bk"))
+        keys = new_keys.select("bk").distinct()
+    few = t is not None
+    indexed = fr.buckets is not None
+    if not indexed:  # signed in this run: only the shared keys are listed
+        if few:
+            keys = F.broadcast(spark.createDataFrame(pa.table({"bk": pc.unique(pc.list_flatten(t.column("bk")))})))
+        ref_keys = against.bucket_lists(ref_keys.join(keys, "bk", "left_semi"), cap)
+    on_driver = False
     if few:
-        lists, t, capped = _probe(spark, new, fr.buckets or ref_keys, cap, reliable)
+        lists, t, capped = _probe(spark, t, fr.buckets or ref_keys, cap, reliable)
         t1 = time.perf_counter()
-        scored = _scored_broadcast(spark, t, ref_signed, lists, cfg, fr.sets)
+        # Few pairs: only the matches come to the driver, where step (c) needs no Spark job.
+        on_driver = isinstance(lists, pa.Table)
+        scored = _scored_broadcast(spark, t, ref_signed, lists, cfg, fr.sets, matches_only=on_driver)
     else:
-        listed = "ns" if "ns" in ref_keys.columns else "ids"
-        hits = materialise(ref_keys.join(keys, "bk", "left_semi").select(
-            "bk", F.slice(listed, 1, cap).alias("ids"), "size"), reliable)
+        hits = ref_keys.join(keys, "bk", "left_semi")
+        hits = materialise(hits if indexed else hits.select("bk", F.slice("ids", 1, cap).alias("ids"), "size"), reliable)
         capped = hits.where(F.col("size") > cap).count()
-        pairs = new_keys.join(hits, "bk").select("a", F.explode("ids").alias("b")).distinct()
-        if listed == "ns":  # an index lists its documents by number
+        refs = F.col("n") if indexed else F.explode("ids")
+        pairs = new_keys.join(hits, "bk").select("a", refs.alias("b")).distinct()
+        if indexed:  # an index names its documents by number
             pairs = pairs.join(ref_signed.select(F.col("n").alias("b"), F.col("id").alias("_id")), "b").select(
                 "a", F.col("_id").alias("b"))
         pairs = materialise(pairs, reliable)
         t1 = time.perf_counter()
         scored = _scored_shuffled(new, ref_signed, pairs, cfg)
-    scored = materialise(scored, reliable)
-    t2 = time.perf_counter()
-    matched = scored.where(F.col("j") >= F.lit(cfg.threshold))
-    # Best reference of each matched new document: highest similarity, ties smallest id.
-    best = matched.groupBy("a").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("b").alias("b"))).alias("m")).select(
-        F.col("a").alias("id"), F.col("m.b").alias("ref"), (-F.col("m.nj")).alias("j"))
 
-    # (c) Components of the new-only dedup; a document in none is its own.
-    dups = out["duplicates"]
-    comp_of = best.join(dups.select("id", "component_id"), "id", "left").select(
-        "id", "ref", "j", F.coalesce("component_id", "id").alias("c"))
-    comp_best = comp_of.groupBy("c").agg(F.min(F.struct((-F.col("j")).alias("nj"), F.col("ref").alias("ref"))).alias("m")).select(
-        "c", F.col("m.ref").alias("cref"))
-    in_comp = dups.select("id", F.col("component_id").alias("c"), "is_representative").join(comp_best, "c")
-    # Direct matches name their own best reference and score; the rest of a matched
-    # component its best reference, with no similarity measured between them.
-    gone = (in_comp.join(best, "id", "full_outer")
-            .select("id", F.coalesce("ref", "cref").alias("by_id"), F.col("j").alias("score"),
-                    F.coalesce(~F.col("is_representative"), F.lit(False)).alias("_was_removed")))
-    gone = materialise(gone, reliable)
+    if on_driver:
+        shipped = scored.toArrow()
+        matched = pa.concat_tables([SCORED.empty_table(), *(ipc_table(b) for b in shipped.column("blob").to_pylist())])
+        t2 = time.perf_counter()
+        gone_t = gone_table(matched, dups.toArrow())
+        gone = spark.createDataFrame(gone_t)
+        n_cand, n_ok = (int(pc.sum(shipped.column(c)).as_py() or 0) for c in ("candidates", "matched"))
+        # Each listed reference document is read, and scored, once.
+        counts = {"candidate_pairs": n_cand, "verified_pairs": n_ok, "reference_candidates": lists.num_rows,
+                  "matched_directly": gone_t.num_rows - gone_t.column("score").null_count, "removed": gone_t.num_rows,
+                  "reference_docs_named": len(pc.unique(gone_t.column("by_id"))),
+                  "again": int(pc.sum(gone_t.column("_was_removed").cast(pa.int64())).as_py() or 0)}
+    else:
+        scored = materialise(scored, reliable)
+        t2 = time.perf_counter()
+        gone = _gone_frame(scored, dups, cfg.threshold, reliable)
     removed_ref = gone.select("id", F.lit("fuzzy_dedup").alias("stage"), F.lit(REASON).alias("reason"),
                               F.col("by_id").cast("string"), F.col("score").cast("double"))
     removed = out["removed"].join(gone.select("id"), "id", "left_anti").unionByName(removed_ref)
@@ -389,25 +506,30 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
     lone = gone.join(dups.select("id"), "id", "left_anti").select(
         "id", F.col("id").alias("component_id"), F.col("by_id").alias("representative_id"),
         F.lit(False).alias("is_representative"), F.col("score").alias("similarity"))
-    dups2 = materialise(dups2.unionByName(lone), reliable)
+    dups2 = dups2.unionByName(lone)
+    if not on_driver:
+        dups2 = materialise(dups2, reliable)
     t3 = time.perf_counter()
 
-    agg = scored.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("j") >= cfg.threshold).cast("long")).alias("ok"),
-                     F.countDistinct("b").alias("refs")).first()
-    g = gone.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("refs"),
-                 F.count("score").alias("direct"), F.sum(F.col("_was_removed").cast("long")).alias("again")).first()
+    if not on_driver:
+        agg = scored.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("j") >= cfg.threshold).cast("long")).alias("ok"),
+                         F.countDistinct("b").alias("refs")).first()
+        g = gone.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("refs"),
+                     F.count("score").alias("direct"), F.sum(F.col("_was_removed").cast("long")).alias("again")).first()
+        counts = {"candidate_pairs": int(agg["n"]), "verified_pairs": int(agg["ok"] or 0),
+                  "reference_candidates": int(agg["refs"]), "matched_directly": int(g["direct"]),
+                  "removed": int(g["n"]), "reference_docs_named": int(g["refs"]), "again": int(g["again"] or 0)}
+    again = counts.pop("again")
     stats = dict(out["stats"])
     stats["against"] = {
-        "reference": ref.spec, "source": fr.source, "bucket_cap": cap, "capped_buckets": capped,
-        "candidate_pairs": int(agg["n"]), "verified_pairs": int(agg["ok"] or 0),
-        "reference_candidates": int(agg["refs"]), "matched_directly": int(g["direct"]),
-        "removed": int(g["n"]), "reference_docs_named": int(g["refs"]),
+        "reference": ref.spec, "source": fr.source, "bucket_cap": cap, "capped_buckets": capped, **counts,
         "step_s": {"reference_buckets": round(t1 - t0, 3), "verify": round(t2 - t1, 3),
                    "components": round(t3 - t2, 3), "stats": round(time.perf_counter() - t3, 3)},
     }
     # A new document the new-only dedup removed and a reference match removes again counts once.
-    stats["docs_removed"] = stats["docs_removed"] + int(g["n"]) - int(g["again"] or 0)
-    new.unpersist()
+    stats["docs_removed"] = stats["docs_removed"] + counts["removed"] - again
+    if new is not None:
+        new.unpersist()
     if fr.cached is not None:
         fr.cached.unpersist()
     return {**out, "removed": removed, "duplicates": dups2, "stats": stats}
