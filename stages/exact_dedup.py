@@ -68,7 +68,9 @@ def run(spark, tables, cfg: Config, ctx):
     # One shuffle on the hash: each group ranked by the survivor rule, all but the first removed.
     ranked = rank_within(hashed, ["_h1", "_h2"], cfg.survivor, has_quality)
     if cfg.against:
-        return _against(spark, ranked, docs.count(), cfg, ctx)
+        # Computed once: both the broadcast of its hashes and the join below read it.
+        ranked = materialise(ranked)
+        return _against(spark, ranked, ranked.count(), cfg, ctx)
     removed = ctx.removed(ranked.where(F.col("_n") > 1), "exact_duplicate", by_id="representative_id", score=1.0)
     removed = materialise(removed)
     agg = removed.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("by_id").alias("g")).collect()[0]

@@ -501,3 +501,20 @@ def test_distributed_path_on_tiny_inputs(spark, rows):
     assert one == dist
     if len(rows) == 2:
         assert len(one[1]) == 1 and len(one[2]) == 1
+
+
+def test_footer_rows_counts_a_plain_parquet_scan_only(spark, tmp_path):
+    """The path decision's document count comes from the footers only where they are the
+    frame's rows: a filtered or in-memory frame is counted by Spark."""
+    from thresher.stages.fuzzy_dedup import Config, corpus_size, footer_rows
+
+    for i in range(3):
+        pq.write_table(pa.table({"id": [f"{i}-{k}" for k in range(10 + i)], "text": ["a b c"] * (10 + i)}),
+                       tmp_path / f"part-{i}.parquet")
+    df = spark.read.parquet(str(tmp_path))
+    assert footer_rows(df) == 33 == df.count()
+    assert footer_rows(df.where("id like '0-%'")) is None
+    assert footer_rows(df.select("id")) is None
+    assert footer_rows(spark.createDataFrame([("a", "b")], "id string, text string")) is None
+    assert corpus_size(df, Config(one_task_docs=10)) == {"n": 33, "b": None}
+    assert corpus_size(df, Config(one_task_docs=100)) == {"n": 33, "b": 33 * 5}
