@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -109,8 +110,9 @@ def get_spark(cfg: SparkConfig | None = None):
         b = b.config("spark.driver.host", host).config("spark.driver.bindAddress", host)
     conf = dict(cfg.conf)
     cds = cds_options() if cfg.class_data_sharing and os.environ.get("THRESHER_CDS", "1") != "0" else None
-    if cds:
-        conf["spark.driver.extraJavaOptions"] = " ".join(filter(None, [conf.get("spark.driver.extraJavaOptions"), cds]))
+    opts = driver_java_options(cfg, conf.get("spark.driver.extraJavaOptions"), cds)
+    if opts:
+        conf["spark.driver.extraJavaOptions"] = opts
     for k, v in conf.items():
         b = b.config(k, v)
     spark = b.getOrCreate()
@@ -120,6 +122,17 @@ def get_spark(cfg: SparkConfig | None = None):
     watch_interrupts()  # after the context exists: it installs its own SIGINT handler
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def driver_java_options(cfg: SparkConfig, given: str | None, cds: str | None) -> str:
+    """The driver JVM's extra options: `local_java_options` for a local master, unless the options
+    given or the environment (SPARK_SUBMIT_OPTS, JAVA_TOOL_OPTIONS) already pick a collector
+    (two collectors stop the JVM), then the ones given, then class data sharing's."""
+    local = cfg.local_java_options if cfg.master.startswith("local") else ""
+    chosen = " ".join(filter(None, [given, os.environ.get("SPARK_SUBMIT_OPTS"), os.environ.get("JAVA_TOOL_OPTIONS")]))
+    if local and re.search(r"-XX:\+Use\w+GC\b", local) and re.search(r"-XX:\+Use\w+GC\b", chosen):
+        local = ""
+    return " ".join(filter(None, [local, given, cds]))
 
 
 # An archive younger than this may still be being written by its JVM's exit.

@@ -92,3 +92,25 @@ def test_python_daemon_leaves_out_only_the_installed_pyspark_zips(tmp_path):
 
     assert bundled_zips(zips + [other] + sys.path) == zips
     assert bundled_zips([other] + sys.path) == []
+
+
+def test_local_session_runs_the_collector_picked_for_it(spark, monkeypatch):
+    """SparkConfig.local_java_options reaches a local driver JVM, unless the environment already
+    picked a collector (the suite's SPARK_SUBMIT_OPTS pick the serial one): never two."""
+    from thresher.flows.config import SparkConfig
+
+    started_with = os.environ.get("SPARK_SUBMIT_OPTS", "") + " " + os.environ.get("JAVA_TOOL_OPTIONS", "")
+    monkeypatch.delenv("JAVA_TOOL_OPTIONS", raising=False)
+    monkeypatch.setenv("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
+    local, cluster = SparkConfig(master="local[2]"), SparkConfig(master="spark://127.0.0.1:7077")
+    assert S.driver_java_options(local, "-Dx=1", "-XX:SharedArchiveFile=a") == "-XX:+UseParallelGC -Dx=1 -XX:SharedArchiveFile=a"
+    assert S.driver_java_options(cluster, "-Dx=1", None) == "-Dx=1"
+    assert S.driver_java_options(local, "-XX:+UseG1GC", None) == "-XX:+UseG1GC"
+    assert S.driver_java_options(SparkConfig(master="local[2]", local_java_options=""), None, None) == ""
+    monkeypatch.setenv("SPARK_SUBMIT_OPTS", "-XX:+UseSerialGC")
+    assert S.driver_java_options(local, None, None) == ""
+    # The running session: started under the suite's options, with their collector alone.
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    names = [b.getName() for b in beans]
+    want = "Copy" if "UseSerialGC" in started_with else "PS Scavenge"
+    assert want in names, names
