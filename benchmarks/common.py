@@ -153,6 +153,13 @@ def hardware() -> dict:
         except Exception:
             pass
     out["effective"] = eff
+    # OpenBLAS picks its kernels by the CPU's model; on a virtual machine whose model string it
+    # does not know (an H200 host's "Intel(R) Xeon(R) Processor") it falls back to its SSE3
+    # "Prescott" kernels, and faiss-cpu's bundled copy ran 5x slower (README, clustering).
+    slow = [b for b in eff.get("blas", []) if ":Prescott:" in b]
+    if slow and "avx2" in flags:
+        out["warnings"] = [f"{', '.join(slow)}: OpenBLAS took its Prescott (SSE3) kernels on an AVX2 CPU; "
+                           "set OPENBLAS_CORETYPE (HASWELL, SKYLAKEX, SAPPHIRERAPIDS) for a fair peer"]
     try:
         from thresher.kernels.backend import cpu_bf16, pick_backend
 
