@@ -169,3 +169,21 @@ def test_schema_validation_names_file_column_types(tmp_path):
         schemas.validate("documents", pa.schema([("id", pa.string())]), "x")
     ok = pa.schema([("id", pa.large_string()), ("vector", pa.list_(pa.float32(), 8))])
     schemas.validate("embeddings", ok, "y")
+
+
+def test_bench_record_names_a_blas_that_fell_back_to_sse3(monkeypatch):
+    """A benchmark's hardware record warns when an OpenBLAS took its Prescott kernels on an AVX2
+    CPU (faiss's copy did on a virtual Xeon and ran 5x slower), and says nothing otherwise."""
+    import threadpoolctl
+
+    from benchmarks import common
+    from thresher.kernels import backend
+
+    monkeypatch.setattr(backend, "cpu_info", lambda: ("Intel(R) Xeon(R) Processor", frozenset({"avx2", "fma"})))
+    pools = [{"user_api": "blas", "filepath": "/x/libopenblaso-abc.so", "architecture": "Prescott", "num_threads": 2}]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: pools)
+    hw = common.hardware()
+    assert hw["cpu_class"] == "AVX2" and "libopenblaso:Prescott:2" in hw["warnings"][0]
+    assert "OPENBLAS_CORETYPE" in hw["warnings"][0]
+    pools[0]["architecture"] = "Haswell"
+    assert "warnings" not in common.hardware()
