@@ -37,8 +37,9 @@ class SparkConfig(Strict):
     class_data_sharing: bool = True
     # Added to the driver JVM's options when the master is local[...] (driver and executor in one
     # JVM on this machine's cores): the throughput collector instead of G1, whose concurrent
-    # threads compete with the tasks on a few cores (640k fuzzy dedup from a fresh session, Zen 4
-    # with 2 cores: median 39.4 s against 41.1 s with G1; README, dedup). "" keeps the JVM's default.
+    # threads compete with the tasks on a few cores (640k fuzzy dedup from a fresh session, session
+    # start, stage and writes, Zen 4 with 2 cores: median 39.4 s over 3 runs against 41.2 s over 6
+    # with G1; README, dedup). "" keeps the JVM's default.
     local_java_options: str = "-XX:+UseParallelGC"
     conf: dict[str, str] = Field(default_factory=dict)
 

