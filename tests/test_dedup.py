@@ -518,3 +518,34 @@ def test_footer_rows_counts_a_plain_parquet_scan_only(spark, tmp_path):
     assert footer_rows(spark.createDataFrame([("a", "b")], "id string, text string")) is None
     assert corpus_size(df, Config(one_task_docs=10)) == {"n": 33, "b": None}
     assert corpus_size(df, Config(one_task_docs=100)) == {"n": 33, "b": 33 * 5}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("survivor, verify", [("longest", True), ("quality", True), ("smallest_id", True),
+                                              ("quality", False)])
+def test_dedup_on_driver_is_the_one_task_dedup(survivor, verify):
+    """`against` signs few new documents once, to the driver, and dedups them there
+    (one_task.dedup_on_driver): the same duplicates, row for row, and the same counts as the
+    one-task path's executor function on the same documents."""
+    from thresher.stages.fuzzy_dedup.one_task import dedup_on_driver, one_task_batches
+    from thresher.stages.fuzzy_dedup.signing import sign_batches
+
+    t = pq.read_table(FAMILIES, columns=["id", "text"])
+    rng = random.Random(4)
+    q = pa.array([None if rng.random() < 0.1 else rng.random() for _ in range(t.num_rows)], pa.float64())
+    batches = pa.table({"id": t["id"], "text": t["text"], "_quality": q}).to_batches(max_chunksize=500)
+    cfg = FD.Config(seed=0, survivor=survivor, verify=verify)
+    bands, rows = FD.lsh_params(cfg)
+    out = pa.Table.from_batches(list(one_task_batches(cfg, bands, rows)(iter(batches))))
+    members = out.column("member").combine_chunks().filter(out.column("member").combine_chunks().is_valid())
+    want = sorted((m["id"], m["component_id"], m["representative_id"], m["similarity"]) for m in members.to_pylist())
+    counts = {r["name"]: r["value"] for r in out.column("count").drop_null().to_pylist()}
+
+    signed = pa.Table.from_batches(list(sign_batches(cfg, bands, rows, quality=True)(iter(batches))))
+    dups, stats = dedup_on_driver(signed, cfg, bands, rows)
+    got = sorted(zip(*(dups.column(c).to_pylist() for c in ("id", "component_id", "representative_id", "similarity"))))
+    assert len(want) > 100 and got == want
+    assert dups.column("is_representative").to_pylist() == [a == b for a, b in zip(dups["id"].to_pylist(),
+                                                                                   dups["representative_id"].to_pylist())]
+    assert (stats["candidate_pairs"], stats["components"], stats["docs_in_components"]) == \
+        (counts["candidate_pairs"], counts["components"], counts["docs_in_components"])

@@ -32,8 +32,10 @@ Steps 2-5 live in distributed.py. Inputs of up to `one_task_docs` documents and
 same kernels, the same result): on a small corpus the shuffles and Spark jobs of the
 distributed path cost more than the work they spread. results.py turns either path's
 `duplicates` table into the stage's outputs and stats. With `against` a reference corpus,
-against.py then matches the new documents with it and removes the components that hold a
-match (`near_duplicate_of_reference`; the definition is in stages/against.py).
+against.py matches the new documents with it and removes the components that hold a match
+(`near_duplicate_of_reference`; the definition is in stages/against.py); new documents that
+would take the one-task path are signed once, to the driver, and deduplicated there
+(one_task.dedup_on_driver) from the sets the match uses.
 
 Per document, the driver receives at most the component labels of up to `broadcast_labels`
 nodes (or the ids of as many removed documents), for a broadcast join; otherwise counts and the
@@ -132,13 +134,29 @@ def lsh_params(cfg: Config) -> tuple[int, int]:
 
 def run(spark, tables, cfg: Config, ctx):
     size = corpus_size(tables["documents"], cfg)
-    out = run_with_pairs(spark, tables, cfg, size)[0]
-    out.pop("documents")  # the runner derives the kept documents from `removed`
     if cfg.against:
         from thresher.stages.fuzzy_dedup.against import against_reference
 
-        out = against_reference(spark, tables["documents"], out, cfg, *lsh_params(cfg), n_docs=size["n"])
+        return against_reference(spark, tables, cfg, *checked_params(tables, cfg), size)
+    out = run_with_pairs(spark, tables, cfg, size)[0]
+    out.pop("documents")  # the runner derives the kept documents from `removed`
     return out
+
+
+def checked_params(tables, cfg: Config) -> tuple[int, int]:
+    """(bands, rows), after the checks every path makes before any work: one config error line."""
+    bands, rows = lsh_params(cfg)
+    if bands * rows > cfg.num_perm:
+        raise ConfigError(f"fuzzy_dedup: bands x rows = {bands * rows} exceeds num_perm = {cfg.num_perm}")
+    if cfg.survivor == "quality" and tables.get("quality") is None and "quality" not in tables["documents"].columns:
+        raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
+    return bands, rows
+
+
+def fits_one_task(cfg: Config, size: dict) -> bool:
+    """Whether corpus_size's documents take the one-task path (`one_task_docs`, `one_task_bytes`)."""
+    return bool(cfg.one_task_docs and cfg.one_task_bytes and size["n"] <= cfg.one_task_docs
+                and size["b"] is not None and size["b"] <= cfg.one_task_bytes)
 
 
 def corpus_size(docs, cfg: Config) -> dict:
@@ -178,15 +196,11 @@ def run_with_pairs(spark, tables, cfg: Config, size: dict | None = None):
     from thresher.stages.fuzzy_dedup.distributed import run_distributed
     from thresher.stages.fuzzy_dedup.one_task import run_one_task
 
-    bands, rows = lsh_params(cfg)
-    if bands * rows > cfg.num_perm:
-        raise ConfigError(f"fuzzy_dedup: bands x rows = {bands * rows} exceeds num_perm = {cfg.num_perm}")
+    bands, rows = checked_params(tables, cfg)
     docs = tables["documents"]
     has_quality = tables.get("quality") is not None or "quality" in docs.columns
-    if cfg.survivor == "quality" and not has_quality:
-        raise ConfigError("fuzzy_dedup.survivor: 'quality' needs a quality table from an earlier stage (or a `quality` column)")
     size = size or corpus_size(docs, cfg)
-    if cfg.one_task_docs and cfg.one_task_bytes and size["n"] <= cfg.one_task_docs and size["b"] <= cfg.one_task_bytes:
+    if fits_one_task(cfg, size):
         return run_one_task(docs, tables, cfg, bands, rows)
     return run_distributed(docs, tables, cfg, bands, rows, has_quality, size["n"])
 

@@ -12,6 +12,9 @@ reference document (`group_pairs`; an index names its documents by number, so th
 of integers), and one scan of its sets scores them where they lie; above that, both sides
 shuffle on the key, then on the new document.
 (c) Every new document whose new-only component holds a matched one is removed.
+While they are few, the new documents are signed once, straight to the driver: their own dedup
+(step (a), one_task.dedup_on_driver), the probe, the scoring and step (c) read that one table,
+and the stage's tables are built in Arrow (`applied`), with no Spark job after the scoring.
 """
 
 from __future__ import annotations
@@ -401,38 +404,114 @@ def _gone_frame(scored, dups, threshold: float, reliable: bool):
     return materialise(gone, reliable)
 
 
-def _signed_on_driver(docs, cfg: Config, bands: int, rows: int, n_docs: int | None) -> pa.Table | None:
-    """The new documents' (id, s, bk), signed by one Spark job straight to the driver, while they
-    are few enough to go to every task (BROADCAST_KEYS, BROADCAST_SET_BYTES); else None."""
+def _applied_frame(removed, dups, gone, reliable: bool):
+    """applied() with Spark, for many new documents: (removed, duplicates) DataFrames from the
+    new-only ones and _gone_frame's."""
+    from pyspark.sql import functions as F
+
+    from thresher.stages.components import materialise
+
+    removed_ref = gone.select("id", F.lit("fuzzy_dedup").alias("stage"), F.lit(REASON).alias("reason"),
+                              F.col("by_id").cast("string"), F.col("score").cast("double"))
+    removed = removed.join(gone.select("id"), "id", "left_anti").unionByName(removed_ref)
+    is_ref = gone.select("id", "by_id", "score")
+    dups2 = (dups.join(is_ref, "id", "left")
+             .select("id", "component_id",
+                     F.coalesce("by_id", "representative_id").alias("representative_id"),
+                     (F.col("is_representative") & F.col("by_id").isNull()).alias("is_representative"),
+                     F.when(F.col("by_id").isNull(), F.col("similarity")).otherwise(F.col("score")).alias("similarity")))
+    lone = gone.join(dups.select("id"), "id", "left_anti").select(
+        "id", F.col("id").alias("component_id"), F.col("by_id").alias("representative_id"),
+        F.lit(False).alias("is_representative"), F.col("score").alias("similarity"))
+    return removed, materialise(dups2.unionByName(lone), reliable)
+
+
+def _signed_on_driver(docs, tables, cfg: Config, bands: int, rows: int, n_docs: int | None,
+                      quality: bool = False) -> pa.Table | None:
+    """The new documents' (id, _length, s, bk[, _quality]), signed by one Spark job straight to the
+    driver, while they are few enough to go to every task (BROADCAST_KEYS, BROADCAST_SET_BYTES);
+    else None. `quality`: with the survivor rule's score (the new-only dedup then runs here too)."""
     import pyarrow.compute as pc
 
-    from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
+    from thresher.stages.components import with_quality
+    from thresher.stages.fuzzy_dedup.signing import SIGNED, SIGNED_Q, sign_batches
 
     if n_docs is None or n_docs * bands > BROADCAST_KEYS:
         return None
-    t = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).select("id", "s", "bk").toArrow()
+    src = docs.select("id", "text")
+    if quality:
+        src = with_quality(src, docs, tables, cfg.survivor)[0].select("id", "text", "_quality")
+    t = src.mapInArrow(sign_batches(cfg, bands, rows, quality), SIGNED_Q if quality else SIGNED).toArrow()
     return t if (pc.sum(pc.binary_length(t.column("s"))).as_py() or 0) <= BROADCAST_SET_BYTES else None
 
 
-def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int, n_docs: int | None = None) -> dict:
-    """The stage's result `out` (new-only dedup) with the reference matches applied. `n_docs`:
-    the number of new documents, when known (it lets them be signed straight to the driver)."""
+def applied(dups: pa.Table, gone: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The stage's `removed` and `duplicates` in Arrow, from the new-only `duplicates` and
+    gone_table's result, as against_reference builds them with Spark for many documents: a
+    removed document's reference match replaces its new-only removal; a matched component's
+    members point at its reference; a matched document in no component is listed as its own."""
+    import pyarrow.compute as pc
+
+    s, f = pa.string(), pa.float64()
+    gone_ids = gone.column("id")
+    own = dups.filter(pc.and_(pc.invert(dups.column("is_representative")),
+                              pc.invert(pc.is_in(dups.column("id"), value_set=gone_ids.combine_chunks()))))
+
+    def rows(ids, reason, by_id, score):
+        n = len(ids)
+        return pa.table({"id": ids.cast(s), "stage": pa.array(["fuzzy_dedup"] * n, s), "reason": pa.array([reason] * n, s),
+                         "by_id": by_id.cast(s), "score": score.cast(f)})
+
+    removed = pa.concat_tables([rows(own["id"], "near_duplicate", own["representative_id"], own["similarity"]),
+                                rows(gone["id"], REASON, gone["by_id"], gone["score"])])
+    g = gone.select(["id", "by_id", "score"])
+    j = dups.join(g, "id", join_type="left outer")
+    unmatched = pc.is_null(j["by_id"])
+    listed = pa.table({"id": j["id"], "component_id": j["component_id"],
+                       "representative_id": pc.coalesce(j["by_id"], j["representative_id"]),
+                       "is_representative": pc.and_(j["is_representative"], unmatched),
+                       "similarity": pc.if_else(unmatched, j["similarity"], j["score"])})
+    lone = g.filter(pc.invert(pc.is_in(g["id"], value_set=dups.column("id").combine_chunks())))
+    lone = pa.table({"id": lone["id"], "component_id": lone["id"], "representative_id": lone["by_id"],
+                     "is_representative": pa.array([False] * lone.num_rows, pa.bool_()), "similarity": lone["score"]})
+    return removed, pa.concat_tables([listed.cast(lone.schema), lone])
+
+
+def against_reference(spark, tables, cfg: Config, bands: int, rows: int, size: dict) -> dict:
+    """The stage's result with the reference matches applied: the new-only dedup (step (a)),
+    then (b) and (c). `size`: corpus_size's count of the new documents."""
     import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
     from thresher.stages import against
     from thresher.stages.components import materialise
+    from thresher.stages.fuzzy_dedup import fits_one_task, run_with_pairs
+    from thresher.stages.fuzzy_dedup.one_task import dedup_on_driver
+    from thresher.stages.fuzzy_dedup.results import outputs
     from thresher.stages.fuzzy_dedup.signing import SIGNED, sign_batches
 
     t0 = time.perf_counter()
+    docs = tables["documents"]
     reliable = cfg.checkpoint == "reliable"
     cap = cfg.against_bucket_cap
     ref = against.resolve(cfg.against)
     fr = against.fuzzy_reference(spark, ref, cfg, bands, rows)
     ref_signed, ref_keys = fr.signed, fr.keys
+
+    # Few new documents are signed once, to the driver: the new-only dedup of the one-task path
+    # then runs there on the same sets the probe and the scoring use.
+    one_task = fits_one_task(cfg, size)
+    t = _signed_on_driver(docs, tables, cfg, bands, rows, size["n"], quality=one_task and cfg.survivor == "quality")
+    if t is not None and one_task:
+        d0 = time.perf_counter()
+        dups, own_stats = dedup_on_driver(t, cfg, bands, rows)
+        own_stats["step_s"] = {"one_task_on_driver": round(time.perf_counter() - d0, 3)}
+        out = {"duplicates": dups, "stats": own_stats}
+    else:
+        out = run_with_pairs(spark, tables, cfg, size)[0]
+        out.pop("documents")
     dups = out["duplicates"]
 
-    t = _signed_on_driver(docs, cfg, bands, rows, n_docs)
     new = None
     if t is None:
         new = docs.select("id", "text").mapInArrow(sign_batches(cfg, bands, rows), SIGNED).persist()
@@ -467,37 +546,26 @@ def against_reference(spark, docs, out: dict, cfg: Config, bands: int, rows: int
         shipped = scored.toArrow()
         matched = pa.concat_tables([SCORED.empty_table(), *(ipc_table(b) for b in shipped.column("blob").to_pylist())])
         t2 = time.perf_counter()
-        gone_t = gone_table(matched, dups.toArrow())
-        gone = spark.createDataFrame(gone_t)
+        dups_t = dups if isinstance(dups, pa.Table) else dups.toArrow()
+        gone_t = gone_table(matched, dups_t)
         n_cand, n_ok = (int(pc.sum(shipped.column(c)).as_py() or 0) for c in ("candidates", "matched"))
         # Each listed reference document is read, and scored, once.
         counts = {"candidate_pairs": n_cand, "verified_pairs": n_ok, "reference_candidates": lists.num_rows,
                   "matched_directly": gone_t.num_rows - gone_t.column("score").null_count, "removed": gone_t.num_rows,
                   "reference_docs_named": len(pc.unique(gone_t.column("by_id"))),
                   "again": int(pc.sum(gone_t.column("_was_removed").cast(pa.int64())).as_py() or 0)}
+        removed_t, dups2_t = applied(dups_t, gone_t)
+        removed, dups2 = spark.createDataFrame(removed_t), spark.createDataFrame(dups2_t)
+        t3 = time.perf_counter()
     else:
+        if isinstance(dups, pa.Table):
+            dups = spark.createDataFrame(dups)
+            out["removed"] = outputs(docs, dups, out["stats"], cfg)["removed"]
         scored = materialise(scored, reliable)
         t2 = time.perf_counter()
         gone = _gone_frame(scored, dups, cfg.threshold, reliable)
-    removed_ref = gone.select("id", F.lit("fuzzy_dedup").alias("stage"), F.lit(REASON).alias("reason"),
-                              F.col("by_id").cast("string"), F.col("score").cast("double"))
-    removed = out["removed"].join(gone.select("id"), "id", "left_anti").unionByName(removed_ref)
-
-    # duplicates: a matched component's members all point at its reference now; a matched
-    # document in no component is listed as one of its own.
-    is_ref = gone.select("id", "by_id", "score")
-    dups2 = (dups.join(is_ref, "id", "left")
-             .select("id", "component_id",
-                     F.coalesce("by_id", "representative_id").alias("representative_id"),
-                     (F.col("is_representative") & F.col("by_id").isNull()).alias("is_representative"),
-                     F.when(F.col("by_id").isNull(), F.col("similarity")).otherwise(F.col("score")).alias("similarity")))
-    lone = gone.join(dups.select("id"), "id", "left_anti").select(
-        "id", F.col("id").alias("component_id"), F.col("by_id").alias("representative_id"),
-        F.lit(False).alias("is_representative"), F.col("score").alias("similarity"))
-    dups2 = dups2.unionByName(lone)
-    if not on_driver:
-        dups2 = materialise(dups2, reliable)
-    t3 = time.perf_counter()
+        removed, dups2 = _applied_frame(out["removed"], dups, gone, reliable)
+        t3 = time.perf_counter()
 
     if not on_driver:
         agg = scored.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("j") >= cfg.threshold).cast("long")).alias("ok"),

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 # Per-document table made in one pass over the texts: `s` is the sorted shingle-hash set as
 # uint64 bytes (verify) or the uint32 signature (no verify), `bk` the LSH bucket keys.
 SIGNED = "id string, _length int, s binary, bk array<bigint>"
+# ... and the survivor rule's score passed through (sign_batches with quality=True).
+SIGNED_Q = SIGNED + ", _quality double"
 _MAX_BINARY = 2**31 - 1  # bytes of one Arrow binary column (int32 offsets)
 
 
@@ -48,10 +50,11 @@ def sign(text, cfg: Config, a, b, bands: int, rows: int):
     return has, off, h, sig, band_hashes(sig, bands, rows, seed64(int(cfg.seed or 0)))
 
 
-def sign_batches(cfg: Config, bands: int, rows: int):
+def sign_batches(cfg: Config, bands: int, rows: int, quality: bool = False):
     """mapInArrow function: (id, text) -> one row per document that has shingles: (id, its
-    length in characters, `s`, its `bands` bucket keys). Normalising, shingling, signatures and
-    band hashes all happen here, once per document."""
+    length in characters, `s`, its `bands` bucket keys), SIGNED; with `quality`, (id, text,
+    _quality) -> SIGNED_Q. Normalising, shingling, signatures and band hashes all happen here,
+    once per document."""
     num_perm, seed, verify = cfg.num_perm, int(cfg.seed or 0), cfg.verify
 
     def fn(batches):
@@ -76,11 +79,13 @@ def sign_batches(cfg: Config, bands: int, rows: int):
                 data = sig.reshape(-1).view(np.uint8)
             ids = batch.column(0).take(pa.array(has))
             length = pc.fill_null(pc.utf8_length(text), 0).take(pa.array(has)).cast(pa.int32())
+            q = batch.column(2).take(pa.array(has)).cast(pa.float64()) if quality else None
             for lo, hi in row_chunks(byte_off):
                 s = binary_from_buffers(byte_off[lo:hi + 1] - byte_off[lo], data[byte_off[lo]:byte_off[hi]])
                 keys = pa.ListArray.from_arrays(pa.array(np.arange(hi - lo + 1, dtype=np.int32) * bands),
                                                 pa.array(bk[lo:hi].reshape(-1)))
-                yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), length.slice(lo, hi - lo), s, keys],
-                                                 names=["id", "_length", "s", "bk"])
+                cols = [ids.slice(lo, hi - lo), length.slice(lo, hi - lo), s, keys]
+                yield pa.RecordBatch.from_arrays(cols + ([q.slice(lo, hi - lo)] if quality else []),
+                                                 names=["id", "_length", "s", "bk"] + (["_quality"] if quality else []))
 
     return fn
