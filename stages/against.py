@@ -328,18 +328,20 @@ def row_group_units(spark, files):
 
 
 def exact_reference(spark, ref: Reference, cfg):
-    """(id, _h1, _h2) of every reference document, from the index or hashed now."""
+    """(id, _h1, _h2) of every reference document, from the index or hashed now; its source; and
+    the index's exact folder when there is one (for readers that skip Spark's row format)."""
     from thresher.stages.exact_dedup import hash_batches
 
     index = usable_index(ref, "exact", exact_settings(cfg))
     if index is not None:
         log.info("exact_dedup.against: reading the index at %s", index)
-        return spark.read.parquet(storage.join(index, "exact")), f"index {index}"
+        folder = storage.join(index, "exact")
+        return spark.read.parquet(folder), f"index {index}", folder
     log.info("exact_dedup.against: no matching index for %s; hashing the reference in this run "
              "(`thresher index` stores it once)", ref.spec)
     docs = read_documents(spark, ref)
     hashed = docs.mapInArrow(hash_batches(cfg), "id string, _h1 bigint, _h2 bigint, _length bigint")
-    return hashed.select("id", "_h1", "_h2"), "hashed in this run"
+    return hashed.select("id", "_h1", "_h2"), "hashed in this run", None
 
 
 @dataclass(frozen=True)

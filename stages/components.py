@@ -170,6 +170,16 @@ def with_quality(df, docs, tables: dict, survivor: str):
     return df, False
 
 
+
+def select_with_quality(docs, tables: dict, survivor: str, cols: list[str]):
+    """docs' `cols`, plus `_quality` as with_quality adds it when the survivor rule asks for it;
+    a `quality` column of docs itself is selected, not joined back."""
+    from pyspark.sql import functions as F
+
+    if survivor == "quality" and tables.get("quality") is None and "quality" in docs.columns:
+        return docs.select(*cols, F.col("quality").cast("double").alias("_quality"))
+    return with_quality(docs.select(*cols), docs, tables, survivor)[0]
+
 def rank_within(df, group_cols: list[str], survivor: str, has_quality: bool):
     """Rank each group's rows by the survivor rule (needs `id`, `_length`, `_quality` as the rule
     asks): adds `_n` (1 for the survivor) and `representative_id`. One shuffle, a window over the group that Spark spills to

@@ -254,6 +254,30 @@ def test_exact_against(spark, tmp_path):
     assert via["stats"]["against"]["source"] == f"index {dest}" and _removed(via) == rem
 
 
+@pytest.mark.parametrize("survivor", ["longest", "quality", "smallest_id"])
+def test_exact_against_on_the_driver_equals_spark(spark, split_corpus, tmp_path, survivor):
+    """Few new documents are hashed to the driver and ranked there (driver_docs); the Spark path
+    (driver_docs: 0) gives the same removed rows and stats, with the reference signed in the run
+    and from an index, for each survivor rule."""
+    ref, new, ref_path, _ = split_corpus
+    rng = random.Random(5)
+    texts = [t for _, t in ref[:40]]
+    # Copies of reference texts (some re-cased), groups of new copies, and a quality with gaps.
+    rows = [(i, t, None if rng.random() < 0.2 else rng.random()) for i, t in new]
+    rows += [(f"c{k}", rng.choice([t, t.upper(), t + " "]), rng.random()) for k, t in enumerate(texts * 2)]
+    rows += [(f"g{k}", new[k % 7][1] + " " * (k % 3), None if k % 4 == 0 else float(k % 5)) for k in range(30)]
+    docs = spark.createDataFrame(rows, "id string, text string, quality double")
+    dest, _ = build_index(spark, ref_path, ED.Config(seed=0), FD.Config(seed=0), str(tmp_path / "idx"), "test")
+    for against in (ref_path, dest):
+        got = [run_stage(spark, ED, {"documents": docs}, ED.Config(seed=0, against=against, survivor=survivor,
+                                                                      driver_docs=d)) for d in (1_000_000, 0)]
+        rem = _removed(got[0])
+        assert rem == _removed(got[1]) and got[0]["stats"] == got[1]["stats"]
+        st = got[0]["stats"]
+        assert st["against"]["removed"] >= 80 and st["groups"] >= 7 and st["docs_removed"] == len(rem)
+        assert {k for k, v in rem.items() if v[0] == "exact_duplicate_of_reference"} >= {f"c{k}" for k in range(80)}
+
+
 # ------------------------------------------------------------------------------ a run, through the CLI
 def test_cli_index_then_run_against_a_run_folder(spark, split_corpus, tmp_path):
     """`thresher index RUN` then `thresher run` with against RUN: the index beside the run is

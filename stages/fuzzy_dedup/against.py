@@ -433,14 +433,12 @@ def _signed_on_driver(docs, tables, cfg: Config, bands: int, rows: int, n_docs: 
     else None. `quality`: with the survivor rule's score (the new-only dedup then runs here too)."""
     import pyarrow.compute as pc
 
-    from thresher.stages.components import with_quality
+    from thresher.stages.components import select_with_quality
     from thresher.stages.fuzzy_dedup.signing import SIGNED, SIGNED_Q, sign_batches
 
     if n_docs is None or n_docs * bands > BROADCAST_KEYS:
         return None
-    src = docs.select("id", "text")
-    if quality:
-        src = with_quality(src, docs, tables, cfg.survivor)[0].select("id", "text", "_quality")
+    src = select_with_quality(docs, tables, cfg.survivor, ["id", "text"]) if quality else docs.select("id", "text")
     t = src.mapInArrow(sign_batches(cfg, bands, rows, quality), SIGNED_Q if quality else SIGNED).toArrow()
     return t if (pc.sum(pc.binary_length(t.column("s"))).as_py() or 0) <= BROADCAST_SET_BYTES else None
 
