@@ -344,8 +344,12 @@ class Runner:
     def _reason_counts(self, path: Path, rows: int) -> dict[str, int]:
         if rows == 0:
             return {}
-        rows = self.spark.read.parquet(str(path)).groupBy("reason").count().collect()
-        return {r["reason"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["reason"])}
+        # The run folder is local (its footers are read the same way): one column read by pyarrow,
+        # not a Spark job.
+        import pyarrow.dataset as ds
+
+        counts = ds.dataset(str(path), format="parquet").to_table(columns=["reason"]).column("reason").value_counts()
+        return {r["values"]: int(r["counts"]) for r in sorted(counts.to_pylist(), key=lambda r: r["values"])}
 
     # ----------------------------------------------------------------------------- manifest
     def accounting(self) -> dict[str, Any]:

@@ -98,6 +98,8 @@ class Config(StageConfig):
     # Up to this many documents, the whole dedup runs in one executor task (one Python worker
     # holds every document's shingle set and bucket keys: about 0.8 KB a Debian document), with
     # the same result as the distributed path and without its shuffles and jobs. 0: never.
+    # With `against`, new documents signed to the driver anyway (their sets within 256 MB) are
+    # deduplicated there instead, whatever `one_task_bytes` says.
     one_task_docs: int = Field(100_000, ge=0)
     # ... and at most this many bytes of text (UTF-8): the one task's memory grows with the words,
     # not the documents (64k Debian descriptions are 26 MB and peak at about 0.5 GB in the worker).
@@ -133,11 +135,14 @@ def lsh_params(cfg: Config) -> tuple[int, int]:
 
 
 def run(spark, tables, cfg: Config, ctx):
-    size = corpus_size(tables["documents"], cfg)
     if cfg.against:
         from thresher.stages.fuzzy_dedup.against import against_reference
 
+        # Few new documents are signed to the driver whatever their bytes: the footers suffice.
+        n = footer_rows(tables["documents"])
+        size = {"n": n, "b": None} if n is not None else corpus_size(tables["documents"], cfg)
         return against_reference(spark, tables, cfg, *checked_params(tables, cfg), size)
+    size = corpus_size(tables["documents"], cfg)
     out = run_with_pairs(spark, tables, cfg, size)[0]
     out.pop("documents")  # the runner derives the kept documents from `removed`
     return out
@@ -154,9 +159,10 @@ def checked_params(tables, cfg: Config) -> tuple[int, int]:
 
 
 def fits_one_task(cfg: Config, size: dict) -> bool:
-    """Whether corpus_size's documents take the one-task path (`one_task_docs`, `one_task_bytes`)."""
+    """Whether corpus_size's documents take the one-task path (`one_task_docs`, `one_task_bytes`;
+    b None: not counted, taken as fitting)."""
     return bool(cfg.one_task_docs and cfg.one_task_bytes and size["n"] <= cfg.one_task_docs
-                and size["b"] is not None and size["b"] <= cfg.one_task_bytes)
+                and (size["b"] is None or size["b"] <= cfg.one_task_bytes))
 
 
 def corpus_size(docs, cfg: Config) -> dict:

@@ -194,6 +194,7 @@ def _probe(spark, t, index, ref_keys, cap: int, reliable: bool):
     `index` their key_index), from one scan of the reference's bucket rows (a DataFrame, or an
     index's bucket folder), as an Arrow table (grouped on the driver) or a DataFrame (above
     DRIVER_PAIRS); `t`'s (id, s); and the hit keys above the cap."""
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from thresher.stages import against, storage
@@ -205,9 +206,11 @@ def _probe(spark, t, index, ref_keys, cap: int, reliable: bool):
         blobs = frame.mapInArrow(_probe_files(keys, cap, TASK_PAIRS, storage.current().model_dump()), PROBED)
     else:
         blobs = ref_keys.select("bk", "id", "size").mapInArrow(_probe_frame(keys, cap, TASK_PAIRS), PROBED)
-    blobs = materialise(blobs, reliable)
+    # The totals are observed while the blobs are computed, not counted by a job of their own.
+    obs = Observation("against_probe")
+    blobs = materialise(blobs.observe(obs, F.sum("pairs").alias("pairs"), F.sum("capped").alias("capped")), reliable)
     keys.unpersist()
-    size = blobs.agg(F.sum("pairs").alias("pairs"), F.sum("capped").alias("capped")).first()
+    size = obs.get
     if (size["pairs"] or 0) <= DRIVER_PAIRS:
         lists = group_pairs(*_pairs_of([ipc_table(b) for b in blobs.select("blob").toArrow().column(0).to_pylist()]))
     else:
@@ -506,7 +509,7 @@ def against_reference(spark, tables, cfg: Config, bands: int, rows: int, size: d
         own_stats["step_s"] = {"one_task_on_driver": round(time.perf_counter() - d0, 3)}
         out = {"duplicates": dups, "stats": own_stats}
     else:
-        out = run_with_pairs(spark, tables, cfg, size)[0]
+        out = run_with_pairs(spark, tables, cfg, None if size["b"] is None else size)[0]
         out.pop("documents")
     dups = out["duplicates"]
 
