@@ -127,24 +127,21 @@ def run(quick: bool = False):
             vec = model.encode(texts)
             return time.perf_counter() - t0, vec
 
-        # Peer and stage runs alternate, so a change in the shared machine's load hits both sides.
-        results = {}
-        t_peer = []
+        # Peer and stage runs alternate, so a change in the shared machine's load hits both sides;
+        # each variant's ratio is against the peer runs interleaved with its own, and its record is
+        # printed as soon as it is measured (a 5,000-document run takes minutes per variant).
         pvec = None
         for v in variants:
             backend, precision = v.split(":")
             stage(backend, precision)  # cold: exports built, workers load the model; not timed
-            times = []
+            times, t_peer = [], []
             for _ in range(repeat):
                 ps, pvec = peer()
                 t_peer.append(ps)
                 ss, svec, stats = stage(backend, precision)
                 times.append(ss)
-            results[v] = (times, svec, stats)
-        p_med = statistics.median(t_peer)
-        load1 = os.getloadavg()
-        for v, (times, svec, stats) in results.items():
-            s_med = statistics.median(times)
+            p_med, s_med = statistics.median(t_peer), statistics.median(times)
+            load1 = os.getloadavg()
             cos = _min_cos(svec, pvec)
             loose = stats["precision"] == "int8" or (stats["backend"], stats["precision"]) == ("torch", "bf16")
             bound = 0.99 if loose else 0.999
