@@ -5,6 +5,7 @@ from __future__ import annotations
 from thresher.flows.runner import link_tree
 from thresher.stages.base import run_stage
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,23 @@ def test_documents_fingerprint_ignores_partitioning(spark, sample):
     assert a == b and a["rows"] == df.count()
     c = embed.documents_fingerprint(df.limit(a["rows"] - 1))
     assert c != a
+
+
+@pytest.mark.unit
+def test_core_share_splits_an_executors_cores_among_its_running_tasks(tmp_path, monkeypatch):
+    from thresher.stages.embed.executor import CoreShare
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    folder = str(tmp_path / "active")
+    a = CoreShare(folder, 4, "0-0")
+    assert a.threads() == 4
+    b, c = CoreShare(folder, 4, "1-0"), CoreShare(folder, 4, "2-0")
+    assert a.threads() == 1 and b.threads() == 1  # 4 // 3
+    c.close()
+    assert a.threads() == 2 and b.threads() == 2
+    b.close()
+    assert a.threads() == 4 and a.used == {1, 2, 4}
+    # Capped by the cores this worker may run on; one core (or torch) marks nothing.
+    assert CoreShare(folder, 64, "3-0").threads() == 2  # a and this one share 4
+    solo = CoreShare(str(tmp_path / "solo"), 1, "0-0")
+    assert solo.threads() == 1 and not (tmp_path / "solo").exists()

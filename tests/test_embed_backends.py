@@ -3,6 +3,7 @@ reused, the auto pick, and config errors. Fixture: a slice of the shipped demo d
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,9 @@ def test_backend_holds_bound_to_torch_fp32(spark, docs, cache, torch_fp32, backe
         assert max(float(np.abs(got[k] - torch_fp32[k]).max()) for k in got) > 0
     meta = pq.read_metadata(next(folder.glob("part-*.parquet"))).metadata
     assert meta[b"thresher.embed.backend"] == backend.encode()
+    # One task on local[2]: it ran with both cores (CoreShare), and left no marker behind.
+    assert st["tasks"] == 1 and st["task_threads_max"] == min(2, len(os.sched_getaffinity(0)))
+    assert not (folder / ".active").exists()
     assert meta[b"thresher.embed.precision"] == precision.encode()
 
 
@@ -115,6 +119,22 @@ def test_auto_picks_an_export_within_bound_and_says_why(cache, model):
     assert (q.backend, q.precision) == ("onnx", "int8") and ">= 0.99 " in q.why
     assert embed.resolve_plan("auto", "bf16", "cpu", path, fp).backend == "torch"
     assert embed.resolve_plan("auto", "fp32", "cpu", path, fp).precision == "fp32"
+
+
+@pytest.mark.integration  # a whole model export
+@pytest.mark.parametrize("backend,precision", [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32")])
+def test_exported_vectors_do_not_depend_on_threads(cache, model, backend, precision):
+    """CoreShare gives a task more threads when slots are idle: that is only allowed because an
+    exported model's vectors are the same bits at any thread count."""
+    from sentence_transformers import SentenceTransformer
+
+    path, fp = model
+    plan = backends.plan_for(backend, precision, path, fp)
+    st = SentenceTransformer(str(path), device="cpu")
+    texts = backends.check_texts()[:24]
+    one = backends._embed_check(st, backends.load_runner(backend, precision, plan.artifact, 1), texts, 256)
+    two = backends._embed_check(st, backends.load_runner(backend, precision, plan.artifact, 2), texts, 256)
+    assert one.shape == (24, 384) and np.array_equal(one, two)
 
 
 def test_int8_recipe_follows_the_instruction_set(monkeypatch):

@@ -42,7 +42,7 @@ from thresher.stages.embed.cache import (
     SIDECAR, STAGING, _aggregate, _remove_stale, _staging_root, _valid_entry, cache_key,
     documents_fingerprint, settings_of)
 from thresher.stages.embed.encoder import CHARS_PER_TOKEN, MIN_BATCH, PAD_SLACK, Encoder
-from thresher.stages.embed.executor import _metadata, embed_and_write
+from thresher.stages.embed.executor import ACTIVE, _metadata, embed_and_write
 from thresher.stages.embed.model import (
     DEFAULT_MODEL, load_model, model_fingerprint, resolve_device, resolve_model,
     resolve_precision)
@@ -97,6 +97,18 @@ class Config(StageConfig):
 
 
 
+def executor_cores(spark) -> int:
+    """Cores of one executor: every slot in local mode; `spark.executor.cores` on a cluster, or 1
+    where it is not set (each task then keeps its one thread, as the executor's share is unknown)."""
+    sc = spark.sparkContext
+    if sc.master.startswith("local"):
+        return max(1, sc.defaultParallelism)
+    try:
+        return max(1, int(sc.getConf().get("spark.executor.cores", "1")))
+    except ValueError:
+        return 1
+
+
 def run(spark, tables, cfg: Config, ctx):
     from thresher.stages.scratch import private_dir, remove_tree
 
@@ -142,10 +154,11 @@ def run(spark, tables, cfg: Config, ctx):
         # Same rows in the same order in every task whatever the input's partitioning or the
         # cores: batches, and so the vectors' last bits, are reproducible.
         docs = docs.repartition(want, F.xxhash64("id")).sortWithinPartitions("id")
-        fn = embed_and_write(cfg, str(model_path), label, str(staging), key, plan)
+        fn = embed_and_write(cfg, str(model_path), label, str(staging), key, plan, executor_cores(spark))
         t0 = time.perf_counter()
         rows = [json.loads(r["stats"]) for r in docs.mapInArrow(fn, "stats string").collect()]
         wall = time.perf_counter() - t0
+        remove_tree(staging / ACTIVE)
         stats = _aggregate(rows)
         stats["embed_wall_s"] = round(wall, 3)
         stats["docs_per_s"] = round(stats["docs"] / wall, 1) if wall > 0 else None

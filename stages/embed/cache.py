@@ -90,6 +90,7 @@ def _aggregate(rows: list[dict]) -> dict:
     out["tasks"] = len(rows)
     out["workers"] = len({r["pid"] for r in rows})
     out["models_loaded"] = sum(1 for r in rows if r["load_s"] > 0)
+    out["task_threads_max"] = max((max(r.get("threads_used") or [r.get("threads", 1)]) for r in rows), default=0)
     out["precision"] = ",".join(sorted({r["precision"] for r in rows}))
     out["precision_why"] = ",".join(sorted({r["precision_why"] for r in rows}))
     out["backend"] = ",".join(sorted({r.get("backend", "torch") for r in rows}))
