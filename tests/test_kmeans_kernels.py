@@ -11,15 +11,16 @@ from thresher.kernels import kmeans_cpu as K
 from thresher.kernels import kmeans_ref as R
 
 
-# The screening products every test runs on: fp32, bf16 made by numpy (any CPU), and bf16 on
-# the CPU's own bf16 units (marked `hardware`: skipped, and counted, where there are none).
-SCREENS = ["fp32", "bf16-emulated", pytest.param("bf16", marks=pytest.mark.hardware)]
+# The screening products every test runs on: fp32, bf16 made by numpy, and bf16 by torch (the
+# production path: oneDNN on the CPU's bf16 units where it has them; elsewhere torch's own bf16
+# kernels, about 1 GFLOP/s on an AVX2 CPU and enough for these sizes). All three run on every
+# CPU: the selection, bounds and candidate-set code behind the bf16 product is checked on any
+# CPU CI lands on (measured on an AVX2-only AMD EPYC, where the torch path was once skipped).
+SCREENS = ["fp32", "bf16-emulated", "bf16"]
 
 
 def backend(kind, **kw):
     """A CPUBackend for a SCREENS entry."""
-    if kind == "bf16" and not B.has_bf16_matmul():
-        pytest.skip("hardware: no bf16 dot products (avx512_bf16/amx_bf16) or no torch on this CPU")
     if kind == "bf16-emulated":
         return B.CPUBackend("bf16", emulate=True, **kw)
     return B.CPUBackend(kind, emulate=False, **kw) if kind == "bf16" else B.CPUBackend(kind, **kw)
@@ -136,12 +137,9 @@ def test_bf16_emulation_rounds_as_torch():
     np.testing.assert_array_equal(B.bf16_bits(A), ref)
 
 
-@pytest.mark.hardware
 def test_bf16_emulated_product_is_within_torchs_bound():
-    """On bf16 hardware: numpy's emulated product and torch's differ by at most the product's
-    error bound (both are within it of the exact product)."""
-    if not B.has_bf16_matmul():
-        pytest.skip("hardware: no bf16 dot products (avx512_bf16/amx_bf16) or no torch on this CPU")
+    """numpy's emulated product and torch's (the CPU's bf16 units, or torch's software path)
+    differ by at most the product's error bound (both are within it of the exact product)."""
     import torch
 
     X = blobs(2000, 96, 30, seed=6)
@@ -155,7 +153,7 @@ def test_bf16_emulated_product_is_within_torchs_bound():
 
 
 @pytest.mark.parametrize("kind,d,m", [("fp32", 2, 8), ("fp32", 48, 1), ("fp32", 64, 8), ("bf16-emulated", 64, 1),
-                                      ("bf16-emulated", 64, 8), pytest.param("bf16", 64, 8, marks=pytest.mark.hardware)])
+                                      ("bf16-emulated", 64, 8), ("bf16", 64, 8)])
 def test_screening_lower_bounds_hold(kind, d, m):
     rng = np.random.default_rng(11)
     centres = rng.normal(size=(60, d))
@@ -239,7 +237,11 @@ def test_top_screen_bounds_hold(kind):
     cand[:5] = tops[:8]  # tops that are candidates are skipped
     rows = np.arange(7, 3000, 3)
     lt = be._screen_tops(P, C, tops, cand, np.arange(3000))
-    np.testing.assert_array_equal(be._screen_tops(P, C, tops, cand, rows), lt[rows])
+    sub = be._screen_tops(P, C, tops, cand, rows)
+    # A subset screens the same rows. Not the same bits on every CPU: BLAS's fp32 product of a
+    # row can depend on the call's shape (OpenBLAS's Haswell/Zen kernels did, on an AVX2-only
+    # EPYC: 6e-8 relative); each is a bound by itself (below).
+    np.testing.assert_allclose(sub, lt[rows], rtol=1e-6, atol=0)
     D = R.distances_ref(X, C)
     out = np.full(D.shape, np.inf)
     out[:, tops] = D[:, tops]
@@ -248,10 +250,11 @@ def test_top_screen_bounds_hold(kind):
         out[r, cand[r, q]] = np.inf
     ref = np.sqrt(out.min(1))
     assert (lt <= ref * (1 + 1e-9)).all() and (lt > 0.9 * ref).mean() > 0.9
+    assert (sub <= ref[rows] * (1 + 1e-9)).all()
 
 
 @pytest.mark.parametrize("kind,d", [("fp32", 2), ("fp32", 48), ("bf16-emulated", 64),
-                                    pytest.param("bf16", 64, marks=pytest.mark.hardware)])
+                                    ("bf16", 64)])
 def test_pruned_lloyd_assignments_equal_reference(kind, d):
     X = blobs(3000, d, 20, seed=d, spread=1.0)
     P = B.Points(X)
