@@ -13,6 +13,12 @@ Environment: BENCH_EMBED_DOCS (default 5000, --quick 1000), BENCH_EMBED_REPEAT (
 --quick 1), BENCH_EMBED_VARIANTS (comma list of backend:precision, default all),
 BENCH_EMBED_LABEL (a label for the CPU path, e.g. "avx2 pinned on Zen 4" when run under
 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 THRESHER_EMBED_ISA=avx2).
+
+Then, what a faster path changes downstream (BENCH_EMBED_FLOW, comma list of backend:precision,
+default "auto:auto,onnx:int8"; empty to skip): the whole demo flow on the shipped demo data once
+with torch fp32 and once per listed path, and per path the cluster labels that changed (level 1
+and the top level, with the adjusted Rand index), the SemDeDup removals that differ and the
+sampled documents that differ, against the torch fp32 run.
 """
 
 from __future__ import annotations
@@ -162,5 +168,60 @@ def run(quick: bool = False):
                 load_before=[round(x, 2) for x in load0], load_after=[round(x, 2) for x in load1],
                 rss_mb=round(peak_rss_mb(), 1),
             )
+        flow = [v for v in os.environ.get("BENCH_EMBED_FLOW", "auto:auto,onnx:int8").split(",") if v]
+        if flow:
+            yield from flow_changes(flow, work, cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _flow(work: Path, name: str, backend: str, precision: str) -> tuple[float, dict]:
+    """The demo flow with one embed path (no Prefect: the same stages, fewer moving parts)."""
+    import subprocess
+    import sys
+
+    out = work / f"flow-{name}"
+    cli = str(Path(sys.executable).with_name("thresher"))
+    t0 = time.perf_counter()
+    subprocess.run([cli, "run", "demo.yaml", "-o", str(out), "--no-prefect", "--set", f"embed.backend={backend}",
+                    "--set", f"embed.precision={precision}"], check=True, capture_output=True)
+    dt = time.perf_counter() - t0
+    import json
+
+    m = json.loads((out / "manifest.json").read_text())
+
+    def table(stage: str, t: str):
+        return pq.read_table(out / m["stages"][stage]["tables"][t]["path"])
+
+    cl = table("cluster", "clusters")
+    top = max(c for c in cl.column_names if c.startswith("level_"))
+    got = {"labels": dict(zip(cl.column("id").to_pylist(), cl.column("level_1").to_pylist())),
+           "top": dict(zip(cl.column("id").to_pylist(), cl.column(top).to_pylist())),
+           "semdedup_removed": set(table("semantic_dedup", "removed").column("id").to_pylist()),
+           "sampled": set(table("sample", "selection").column("id").to_pylist()),
+           "embed": m["stages"]["embed"]["stats"]}
+    shutil.rmtree(out, ignore_errors=True)
+    return dt, got
+
+
+def flow_changes(paths: list[str], work: Path, cpu: dict):
+    from sklearn.metrics import adjusted_rand_score
+
+    t_ref, ref = _flow(work, "torch-fp32", "torch", "fp32")
+    ids = sorted(ref["labels"])
+    for v in paths:
+        backend, precision = v.split(":")
+        t, got = _flow(work, v.replace(":", "-"), backend, precision)
+        same = sorted(got["labels"]) == ids
+        l1 = [ref["labels"][i] for i in ids], [got["labels"].get(i, -1) for i in ids]
+        lt = [ref["top"][i] for i in ids], [got["top"].get(i, -1) for i in ids]
+        yield record(
+            f"embed_flow_changes[{v}]", t, "the demo flow with torch fp32 vectors", t_ref,
+            backend=got["embed"]["backend"], precision=got["embed"]["precision"], **cpu,
+            clustered_docs=len(ids), same_docs_clustered=same,
+            level1_labels_changed=sum(a != b for a, b in zip(*l1)), level1_ari=round(adjusted_rand_score(*l1), 4),
+            top_labels_changed=sum(a != b for a, b in zip(*lt)), top_ari=round(adjusted_rand_score(*lt), 4),
+            semdedup_removed_ref=len(ref["semdedup_removed"]), semdedup_removed=len(got["semdedup_removed"]),
+            semdedup_decisions_changed=len(ref["semdedup_removed"] ^ got["semdedup_removed"]),
+            sampled_ref=len(ref["sampled"]), sampled_changed=len(ref["sampled"] - got["sampled"]),
+        )
