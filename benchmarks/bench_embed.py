@@ -23,9 +23,11 @@ sampled documents that differ, against the torch fp32 run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.common import peak_rss_mb, record
+from benchmarks.common import THRESHER_CLI, peak_rss_mb, record
 from benchmarks.data import corpus
 from thresher.stages.base import run_stage
 
@@ -177,17 +179,11 @@ def run(quick: bool = False):
 
 def _flow(work: Path, name: str, backend: str, precision: str) -> tuple[float, dict]:
     """The demo flow with one embed path (no Prefect: the same stages, fewer moving parts)."""
-    import subprocess
-    import sys
-
     out = work / f"flow-{name}"
-    cli = str(Path(sys.executable).with_name("thresher"))
     t0 = time.perf_counter()
-    subprocess.run([cli, "run", "demo.yaml", "-o", str(out), "--no-prefect", "--set", f"embed.backend={backend}",
+    subprocess.run([THRESHER_CLI, "run", "demo.yaml", "-o", str(out), "--no-prefect", "--set", f"embed.backend={backend}",
                     "--set", f"embed.precision={precision}"], check=True, capture_output=True)
     dt = time.perf_counter() - t0
-    import json
-
     m = json.loads((out / "manifest.json").read_text())
 
     def table(stage: str, t: str):

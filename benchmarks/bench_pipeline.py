@@ -7,7 +7,7 @@ Input: the shared Debian corpus (63,956 documents; `--quick`: the shipped demo d
 thresher runs as a user runs it, `thresher run demo.yaml -i INPUT -o RUN` (a fresh process: Spark
 and Prefect's ephemeral server start inside the timing); its per-stage seconds and peak memory
 come from the run's manifest. Both sides run as child processes whose whole process tree's RSS is
-sampled (`peak_tree_mb`). BENCH_PIPELINE_REPEAT (default 1; each side takes minutes at 64k)
+sampled (`thresher_peak_tree_mb`, `peer_peak_tree_mb`). BENCH_PIPELINE_REPEAT (default 1; each side takes minutes at 64k)
 alternates the two sides that many times; the ratio is of the medians.
 """
 
@@ -20,62 +20,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
-
-from benchmarks.common import record
+from benchmarks.common import THRESHER_CLI, PeakRSS, record
 from benchmarks.data import CORPUS, DEMO
 
 HERE = Path(__file__).resolve().parent
 
 
-class _TreePeak:
-    """Peak summed RSS of a child process and all its descendants (JVM, Python workers)."""
-
-    def __init__(self, pid: int, every_s: float = 0.25):
-        self.pid, self.every, self.peak_mb = pid, every_s, 0.0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-
-    def _loop(self):
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.Error:
-            return
-        while not self._stop.is_set():
-            total = 0
-            try:
-                procs = [root] + root.children(recursive=True)
-            except psutil.Error:
-                break
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_mb = max(self.peak_mb, total / 1e6)
-            self._stop.wait(self.every)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._t.join()
-        return round(self.peak_mb, 1)
-
-
-def _timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+def _timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Seconds and the peak summed RSS of the command's whole process tree (PeakRSS's children)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak = _TreePeak(p.pid)
-    out, _ = p.communicate()
+    with PeakRSS() as mem:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     dt = time.perf_counter() - t0
-    mb = peak.stop()
     if p.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed ({p.returncode}):\n{out[-4000:]}")
-    return dt, mb, out
+        raise RuntimeError(f"{cmd[:3]} failed ({p.returncode}):\n{p.stdout[-4000:]}")
+    return dt, mem.peak["children_mb"], p.stdout
 
 
 def run(quick: bool = False):
@@ -88,7 +50,6 @@ def run(quick: bool = False):
     cfg = load_config("demo.yaml", {"input": [str(src)], "output": "unused"})
     k1, k2 = cfg.cluster.levels[0].n_clusters, cfg.cluster.levels[-1].n_clusters
     budget, seed = int(cfg.sample.budget), int(cfg.seed)
-    cli = str(Path(sys.executable).with_name("thresher"))
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         t_thr, t_peer, mem_thr, mem_peer = [], [], [], []
@@ -101,7 +62,7 @@ def run(quick: bool = False):
             mem_peer.append(mb)
             peer = json.loads(out.strip().splitlines()[-1])
             run_dir = work / f"run{r}"
-            dt, mb, _ = _timed([cli, "run", "demo.yaml", "-i", str(src), "-o", str(run_dir)])
+            dt, mb, _ = _timed([THRESHER_CLI, "run", "demo.yaml", "-i", str(src), "-o", str(run_dir)])
             t_thr.append(dt)
             mem_thr.append(mb)
             manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -7,8 +7,13 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
+
+
+# The `thresher` command of this environment, for benchmarks that run it as a user does.
+THRESHER_CLI = str(Path(sys.executable).with_name("thresher"))
 
 
 def median_time(fn, repeat: int = 3) -> float:
